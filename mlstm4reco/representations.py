@@ -1,0 +1,260 @@
+"""Sequence representations in Spotlight's protocol.
+
+A representation turns a batch of item sequences into user states and scores items
+against them, exactly as Spotlight's ``spotlight.sequence.representations`` classes do,
+so an instance can be handed to real Spotlight's
+``ImplicitSequenceModel(representation=net)`` as well as to this library's:
+
+    all_reps, final = net.user_representation(item_sequences)  # (B, D, T), (B, D)
+    scores = net(all_reps, targets)                             # (B, T)
+
+``all_reps[:, :, t]`` has seen the items before position t only (position 0 has seen
+nothing) and ``final`` has seen the whole sequence; a score is the dot product of a state
+and an item embedding plus the item's bias. Item id 0 is padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlstm4reco.layers import MLSTM
+
+__all__ = ["PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "MLSTMNet"]
+
+PADDING_IDX = 0
+
+
+class ScaledEmbedding(nn.Embedding):
+    """Embedding initialised normal with std 1 / embedding_dim, padding row zero
+    (Spotlight's initialisation of item embeddings)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, 0.0, 1.0 / self.embedding_dim)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].zero_()
+
+
+class ZeroEmbedding(nn.Embedding):
+    """Embedding initialised to zero (item biases)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+
+
+def check_item_sequences(item_sequences: torch.Tensor, num_items: int) -> None:
+    """Raise ValueError unless ``item_sequences`` is a 2-D integer tensor of ids in
+    [0, num_items)."""
+    if not isinstance(item_sequences, torch.Tensor):
+        raise ValueError(
+            f"item_sequences: expected a torch.Tensor, got {type(item_sequences).__name__}"
+        )
+    if item_sequences.dim() != 2:
+        raise ValueError(
+            "item_sequences: expected a 2-D (batch, time) tensor, got "
+            f"{item_sequences.dim()}-D with shape {tuple(item_sequences.shape)}"
+        )
+    if item_sequences.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"item_sequences: expected integer item ids, got {item_sequences.dtype}")
+    if item_sequences.shape[1] == 0:
+        raise ValueError(
+            f"item_sequences: expected at least one time step, got shape "
+            f"{tuple(item_sequences.shape)}"
+        )
+    if item_sequences.numel():
+        low, high = int(item_sequences.min()), int(item_sequences.max())
+        if low < 0 or high >= num_items:
+            raise ValueError(
+                f"item_sequences: expected item ids in [0, {num_items}), got ids from "
+                f"{low} to {high}"
+            )
+
+
+class _SequenceNet(nn.Module):
+    """Item embeddings, item biases, scoring and checks shared by the representations.
+
+    Subclasses implement ``_states(item_sequences) -> (B, T + 1, D)``: the state before
+    any item, then the state after each item.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        item_embedding_layer: nn.Embedding | None = None,
+        sparse: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_items < 2:
+            raise ValueError(f"num_items must be at least 2 (id 0 is padding), got {num_items}")
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be positive, got {embedding_dim}")
+        self.num_items = num_items
+        self.embedding_dim = embedding_dim
+        if item_embedding_layer is None:
+            item_embedding_layer = ScaledEmbedding(
+                num_items, embedding_dim, padding_idx=PADDING_IDX, sparse=sparse
+            )
+        elif item_embedding_layer.embedding_dim != embedding_dim:
+            raise ValueError(
+                f"item_embedding_layer has dimension {item_embedding_layer.embedding_dim}, "
+                f"expected embedding_dim={embedding_dim}"
+            )
+        self.item_embeddings = item_embedding_layer
+        self.item_biases = ZeroEmbedding(num_items, 1, sparse=sparse, padding_idx=PADDING_IDX)
+
+    def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def user_representation(self, item_sequences: torch.Tensor):
+        """States of the user along each sequence.
+
+        Parameters
+        ----------
+        item_sequences: tensor (B, T) of item ids, left-padded with 0.
+
+        Returns
+        -------
+        (all_representations, final_representation): (B, D, T) and (B, D). Position t
+        of the first has seen items 0..t-1; the second has seen all T items.
+        """
+        check_item_sequences(item_sequences, self.num_items)
+        states = self._states(item_sequences.long()).transpose(1, 2)  # (B, D, T + 1)
+        return states[:, :, :-1], states[:, :, -1]
+
+    def forward(self, user_representations: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Scores of ``targets`` given user states: dot product plus item bias.
+
+        Accepts Spotlight's two calls: (B, D, T) states with (B, T) targets give (B, T)
+        scores; (B, D) states with (B,) or (B, 1) targets give (B,) scores.
+        """
+        if user_representations.dim() == 2:  # one state per row: Spotlight's predict
+            targets = targets.reshape(user_representations.shape[0], 1)
+            return self.forward(user_representations.unsqueeze(2), targets).squeeze(1)
+        target_embedding = self.item_embeddings(targets)  # (B, T, D)
+        target_bias = self.item_biases(targets).squeeze(-1)  # (B, T)
+        dot = (user_representations.transpose(1, 2) * target_embedding).sum(-1)  # (B, T)
+        return dot + target_bias
+
+    def score_all(self, final_representation: torch.Tensor) -> torch.Tensor:
+        """Scores of every item id in [0, num_items) for each state: (B, D) -> (B, N)."""
+        return torch.addmm(
+            self.item_biases.weight.squeeze(1),
+            final_representation,
+            self.item_embeddings.weight.t(),
+        )
+
+
+class LSTMNet(_SequenceNet):
+    """Spotlight's LSTM representation: a zero input is prepended as the first step so
+    that the state at position t has seen items 0..t-1; ``nn.LSTM`` (cuDNN on a GPU)
+    with zero initial state; hidden states score items.
+
+    Parameters
+    ----------
+    num_items: int
+        Number of item ids, padding id 0 included.
+    embedding_dim: int
+        Dimension of item embeddings and of the LSTM state.
+    item_embedding_layer: nn.Embedding, optional
+        An embedding layer to use instead of a new :class:`ScaledEmbedding`.
+    sparse: bool
+        Sparse gradients for the embeddings.
+
+    References
+    ----------
+    Hidasi et al. Session-based recommendations with recurrent neural networks. 2015.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        item_embedding_layer: nn.Embedding | None = None,
+        sparse: bool = False,
+    ) -> None:
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        self.lstm = nn.LSTM(embedding_dim, embedding_dim, batch_first=True)
+
+    def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
+        embeddings = self.item_embeddings(item_sequences)  # (B, T, D)
+        embeddings = F.pad(embeddings, (0, 0, 1, 0))  # (B, T + 1, D), zero first step
+        states, _ = self.lstm(embeddings)  # (B, T + 1, D)
+        return states
+
+
+STATES = ("hidden", "cell")
+
+
+class MLSTMNet(_SequenceNet):
+    """The multiplicative LSTM representation.
+
+    The state before any item is a learned initial state (h_0, c_0), so no zero input is
+    prepended: position t holds the state after items 0..t-1 and position 0 holds the
+    learned initial state.
+
+    Parameters
+    ----------
+    num_items, embedding_dim, item_embedding_layer, sparse:
+        As :class:`LSTMNet`.
+    multiplicative_bias: bool
+        Whether m_t has biases (see :class:`~mlstm4reco.layers.MLSTMCell`).
+    state: str
+        Which state scores items: ``'hidden'`` (h_t, the default: bounded in (-1, 1) like
+        the LSTM baseline's) or ``'cell'`` (c_t, as the 2018 implementation did).
+    num_layers: int
+        Stacked mLSTM layers.
+    forget_bias: float
+        Added to the forget gate bias at initialisation.
+    implementation: str
+        Passed to :class:`~mlstm4reco.layers.MLSTM`.
+
+    References
+    ----------
+    Krause et al. Multiplicative LSTM for sequence modelling. arXiv:1609.07959, 2016.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        item_embedding_layer: nn.Embedding | None = None,
+        sparse: bool = False,
+        multiplicative_bias: bool = True,
+        state: str = "hidden",
+        num_layers: int = 1,
+        forget_bias: float = 0.0,
+        implementation: str = "auto",
+    ) -> None:
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        self.state = state
+        self.mlstm = MLSTM(
+            embedding_dim,
+            embedding_dim,
+            num_layers=num_layers,
+            multiplicative_bias=multiplicative_bias,
+            forget_bias=forget_bias,
+            batch_first=True,
+            implementation=implementation,
+        )
+        self.initial_hidden = nn.Parameter(torch.zeros(num_layers, embedding_dim))
+        self.initial_cell = nn.Parameter(torch.zeros(num_layers, embedding_dim))
+
+    def extra_repr(self) -> str:
+        return f"state={self.state!r}"
+
+    def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
+        B = item_sequences.shape[0]
+        embeddings = self.item_embeddings(item_sequences)  # (B, T, D)
+        h0 = self.initial_hidden.unsqueeze(1).expand(-1, B, -1)  # (L, B, D)
+        c0 = self.initial_cell.unsqueeze(1).expand(-1, B, -1)
+        hidden, cell = self.mlstm.states(embeddings, (h0, c0))  # (B, T, D) each
+        if self.state == "hidden":
+            first, rest = self.initial_hidden[-1], hidden
+        else:
+            first, rest = self.initial_cell[-1], cell
+        return torch.cat([first.expand(B, 1, -1), rest], dim=1)  # (B, T + 1, D)

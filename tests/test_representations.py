@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+from mlstm4reco.representations import LSTMNet, MLSTMNet
+
+NETS = {
+    "lstm": lambda n, d: LSTMNet(n, d),
+    "mlstm-hidden": lambda n, d: MLSTMNet(n, d, state="hidden"),
+    "mlstm-cell": lambda n, d: MLSTMNet(n, d, state="cell"),
+    "mlstm-nobias": lambda n, d: MLSTMNet(n, d, multiplicative_bias=False),
+    "mlstm-2layers": lambda n, d: MLSTMNet(n, d, num_layers=2),
+}
+
+
+@pytest.fixture(params=sorted(NETS))
+def net(request):
+    torch.manual_seed(0)
+    return NETS[request.param](20, 6)
+
+
+def sequences(batch=4, length=7, num_items=20, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1, num_items, (batch, length), generator=generator)
+
+
+def test_protocol_shapes(net):
+    seqs = sequences()
+    all_reps, final = net.user_representation(seqs)
+    assert all_reps.shape == (4, 6, 7)
+    assert final.shape == (4, 6)
+    scores = net(all_reps, seqs)
+    assert scores.shape == (4, 7)
+    # Spotlight's predict: one final state expanded over candidate items (n, 1).
+    items = torch.arange(20).reshape(-1, 1)
+    spotlight_scores = net(final[:1].expand(20, 6), items)
+    assert spotlight_scores.shape == (20,)
+    torch.testing.assert_close(spotlight_scores, net.score_all(final[:1])[0])
+
+
+def test_scores_are_dot_product_plus_bias(net):
+    with torch.no_grad():
+        net.item_biases.weight.normal_()
+    seqs = sequences()
+    all_reps, _ = net.user_representation(seqs)
+    scores = net(all_reps, seqs)
+    for b in range(4):
+        for t in range(7):
+            item = seqs[b, t]
+            expected = all_reps[:, :, t][b] @ net.item_embeddings.weight[item]
+            expected = expected + net.item_biases.weight[item, 0]
+            torch.testing.assert_close(scores[b, t], expected)
+
+
+def test_causality(net):
+    seqs = sequences()
+    reps, final = net.user_representation(seqs)
+    for t in range(7):
+        changed = seqs.clone()
+        changed[:, t] = (changed[:, t] % 19) + 1  # another real item
+        reps_changed, final_changed = net.user_representation(changed)
+        # Positions up to t have not seen item t; later ones and the final state have.
+        torch.testing.assert_close(reps_changed[:, :, : t + 1], reps[:, :, : t + 1])
+        assert not torch.allclose(final_changed, final)
+        if t + 1 < 7:
+            assert not torch.allclose(reps_changed[:, :, t + 1], reps[:, :, t + 1])
+
+
+def test_first_position_has_seen_nothing(net):
+    reps_a, _ = net.user_representation(sequences(seed=1))
+    reps_b, _ = net.user_representation(sequences(seed=2))
+    torch.testing.assert_close(reps_a[:, :, 0], reps_b[:, :, 0])
+
+
+def test_final_is_state_after_last_item(net):
+    seqs = sequences()
+    _, final = net.user_representation(seqs)
+    longer = torch.cat([seqs, torch.ones(4, 1, dtype=torch.long)], dim=1)
+    reps_longer, _ = net.user_representation(longer)
+    torch.testing.assert_close(reps_longer[:, :, -1], final)
+
+
+def test_padding(net):
+    emb = net.item_embeddings.weight
+    assert torch.all(emb[0] == 0)
+    assert torch.all(net.item_biases.weight == 0)
+    std = emb[1:].std().item()
+    assert 0.5 / 6 < std < 2.0 / 6  # normal with std 1 / embedding_dim
+    padded = torch.tensor([[0, 0, 0, 3, 4], [0, 0, 0, 0, 5]])
+    reps, final = net.user_representation(padded)
+    assert torch.isfinite(reps).all() and torch.isfinite(final).all()
+    # A padded position scores 0: the padding embedding and bias are zero.
+    assert torch.all(net(reps, padded)[padded == 0] == 0)
+
+
+def test_every_parameter_gets_a_gradient(net):
+    seqs = sequences()
+    reps, final = net.user_representation(seqs)
+    loss = net(reps, seqs).sum() + net(reps, torch.roll(seqs, 1, 0)).sum() + final.sum()
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bad_input(net):
+    with pytest.raises(ValueError, match=r"item ids in \[0, 20\), got ids from 0 to 20"):
+        net.user_representation(torch.tensor([[0, 20]]))
+    with pytest.raises(ValueError, match=r"item ids in \[0, 20\), got ids from -1 to 3"):
+        net.user_representation(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="expected a 2-D .* got 1-D"):
+        net.user_representation(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="integer item ids"):
+        net.user_representation(torch.ones(2, 3))
+
+
+def test_constructor_checks():
+    with pytest.raises(ValueError, match="state must be one of"):
+        MLSTMNet(10, state="memory")
+    with pytest.raises(ValueError, match="num_items must be at least 2"):
+        LSTMNet(1)
+    shared = torch.nn.Embedding(10, 8, padding_idx=0)
+    with pytest.raises(ValueError, match="dimension 8, expected embedding_dim=4"):
+        MLSTMNet(10, 4, item_embedding_layer=shared)
+    assert MLSTMNet(10, 8, item_embedding_layer=shared).item_embeddings is shared
+
+
+def test_lstmnet_is_spotlights_architecture():
+    """State at position 0 is the LSTM's output after one zero input from zero state."""
+    torch.manual_seed(0)
+    net = LSTMNet(20, 6)
+    reps, _ = net.user_representation(sequences())
+    expected, _ = net.lstm(torch.zeros(1, 1, 6))
+    torch.testing.assert_close(reps[:, :, 0], expected[0, 0].expand(4, 6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda(net):
+    seqs = sequences()
+    reps_cpu, _ = net.user_representation(seqs)
+    reps_gpu, _ = net.cuda().user_representation(seqs.cuda())
+    torch.testing.assert_close(reps_gpu.cpu(), reps_cpu, rtol=1e-4, atol=1e-4)
