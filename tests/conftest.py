@@ -1,0 +1,31 @@
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> pathlib.Path | None:
+    """The folder of real GroupLens archives named by MLSTM4RECO_DATA (relative paths
+    are taken from the project root), or None."""
+    value = os.environ.get("MLSTM4RECO_DATA")
+    if not value:
+        return None
+    path = pathlib.Path(value)
+    return path if path.is_absolute() else (ROOT / path).resolve()
+
+
+def require_archive(name: str) -> pathlib.Path:
+    folder = shared_data_dir()
+    if folder is None:
+        pytest.skip(f"{name}: set MLSTM4RECO_DATA to a folder holding it (e.g. ../shared/data)")
+    if not (folder / name).is_file():
+        pytest.skip(f"{name} is not in MLSTM4RECO_DATA={folder}")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
