@@ -41,6 +41,9 @@ def main() -> None:
     torch.manual_seed(0)
     B, T, D = args.batch, args.seq, args.dim
     x = torch.randn(B, T, D, requires_grad=True)
+    # A dense upstream gradient, as a loss over every step gives (out.sum() would give a
+    # stride-0 gradient that flatters every implementation).
+    grad = torch.randn(B, T, D)
 
     layers = {"nn.LSTM": nn.LSTM(D, D, batch_first=True)}
     for impl in ("reference", "fused"):
@@ -53,7 +56,7 @@ def main() -> None:
 
         def step():
             out, _ = layer(x)
-            out.sum().backward()
+            out.backward(grad)
 
         def forward_only():
             with torch.no_grad():

@@ -21,7 +21,9 @@ from torch import nn
 
 from mlstm4reco.layers import MLSTM
 
-__all__ = ["PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "MLSTMNet"]
+__all__ = [
+    "PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "MLSTMNet", "REPRESENTATIONS"
+]
 
 PADDING_IDX = 0
 
@@ -76,8 +78,11 @@ class _SequenceNet(nn.Module):
     """Item embeddings, item biases, scoring and checks shared by the representations.
 
     Subclasses implement ``_states(item_sequences) -> (B, T + 1, D)``: the state before
-    any item, then the state after each item.
+    any item, then the state after each item; and set ``self.config``, the constructor
+    arguments that rebuild them (saved with a model's weights).
     """
+
+    config: dict
 
     def __init__(
         self,
@@ -176,6 +181,7 @@ class LSTMNet(_SequenceNet):
         sparse: bool = False,
     ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        self.config = dict(num_items=num_items, embedding_dim=embedding_dim, sparse=sparse)
         self.lstm = nn.LSTM(embedding_dim, embedding_dim, batch_first=True)
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
@@ -232,6 +238,16 @@ class MLSTMNet(_SequenceNet):
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         self.state = state
+        self.config = dict(
+            num_items=num_items,
+            embedding_dim=embedding_dim,
+            sparse=sparse,
+            multiplicative_bias=multiplicative_bias,
+            state=state,
+            num_layers=num_layers,
+            forget_bias=forget_bias,
+            implementation=implementation,
+        )
         self.mlstm = MLSTM(
             embedding_dim,
             embedding_dim,
@@ -258,3 +274,7 @@ class MLSTMNet(_SequenceNet):
         else:
             first, rest = self.initial_cell[-1], cell
         return torch.cat([first.expand(B, 1, -1), rest], dim=1)  # (B, T + 1, D)
+
+
+REPRESENTATIONS = {"lstm": LSTMNet, "mlstm": MLSTMNet}
+"""Representations by the names ``ImplicitSequenceModel(representation=...)`` accepts."""

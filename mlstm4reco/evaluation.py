@@ -1,0 +1,129 @@
+"""Ranking metrics for sequence models, batched on the model's device and equal to
+Spotlight's ``spotlight.evaluation`` numbers.
+
+Spotlight scores one sequence at a time: ``-model.predict(sequence)`` ranked by
+``scipy.stats.rankdata`` (ties get their average rank), with the sequence's own items,
+padding id 0 included, pushed to the bottom (set to the largest float32) when
+``exclude_preceding``. Here whole batches are scored at once and the same average rank is
+counted directly: rank = #(better) + (#(tied) + 1) / 2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlstm4reco.interactions import SequenceInteractions
+
+__all__ = [
+    "sequence_ranks",
+    "sequence_mrr_score",
+    "sequence_precision_recall_score",
+    "sequence_hit_rate_score",
+    "sequence_ndcg_score",
+]
+
+FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
+def _check(model, test: SequenceInteractions, holdout: int) -> np.ndarray:
+    if not isinstance(test, SequenceInteractions):
+        raise ValueError(f"test must be SequenceInteractions, got {type(test).__name__}")
+    if len(test) == 0:
+        raise ValueError("test has no sequences")
+    if test.sequences.shape[1] <= holdout:
+        raise ValueError(
+            f"sequences of length {test.sequences.shape[1]} leave no input after holding out "
+            f"{holdout} items"
+        )
+    return test.sequences.astype(np.int64)
+
+
+def _batched_costs(model, inputs: torch.Tensor, exclude_preceding: bool) -> torch.Tensor:
+    """Spotlight's ranking costs: negated scores, the inputs' items set to FLOAT_MAX."""
+    costs = -model.score_sequences(inputs).float()  # (B, N)
+    if exclude_preceding:
+        costs.scatter_(1, inputs, FLOAT_MAX)
+    return costs
+
+
+def _batches(model, sequences: np.ndarray, batch_size: int):
+    device = getattr(model, "device", torch.device("cpu"))
+    for start in range(0, len(sequences), batch_size):
+        yield torch.from_numpy(sequences[start : start + batch_size]).to(device)
+
+
+def sequence_ranks(
+    model, test: SequenceInteractions, exclude_preceding: bool = False, batch_size: int = 256
+) -> np.ndarray:
+    """The rank (1 = best, ties averaged) of each test sequence's last item among all
+    item ids, given the sequence without that item."""
+    sequences = _check(model, test, 1)
+    if not hasattr(model, "score_sequences"):  # e.g. a real Spotlight model
+        return _ranks_one_at_a_time(model, sequences, exclude_preceding)
+    ranks = []
+    for batch in _batches(model, sequences, batch_size):
+        inputs, targets = batch[:, :-1], batch[:, -1:]
+        costs = _batched_costs(model, inputs, exclude_preceding)
+        target_cost = costs.gather(1, targets)  # (B, 1)
+        better = (costs < target_cost).sum(1)
+        tied = (costs == target_cost).sum(1)
+        ranks.append((better.double() + (tied.double() + 1) / 2).cpu())
+    return torch.cat(ranks).numpy()
+
+
+def _ranks_one_at_a_time(model, sequences: np.ndarray, exclude_preceding: bool) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    ranks = np.empty(len(sequences))
+    for row, sequence in enumerate(sequences):
+        costs = -model.predict(sequence[:-1])
+        if exclude_preceding:
+            costs[sequence[:-1]] = FLOAT_MAX
+        ranks[row] = rankdata(costs)[sequence[-1]]
+    return ranks
+
+
+def sequence_mrr_score(
+    model, test: SequenceInteractions, exclude_preceding: bool = False, batch_size: int = 256
+) -> np.ndarray:
+    """Reciprocal rank of each test sequence's last item (Spotlight's
+    ``sequence_mrr_score``). Take ``.mean()`` for the MRR."""
+    return 1.0 / sequence_ranks(model, test, exclude_preceding, batch_size)
+
+
+def sequence_hit_rate_score(
+    model, test: SequenceInteractions, k: int = 10, exclude_preceding: bool = False,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """1 where the last item ranks within the top ``k`` (average rank of ties), else 0."""
+    return (sequence_ranks(model, test, exclude_preceding, batch_size) <= k).astype(np.float64)
+
+
+def sequence_ndcg_score(
+    model, test: SequenceInteractions, k: int = 10, exclude_preceding: bool = False,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """NDCG@k of the single relevant last item: 1 / log2(1 + rank) within the top k."""
+    ranks = sequence_ranks(model, test, exclude_preceding, batch_size)
+    return np.where(ranks <= k, 1.0 / np.log2(1.0 + ranks), 0.0)
+
+
+def sequence_precision_recall_score(
+    model, test: SequenceInteractions, k: int = 10, exclude_preceding: bool = False,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at ``k`` of the last ``k`` items of each sequence given the
+    items before them (Spotlight's ``sequence_precision_recall_score``: hits are the
+    distinct top-k items found among the targets; both are divided by k). Ties at the
+    k-th place may be broken differently from numpy's argsort."""
+    sequences = _check(model, test, k)
+    hits = []
+    for batch in _batches(model, sequences, batch_size):
+        inputs, targets = batch[:, :-k], batch[:, -k:]
+        costs = _batched_costs(model, inputs, exclude_preceding)
+        top = costs.topk(k, dim=1, largest=False).indices  # (B, k), distinct items
+        found = (top.unsqueeze(2) == targets.unsqueeze(1)).any(2)  # (B, k)
+        hits.append(found.sum(1).double().cpu())
+    hits = torch.cat(hits).numpy()
+    return hits / k, hits / k

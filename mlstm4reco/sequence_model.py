@@ -1,0 +1,347 @@
+"""Training sequence representations on implicit feedback: Spotlight's
+``ImplicitSequenceModel``, with its constructor and behaviour, plus a device choice,
+progress bars, batched prediction, top-k recommendation and save/load."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mlstm4reco.datasets._download import atomic_path
+from mlstm4reco.interactions import SequenceInteractions
+from mlstm4reco.losses import LOSSES
+from mlstm4reco.representations import PADDING_IDX, REPRESENTATIONS
+
+__all__ = ["ImplicitSequenceModel", "sample_items"]
+
+FORMAT_VERSION = 1
+
+
+def sample_items(num_items: int, shape, random_state: np.random.RandomState) -> np.ndarray:
+    """Item ids drawn uniformly from [0, num_items), as Spotlight's ``sample_items``."""
+    return random_state.randint(0, num_items, shape, dtype=np.int64)
+
+
+def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.device:
+    if use_cuda is not None and device not in (None, "auto"):
+        raise ValueError(f"give device or use_cuda, not both (device={device!r}, use_cuda={use_cuda})")
+    if use_cuda is not None:
+        device = "cuda" if use_cuda else "cpu"
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for, but CUDA is not available")
+    return device
+
+
+class ImplicitSequenceModel:
+    """Next-item prediction from sequences of items (Spotlight's model of the same name).
+
+    Parameters
+    ----------
+    loss: str
+        'pointwise', 'bpr', 'hinge' or 'adaptive_hinge' (see :mod:`mlstm4reco.losses`).
+    representation: str or nn.Module
+        A name from :data:`mlstm4reco.representations.REPRESENTATIONS` ('lstm', 'mlstm'),
+        or a representation instance in Spotlight's protocol.
+    representation_kwargs: dict, optional
+        Extra constructor arguments for a representation given by name, e.g.
+        ``{'state': 'cell'}`` for 'mlstm'.
+    embedding_dim, n_iter, batch_size, l2, learning_rate:
+        Embedding and state dimension, epochs, minibatch size, weight decay, step size.
+    optimizer_func: callable, optional
+        ``optimizer_func(params, weight_decay=l2, lr=learning_rate)``; default Adam.
+    sparse: bool
+        Sparse embedding gradients (needs an optimizer that takes them).
+    random_state: np.random.RandomState or int, optional
+        Drives shuffling, negative sampling and (through a derived seed) the weight
+        initialisation: equal seeds give equal results on the CPU.
+    num_negative_samples: int
+        Negatives per position for 'adaptive_hinge'.
+    device: 'auto', 'cpu', 'cuda' or a torch.device
+        'auto' takes CUDA when present. ``use_cuda`` (Spotlight's) is accepted instead.
+    """
+
+    def __init__(
+        self,
+        loss: str = "pointwise",
+        representation="lstm",
+        embedding_dim: int = 32,
+        n_iter: int = 10,
+        batch_size: int = 256,
+        l2: float = 0.0,
+        learning_rate: float = 1e-2,
+        optimizer_func=None,
+        use_cuda: bool | None = None,
+        sparse: bool = False,
+        random_state=None,
+        num_negative_samples: int = 5,
+        device="auto",
+        representation_kwargs: dict | None = None,
+    ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
+        if isinstance(representation, str) and representation not in REPRESENTATIONS:
+            raise ValueError(
+                f"unknown representation {representation!r}; choose from "
+                f"{sorted(REPRESENTATIONS)} or pass a representation instance"
+            )
+        for name, value in (("n_iter", n_iter), ("batch_size", batch_size),
+                            ("embedding_dim", embedding_dim),
+                            ("num_negative_samples", num_negative_samples)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._loss = loss
+        self._loss_func = LOSSES[loss]
+        self._representation = representation
+        self._representation_kwargs = dict(representation_kwargs or {})
+        self._embedding_dim = int(embedding_dim)
+        self._n_iter = int(n_iter)
+        self._batch_size = int(batch_size)
+        self._l2 = float(l2)
+        self._learning_rate = float(learning_rate)
+        self._optimizer_func = optimizer_func
+        self._sparse = sparse
+        self._num_negative_samples = int(num_negative_samples)
+        self._device = _device(device, use_cuda)
+        if random_state is None or isinstance(random_state, (int, np.integer)):
+            random_state = np.random.RandomState(random_state)
+        self._random_state = random_state
+        self._num_items = None
+        self._net = None
+        self._optimizer = None
+
+    def __repr__(self) -> str:
+        net = "uninitialised" if self._net is None else repr(self._net)
+        return f"<ImplicitSequenceModel: loss={self._loss!r}, net={net}>"
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def net(self):
+        """The representation (None before the first :meth:`fit`)."""
+        return self._net
+
+    def _initialized(self) -> bool:
+        return self._net is not None
+
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this model (no optimizer_func)."""
+        if not isinstance(self._representation, str):
+            raise ValueError(
+                "a model built on a representation instance has no configuration to save; "
+                "pass the representation by name with representation_kwargs"
+            )
+        return dict(
+            loss=self._loss,
+            representation=self._representation,
+            representation_kwargs=self._representation_kwargs,
+            embedding_dim=self._embedding_dim,
+            n_iter=self._n_iter,
+            batch_size=self._batch_size,
+            l2=self._l2,
+            learning_rate=self._learning_rate,
+            sparse=self._sparse,
+            num_negative_samples=self._num_negative_samples,
+        )
+
+    def _initialize(self, num_items: int) -> None:
+        self._num_items = int(num_items)
+        if isinstance(self._representation, str):
+            cls = REPRESENTATIONS[self._representation]
+            # Seed the initialisation from a copy of random_state: equal seeds give equal
+            # weights, and the stream that shuffles and samples stays Spotlight's.
+            seed = int(copy.deepcopy(self._random_state).randint(2**31 - 1))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._net = cls(
+                    self._num_items,
+                    self._embedding_dim,
+                    sparse=self._sparse,
+                    **self._representation_kwargs,
+                )
+        else:
+            self._net = self._representation
+        self._net = self._net.to(self._device)
+        optimizer_func = self._optimizer_func or torch.optim.Adam
+        self._optimizer = optimizer_func(
+            self._net.parameters(), weight_decay=self._l2, lr=self._learning_rate
+        )
+
+    def _check_sequences(self, sequences: np.ndarray, name: str = "sequences") -> None:
+        if sequences.ndim != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
+            raise ValueError(f"{name}: expected a non-empty 2-D array, got shape {sequences.shape}")
+        low, high = int(sequences.min()), int(sequences.max())
+        if low < 0 or high >= self._num_items:
+            raise ValueError(
+                f"{name}: item ids must be in [0, {self._num_items}) (the model's num_items), "
+                f"got ids from {low} to {high}"
+            )
+
+    def fit(self, interactions: SequenceInteractions, verbose: bool = False) -> list[float]:
+        """Train for ``n_iter`` epochs; a repeated call continues training.
+
+        Each epoch shuffles the sequences with ``random_state``, and each minibatch scores
+        every position's next item against negatives drawn uniformly over
+        [0, num_items) with ``random_state``; padded positions are masked out of the loss.
+
+        Returns
+        -------
+        The mean minibatch loss of each epoch of this call.
+
+        Raises
+        ------
+        ValueError on empty or out-of-range input, and on a NaN or zero epoch loss.
+        """
+        if not isinstance(interactions, SequenceInteractions):
+            raise ValueError(
+                f"fit expects SequenceInteractions (Interactions.to_sequence), got "
+                f"{type(interactions).__name__}"
+            )
+        sequences = interactions.sequences.astype(np.int64)
+        if not self._initialized():
+            self._initialize(interactions.num_items)
+        self._check_sequences(sequences)
+        # The whole dataset goes to the device once; batches are index gathers there.
+        sequences_tensor = torch.from_numpy(sequences).to(self._device)
+        self._net.train(True)
+        losses = []
+        epochs = tqdm(range(self._n_iter), desc="epochs", disable=not verbose, unit="epoch")
+        for _ in epochs:
+            order = np.arange(len(sequences))
+            self._random_state.shuffle(order)
+            order = torch.from_numpy(order).to(self._device)
+            starts = range(0, len(order), self._batch_size)
+            batches = tqdm(starts, desc="batches", disable=not verbose, leave=False, unit="batch")
+            epoch_loss = 0.0
+            for count, start in enumerate(batches, start=1):
+                batch = sequences_tensor[order[start : start + self._batch_size]]
+                loss = self._batch_loss(batch)
+                self._optimizer.zero_grad()
+                loss.backward()
+                self._optimizer.step()
+                epoch_loss += loss.item()
+                batches.set_postfix(loss=f"{epoch_loss / count:.4f}")
+            epoch_loss /= count
+            losses.append(epoch_loss)
+            epochs.set_postfix(loss=f"{epoch_loss:.4f}")
+            if np.isnan(epoch_loss) or epoch_loss == 0.0:
+                raise ValueError(f"degenerate epoch loss: {epoch_loss}")
+        return losses
+
+    def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        user_representation, _ = self._net.user_representation(batch)
+        positive = self._net(user_representation, batch)
+        shape = tuple(batch.shape)
+        if self._loss == "adaptive_hinge":
+            n = self._num_negative_samples
+            # One draw of (n * B, T), as Spotlight, viewed as n sets of negatives.
+            negative_items = self._negatives((n * shape[0], shape[1])).view(n, *shape)
+            negative = torch.stack([self._net(user_representation, items) for items in negative_items])
+        else:
+            negative = self._net(user_representation, self._negatives(shape))
+        return self._loss_func(positive, negative, mask=batch != PADDING_IDX)
+
+    def _negatives(self, shape) -> torch.Tensor:
+        items = sample_items(self._num_items, shape, self._random_state)
+        return torch.from_numpy(items).to(self._device)
+
+    # ------------------------------------------------------------------ prediction
+
+    def _require_fit(self) -> None:
+        if not self._initialized():
+            raise ValueError("the model has not been fitted (call fit first, or load)")
+
+    def _as_batch(self, sequences) -> tuple[np.ndarray, bool]:
+        array = np.asarray(sequences)
+        if array.size and not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"sequences: expected integer item ids, got dtype {array.dtype}")
+        single = array.ndim == 1
+        array = np.atleast_2d(array).astype(np.int64)
+        self._check_sequences(array)
+        return array, single
+
+    @torch.no_grad()
+    def score_sequences(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Scores (B, num_items) of every item after each sequence (a tensor of item
+        ids on the model's device), in one pass of the representation."""
+        self._net.train(False)
+        _, final = self._net.user_representation(sequences)
+        if hasattr(self._net, "score_all"):
+            return self._net.score_all(final)
+        # A representation from elsewhere: Spotlight's call, one sequence at a time.
+        items = torch.arange(self._num_items, device=final.device).unsqueeze(1)
+        return torch.stack([
+            self._net(row.expand(self._num_items, -1), items).reshape(-1) for row in final
+        ])
+
+    def predict(self, sequences, item_ids=None) -> np.ndarray:
+        """Scores of items to come after one sequence (1-D: returns (num_items,) or
+        (len(item_ids),)) or after each of a batch (2-D: returns (B, ...))."""
+        self._require_fit()
+        array, single = self._as_batch(sequences)
+        scores = self.score_sequences(torch.from_numpy(array).to(self._device))
+        if item_ids is not None:
+            item_ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+            if item_ids.size and (item_ids.min() < 0 or item_ids.max() >= self._num_items):
+                raise ValueError(
+                    f"item_ids must be in [0, {self._num_items}), got {item_ids.min()} to {item_ids.max()}"
+                )
+            scores = scores[:, torch.from_numpy(item_ids).to(scores.device)]
+        scores = scores.cpu().numpy()
+        return scores[0] if single else scores
+
+    def recommend(self, sequence, k: int = 10, exclude_seen: bool = True) -> np.ndarray:
+        """The ``k`` best item ids (best first) to follow ``sequence``, never the padding
+        id 0 and, with ``exclude_seen``, none of the sequence's items."""
+        self._require_fit()
+        array, single = self._as_batch(sequence)
+        if not single:
+            raise ValueError(f"recommend takes one 1-D sequence, got shape {np.shape(sequence)}")
+        if not 1 <= k <= self._num_items - 1:
+            raise ValueError(f"k must be in [1, {self._num_items - 1}], got {k}")
+        sequence_tensor = torch.from_numpy(array).to(self._device)
+        scores = self.score_sequences(sequence_tensor)[0]
+        scores[PADDING_IDX] = -torch.inf
+        if exclude_seen:
+            scores[sequence_tensor[0]] = -torch.inf
+        k = min(k, int(torch.isfinite(scores).sum()))
+        return scores.topk(k).indices.cpu().numpy()
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path) -> None:
+        """Write configuration, weights and optimizer state to ``path`` atomically (a
+        plain dict of tensors and numbers, loadable with ``weights_only=True``)."""
+        self._require_fit()
+        state = {
+            "format_version": FORMAT_VERSION,
+            "config": self.config(),
+            "num_items": self._num_items,
+            "net": self._net.state_dict(),
+            "optimizer": self._optimizer.state_dict(),
+        }
+        with atomic_path(pathlib.Path(path)) as tmp:
+            torch.save(state, tmp)
+
+    @classmethod
+    def load(cls, path, device="auto", random_state=None) -> ImplicitSequenceModel:
+        """Rebuild a model written by :meth:`save` (default Adam optimizer)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no saved model at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unknown format version {state.get('format_version')!r}")
+        model = cls(**state["config"], device=device, random_state=random_state)
+        model._initialize(state["num_items"])
+        model._net.load_state_dict(state["net"])
+        model._optimizer.load_state_dict(state["optimizer"])
+        return model

@@ -1,0 +1,173 @@
+import numpy as np
+import pytest
+import torch
+
+from mlstm4reco.cross_validation import user_based_train_test_split
+from mlstm4reco.datasets import get_synthetic_dataset
+from mlstm4reco.evaluation import sequence_mrr_score
+from mlstm4reco.interactions import SequenceInteractions
+from mlstm4reco.representations import MLSTMNet
+from mlstm4reco.sequence_model import ImplicitSequenceModel
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    data = get_synthetic_dataset(num_users=200, num_items=50, num_interactions=20_000, random_state=0)
+    train, test = user_based_train_test_split(data, 0.2, np.random.RandomState(1))
+    return train.to_sequence(20, 5, 20), test.to_sequence(20, 5, 20)
+
+
+def random_mrr(num_items):
+    # Expected reciprocal rank of a uniformly random ranking of num_items items.
+    return np.mean(1.0 / np.arange(1, num_items + 1))
+
+
+@pytest.mark.parametrize("representation", ["lstm", "mlstm"])
+def test_fit_learns_the_markov_chain(synthetic, representation):
+    train, test = synthetic
+    model = ImplicitSequenceModel(
+        loss="adaptive_hinge", representation=representation, embedding_dim=32, n_iter=8,
+        batch_size=64, learning_rate=1e-2, random_state=0,
+    )
+    losses = model.fit(train)
+    assert losses[-1] < 0.7 * losses[0]
+    mrr = sequence_mrr_score(model, test).mean()
+    assert mrr > 4 * random_mrr(50)  # random ranking: ~0.09; a learned chain: > 0.5
+
+
+@pytest.mark.parametrize("loss", ["pointwise", "bpr", "hinge", "adaptive_hinge"])
+def test_every_loss_trains(synthetic, loss):
+    train, _ = synthetic
+    model = ImplicitSequenceModel(loss=loss, representation="mlstm", embedding_dim=8, n_iter=3,
+                                  batch_size=128, random_state=0)
+    losses = model.fit(train)
+    assert losses[-1] < losses[0]
+
+
+def test_same_seed_same_result_and_repeated_fit_continues(synthetic):
+    train, test = synthetic
+    make = lambda: ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=2,  # noqa: E731
+                                         batch_size=128, random_state=7)
+    a, b = make(), make()
+    a.fit(train)
+    b.fit(train)
+    np.testing.assert_array_equal(sequence_mrr_score(a, test), sequence_mrr_score(b, test))
+    before = a.predict(test.sequences[0])
+    more = a.fit(train)
+    assert len(more) == 2 and not np.allclose(before, a.predict(test.sequences[0]))
+    c = ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=2, batch_size=128, random_state=8)
+    c.fit(train)
+    assert not np.array_equal(sequence_mrr_score(c, test), sequence_mrr_score(b, test))
+
+
+def test_negatives_are_drawn_as_spotlight_does(synthetic, monkeypatch):
+    """Per epoch a shuffle, then per batch one draw of shape (n * B, T) over [0, num_items),
+    all from random_state, in Spotlight's order."""
+    train, _ = synthetic
+    model = ImplicitSequenceModel(loss="adaptive_hinge", representation="lstm", embedding_dim=4,
+                                  n_iter=1, batch_size=300, num_negative_samples=3, random_state=5)
+    drawn = []
+    original = model._negatives
+
+    def record(shape):
+        items = original(shape)
+        drawn.append(items.cpu().numpy())
+        return items
+
+    monkeypatch.setattr(model, "_negatives", record)
+    model.fit(train)
+    replay = np.random.RandomState(5)
+    replay.shuffle(np.arange(len(train)))
+    sizes = [min(300, len(train) - start) for start in range(0, len(train), 300)]
+    assert [d.shape for d in drawn] == [(3 * size, 20) for size in sizes]
+    for batch in drawn:
+        np.testing.assert_array_equal(batch, replay.randint(0, 50, batch.shape, dtype=np.int64))
+
+
+def test_save_load_round_trip(synthetic, tmp_path):
+    train, test = synthetic
+    model = ImplicitSequenceModel(representation="mlstm", representation_kwargs={"state": "cell"},
+                                  embedding_dim=8, n_iter=1, batch_size=128, random_state=0)
+    model.fit(train)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    loaded = ImplicitSequenceModel.load(path)
+    assert loaded.net.state == "cell"
+    np.testing.assert_array_equal(loaded.predict(test.sequences[:5]), model.predict(test.sequences[:5]))
+    assert loaded.fit(train)  # training continues from the saved optimizer state
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        ImplicitSequenceModel.load(tmp_path / "missing.pt")
+
+
+def test_predict_and_recommend(synthetic):
+    train, test = synthetic
+    model = ImplicitSequenceModel(representation="lstm", embedding_dim=8, n_iter=1, random_state=0)
+    model.fit(train)
+    sequence = test.sequences[0]
+    scores = model.predict(sequence)
+    assert scores.shape == (50,)
+    np.testing.assert_allclose(model.predict(test.sequences[:3])[0], scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(sequence, item_ids=[3, 7]), scores[[3, 7]])
+    top = model.recommend(sequence, k=5)
+    assert len(top) == 5 and 0 not in top and not set(top) & set(sequence.tolist())
+    allowed = np.setdiff1d(np.arange(1, 50), sequence)
+    expected = allowed[np.argsort(-scores[allowed], kind="stable")[:5]]
+    assert set(top) == set(expected)
+
+
+def test_a_representation_instance_is_used_as_given(synthetic):
+    train, _ = synthetic
+    net = MLSTMNet(50, 8, state="cell")
+    model = ImplicitSequenceModel(representation=net, n_iter=1, random_state=0)
+    model.fit(train)
+    assert model.net is net
+    with pytest.raises(ValueError, match="representation instance has no configuration"):
+        model.save("unused.pt")
+
+
+def test_bad_input(synthetic):
+    train, _ = synthetic
+    with pytest.raises(ValueError, match="unknown loss 'warp'"):
+        ImplicitSequenceModel(loss="warp")
+    with pytest.raises(ValueError, match="unknown representation 'gru'"):
+        ImplicitSequenceModel(representation="gru")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        ImplicitSequenceModel(batch_size=0)
+    model = ImplicitSequenceModel(n_iter=1, embedding_dim=4, random_state=0)
+    with pytest.raises(ValueError, match="expects SequenceInteractions"):
+        model.fit(train.sequences)
+    with pytest.raises(ValueError, match="non-empty 2-D array"):
+        model.fit(SequenceInteractions(np.zeros((0, 5), dtype=int), num_items=50))
+    model.fit(train)
+    with pytest.raises(ValueError, match=r"item ids must be in \[0, 50\) .* got ids from 1 to 60"):
+        model.fit(SequenceInteractions(np.array([[1, 60]]), num_items=61))
+    with pytest.raises(ValueError, match=r"item ids must be in \[0, 50\)"):
+        model.predict([1, 2, 50])
+    with pytest.raises(ValueError, match="the model has not been fitted"):
+        ImplicitSequenceModel().predict([1, 2])
+
+
+def test_degenerate_loss_raises(synthetic):
+    train, _ = synthetic
+    net = MLSTMNet(50, 4)
+    with torch.no_grad():
+        net.item_embeddings.weight.fill_(float("nan"))
+    model = ImplicitSequenceModel(representation=net, n_iter=1, random_state=0)
+    with pytest.raises(ValueError, match="degenerate epoch loss: nan"):
+        model.fit(train)
+
+
+def test_device_choice():
+    assert ImplicitSequenceModel(device="cpu").device == torch.device("cpu")
+    assert ImplicitSequenceModel(use_cuda=False).device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ImplicitSequenceModel(use_cuda=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fit_and_evaluate(synthetic):
+    train, test = synthetic
+    model = ImplicitSequenceModel(representation="mlstm", n_iter=2, device="cuda", random_state=0)
+    model.fit(train)
+    assert sequence_mrr_score(model, test).mean() > random_mrr(50)
