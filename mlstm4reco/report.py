@@ -1,0 +1,196 @@
+"""Tables, paired tests and plots from the records of searches and reproductions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import pathlib
+
+import numpy as np
+from scipy import stats
+
+from mlstm4reco.datasets._download import atomic_path
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _ok(records: list[dict]) -> list[dict]:
+    return [r for r in records if r["status"] == "ok"]
+
+
+def _mean_std(values) -> str:
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return "n/a"
+    std = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return f"{values.mean():.4f} ± {std:.4f}"
+
+
+def reproduction_rows(records: list[dict]) -> list[dict]:
+    """One row per model: mean and std of valid/test MRR over seeds beside the study's."""
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        runs = [r for r in records if r["model"] == model]
+        ok = _ok(runs)
+        published = runs[0].get("published") or {}
+        rows.append({
+            "dataset": runs[0]["dataset"],
+            "model": model,
+            "seeds": len(ok),
+            "failed": len(runs) - len(ok),
+            "valid_mrr": _mean_std([r["valid_mrr"] for r in ok]),
+            "test_mrr": _mean_std([r["test_mrr"] for r in ok]),
+            "study_valid_mrr": published.get("valid_mrr", ""),
+            "study_test_mrr": published.get("test_mrr", ""),
+            "seconds_per_run": f"{np.mean([r['seconds'] for r in ok]):.0f}" if ok else "n/a",
+        })
+    return rows
+
+
+def paired_test(records: list[dict], a: str, b: str, metric: str = "test_mrr") -> dict | None:
+    """Paired t-test of model ``b`` against ``a`` over the seeds both finished."""
+    by_seed = {m: {r["seed"]: r[metric] for r in _ok(records) if r["model"] == m} for m in (a, b)}
+    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+    if len(seeds) < 2:
+        return None
+    x = np.array([by_seed[a][s] for s in seeds])
+    y = np.array([by_seed[b][s] for s in seeds])
+    difference = y - x
+    t, p = stats.ttest_rel(y, x)
+    half_width = stats.t.ppf(0.975, len(seeds) - 1) * difference.std(ddof=1) / np.sqrt(len(seeds))
+    return dict(metric=metric, a=a, b=b, seeds=len(seeds), mean_difference=float(difference.mean()),
+                ci95=(float(difference.mean() - half_width), float(difference.mean() + half_width)),
+                t=float(t), p=float(p), b_wins=int((difference > 0).sum()))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[dict]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def describe_test(test: dict | None) -> str:
+    if test is None:
+        return "Paired test: needs both models on at least two common seeds.\n"
+    low, high = test["ci95"]
+    return (
+        f"Paired t-test, {test['b']} vs {test['a']}, {test['metric']} over {test['seeds']} seeds: "
+        f"mean difference {test['mean_difference']:+.4f} (95% CI {low:+.4f} to {high:+.4f}), "
+        f"t = {test['t']:.2f}, p = {test['p']:.3f}; {test['b']} better on {test['b_wins']} of "
+        f"{test['seeds']} seeds.\n"
+    )
+
+
+def write_reproduction_report(records: list[dict], out_dir) -> dict[str, pathlib.Path]:
+    """table.md (table and paired tests), table.csv and comparison.png in ``out_dir``."""
+    out_dir = pathlib.Path(out_dir)
+    rows = reproduction_rows(records)
+    models = [row["model"] for row in rows]
+    tests = ""
+    if "lstm" in models:
+        for other in (m for m in models if m != "lstm"):
+            for metric in ("test_mrr", "valid_mrr"):
+                tests += describe_test(paired_test(records, "lstm", other, metric))
+    paths = {"markdown": out_dir / "table.md", "csv": out_dir / "table.csv",
+             "plot": out_dir / "comparison.png"}
+    _write(paths["markdown"], markdown_table(rows) + "\n" + tests)
+    _write(paths["csv"], csv_text(rows))
+    plot_comparison(records, paths["plot"])
+    return paths
+
+
+def plot_comparison(records: list[dict], path) -> None:
+    """Bars of mean valid/test MRR with std error bars; the study's numbers as marks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in records))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 3.6))
+    width = 0.38
+    for offset, metric, color in ((-width / 2, "valid_mrr", "#8da0cb"), (width / 2, "test_mrr", "#fc8d62")):
+        for i, model in enumerate(models):
+            ok = [r for r in _ok(records) if r["model"] == model]
+            values = np.array([r[metric] for r in ok], dtype=float)
+            if len(values):
+                std = values.std(ddof=1) if len(values) > 1 else 0.0
+                ax.bar(i + offset, values.mean(), width, yerr=std, capsize=4, color=color,
+                       label=metric.replace("_", " ") if i == 0 else None)
+            published = next((r.get("published") or {} for r in records if r["model"] == model), {})
+            if metric in published:
+                ax.plot(i + offset, published[metric], "k_", markersize=18, mew=2,
+                        label="study" if (i == 0 and metric == "test_mrr") else None)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("MRR")
+    dataset = records[0]["dataset"] if records else ""
+    ax.set_title(f"{dataset}: mean ± std over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(pathlib.Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
+    """summary.md (best trial and all trials), trials.csv and valid_mrr.png."""
+    out_dir = pathlib.Path(out_dir)
+    rows = [{"number": r["number"], "status": r["status"],
+             "valid_mrr": f"{r['valid_mrr']:.4f}" if r["status"] == "ok" else "",
+             "test_mrr": f"{r['test_mrr']:.4f}" if r["status"] == "ok" else "",
+             "seconds": f"{r['seconds']:.0f}",
+             **{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r["arguments"].items()
+                if k not in ("loss", "representation")}} for r in records]
+    ok = _ok(records)
+    best = max(ok, key=lambda r: r["valid_mrr"]) if ok else None
+    head = f"# Search: {title}\n\n{len(records)} trials, {len(records) - len(ok)} failed.\n\n"
+    if best is not None:
+        head += (f"Best by validation MRR: trial {best['number']}, valid {best['valid_mrr']:.4f}, "
+                 f"test {best['test_mrr']:.4f}, arguments {best['arguments']}.\n\n")
+    paths = {"markdown": out_dir / "summary.md", "csv": out_dir / "trials.csv",
+             "plot": out_dir / "valid_mrr.png"}
+    _write(paths["markdown"], head + markdown_table(rows))
+    _write(paths["csv"], csv_text(rows))
+    plot_search(records, paths["plot"], title)
+    return paths
+
+
+def plot_search(records: list[dict], path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ok = _ok(records)
+    numbers = [r["number"] for r in ok]
+    values = [r["valid_mrr"] for r in ok]
+    ax.plot(numbers, values, "o", color="#66c2a5", label="trial")
+    if values:
+        ax.step(numbers, np.maximum.accumulate(values), where="post", color="k", label="best so far")
+    failed = [r["number"] for r in records if r["status"] != "ok"]
+    if failed:
+        ax.plot(failed, [min(values, default=0)] * len(failed), "rx", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation MRR")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(pathlib.Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,316 @@
+"""Experiments as data: configs, the 2018 protocol, hyperopt searches and multi-seed
+reproductions, with every finished trial saved atomically so a killed run resumes.
+
+A config (YAML, see ``configs/``) names a dataset and a model and holds
+
+- ``protocol``: seed, user split percentages, sequence windows, ``exclude_preceding``;
+- ``fixed``: model arguments every trial shares (loss, representation, ...);
+- ``space``: the hyperopt search space, one distribution per argument;
+- ``best``: the best arguments found by the 2018 study (trained by ``reproduce``);
+- ``published``: the study's valid/test MRR for the row, when it has one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from mlstm4reco.cross_validation import user_based_train_test_split
+from mlstm4reco.datasets._download import atomic_path
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+DATASETS = ("synthetic", "ml100k", "ml1m", "ml10m", "amazon")
+INTEGER_ARGUMENTS = ("batch_size", "n_iter", "embedding_dim", "num_negative_samples")
+DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "qloguniform", "choice")
+
+
+class UserError(ValueError):
+    """A mistake in the user's input (config, dataset name, missing file): the CLI prints
+    its message on one line, without a traceback."""
+
+
+@dataclass
+class ExperimentConfig:
+    dataset: str
+    model: str
+    protocol: dict
+    fixed: dict
+    space: dict
+    best: dict = field(default_factory=dict)
+    published: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    source: str = "<memory>"
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}_{self.model}"
+
+
+PROTOCOL_KEYS = {
+    "seed", "test_percentage", "valid_percentage", "max_sequence_length",
+    "min_sequence_length", "step_size", "exclude_preceding",
+}
+
+
+def load_config(path) -> ExperimentConfig:
+    """Read and check a YAML experiment config."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UserError(f"no config file at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    allowed = set(ExperimentConfig.__dataclass_fields__) - {"source"}
+    unknown = set(raw) - allowed
+    missing = {"dataset", "model", "protocol", "fixed", "space"} - set(raw)
+    if unknown or missing:
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    if raw["dataset"] not in DATASETS:
+        raise UserError(f"{path}: unknown dataset {raw['dataset']!r}; choose from {DATASETS}")
+    if set(raw["protocol"]) != PROTOCOL_KEYS:
+        raise UserError(
+            f"{path}: protocol needs exactly {sorted(PROTOCOL_KEYS)}, got {sorted(raw['protocol'])}"
+        )
+    for name, spec in raw["space"].items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise UserError(
+                f"{path}: space.{name} must be one distribution of {DISTRIBUTIONS}, "
+                f"e.g. {{quniform: [64, 256, 16]}}; got {spec!r}"
+            )
+    try:
+        build_space(raw["space"])
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{path}: bad search space ({error})") from error
+    return ExperimentConfig(**raw, source=str(path))
+
+
+def config_path(dataset: str, model: str, config_dir=None) -> pathlib.Path:
+    folder = pathlib.Path(config_dir) if config_dir else CONFIG_DIR
+    path = folder / f"{dataset}_{model}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise UserError(f"no config {path.name} in {folder}; available: {available}")
+    return path
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_dataset(config: ExperimentConfig, data_dir=None):
+    """The dataset of a config as Interactions (file errors become UserErrors)."""
+    from mlstm4reco.datasets import get_amazon_dataset, get_movielens_dataset, get_synthetic_dataset
+
+    try:
+        if config.dataset == "synthetic":
+            return get_synthetic_dataset(**config.data)
+        if config.dataset == "amazon":
+            return get_amazon_dataset(**config.data, data_dir=data_dir)
+        variant = {"ml100k": "100K", "ml1m": "1M", "ml10m": "10M"}[config.dataset]
+        return get_movielens_dataset(variant, data_dir=data_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from error
+
+
+def protocol_split(interactions, protocol: dict):
+    """The 2018 protocol: users split ``test_percentage`` out, the rest split in half into
+    (test, valid) with the same RandomState; each part cut into sequences."""
+    state = np.random.RandomState(protocol["seed"])
+    train, rest = user_based_train_test_split(interactions, protocol["test_percentage"], state)
+    test, valid = user_based_train_test_split(rest, protocol["valid_percentage"], state)
+    window = (protocol["max_sequence_length"], protocol["min_sequence_length"], protocol["step_size"])
+    return tuple(part.to_sequence(*window) for part in (train, valid, test))
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def model_arguments(config: ExperimentConfig, params: dict) -> dict:
+    arguments = {**config.fixed, **params}
+    for name in INTEGER_ARGUMENTS:
+        if name in arguments:
+            arguments[name] = int(round(arguments[name]))
+    return arguments
+
+
+def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, device: str,
+                       verbose: bool = False) -> dict:
+    """Fit one model and return its validation and test MRR and timings."""
+    from mlstm4reco.evaluation import sequence_mrr_score
+    from mlstm4reco.sequence_model import ImplicitSequenceModel
+
+    train, valid, test = splits
+    model = ImplicitSequenceModel(**arguments, random_state=seed, device=device)
+    start = time.perf_counter()
+    losses = model.fit(train, verbose=verbose)
+    fit_seconds = time.perf_counter() - start
+    exclude = protocol["exclude_preceding"]
+    valid_mrr = float(sequence_mrr_score(model, valid, exclude_preceding=exclude).mean())
+    test_mrr = float(sequence_mrr_score(model, test, exclude_preceding=exclude).mean())
+    if not (math.isfinite(valid_mrr) and math.isfinite(test_mrr)):
+        raise ValueError(f"non-finite MRR: valid {valid_mrr}, test {test_mrr}")
+    return dict(valid_mrr=valid_mrr, test_mrr=test_mrr, final_loss=losses[-1],
+                fit_seconds=fit_seconds, device=str(model.device))
+
+
+def versions() -> dict:
+    import hyperopt
+    import torch
+
+    import mlstm4reco
+
+    return dict(mlstm4reco=mlstm4reco.__version__, torch=torch.__version__,
+                numpy=np.__version__, hyperopt=hyperopt.__version__,
+                python=platform.python_version())
+
+
+# ---------------------------------------------------------------------------- records
+
+
+class RecordFile:
+    """A JSON list of records (trials or runs), rewritten atomically after each one."""
+
+    def __init__(self, path) -> None:
+        self.path = pathlib.Path(path)
+        self.records: list[dict] = []
+        if self.path.is_file():
+            try:
+                self.records = json.loads(self.path.read_text())["records"]
+            except (ValueError, KeyError) as error:
+                raise UserError(f"{self.path}: unreadable results file ({error})") from error
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps({"records": self.records}, indent=1, default=_jsonable))
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def run_guarded(function, **kwargs) -> dict:
+    """Run one trial; a raised error or a NaN becomes a failed record, not a crash."""
+    start = time.perf_counter()
+    try:
+        result = {"status": "ok", **function(**kwargs)}
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of one trial is recorded
+        result = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                  "traceback": traceback.format_exc(limit=5)}
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# ---------------------------------------------------------------------------- search
+
+
+def build_space(space: dict) -> dict:
+    """hyperopt expressions from the config's ``space`` (loguniform takes log bounds)."""
+    from hyperopt import hp
+
+    expressions = {}
+    for name, spec in space.items():
+        (kind, args), = spec.items()
+        expressions[name] = getattr(hp, kind)(name, args) if kind == "choice" else getattr(hp, kind)(name, *args)
+    return expressions
+
+
+def _trials_from_records(records: list[dict]):
+    """A hyperopt Trials holding the finished trials, so TPE resumes where it stopped."""
+    from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials
+
+    trials = Trials()
+    for tid, record in enumerate(records):
+        vals = record["vals"]
+        result = ({"status": STATUS_OK, "loss": -record["valid_mrr"]}
+                  if record["status"] == "ok" else {"status": STATUS_FAIL})
+        misc = {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
+                "idxs": {k: [tid] for k in vals}, "vals": {k: [v] for k, v in vals.items()}}
+        docs = trials.new_trial_docs([tid], [None], [result], [misc])
+        docs[0]["state"] = JOB_STATE_DONE
+        trials.insert_trial_docs(docs)
+    trials.refresh()
+    return trials
+
+
+def suggest(config: ExperimentConfig, records: list[dict], seed: int) -> tuple[dict, dict]:
+    """The next point of the TPE search given the finished ``records``: (hyperopt's raw
+    values, model arguments). Deterministic in (seed, records)."""
+    from hyperopt import STATUS_OK, fmin, space_eval, tpe
+
+    space = build_space(config.space)
+    trials = _trials_from_records(records)
+    # fmin only proposes the point: the placeholder result is thrown away with `trials`.
+    fmin(lambda _: {"status": STATUS_OK, "loss": 0.0}, space, algo=tpe.suggest, trials=trials,
+         max_evals=len(records) + 1, rstate=np.random.default_rng([seed, len(records)]),
+         show_progressbar=False, return_argmin=False)
+    vals = {k: float(v[0]) for k, v in trials.trials[-1]["misc"]["vals"].items() if v}
+    return vals, space_eval(space, vals)
+
+
+def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "auto",
+               data_dir=None, seed: int | None = None, progress: bool = True,
+               train=train_and_evaluate) -> list[dict]:
+    """Run (or resume) a TPE search maximising validation MRR until ``trials`` trials are
+    recorded in ``out_dir/trials.json``. Test MRR is recorded, never optimised."""
+    seed = config.protocol["seed"] if seed is None else seed
+    store = RecordFile(pathlib.Path(out_dir) / "trials.json")
+    if len(store.records) >= trials:
+        return store.records
+    splits = protocol_split(load_dataset(config, data_dir), config.protocol)
+    bar = tqdm(total=trials, initial=len(store.records), desc=f"trials {config.name}",
+               disable=not progress, unit="trial")
+    while len(store.records) < trials:
+        vals, params = suggest(config, store.records, seed)
+        arguments = model_arguments(config, params)
+        result = run_guarded(train, arguments=arguments, splits=splits,
+                             protocol=config.protocol, seed=seed, device=device, verbose=progress)
+        store.append({"number": len(store.records), "vals": vals, "arguments": arguments,
+                      **result, "seed": seed, "config": config.source, "versions": versions(),
+                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        best = max((r["valid_mrr"] for r in store.records if r["status"] == "ok"), default=float("nan"))
+        bar.set_postfix(best_valid_mrr=f"{best:.4f}")
+        bar.update(1)
+    bar.close()
+    return store.records
+
+
+def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: str = "auto",
+                  data_dir=None, progress: bool = True, train=train_and_evaluate) -> list[dict]:
+    """Train each config's ``best`` arguments with model seeds 0..seeds-1 (the data split
+    stays the protocol's), resuming from ``out_dir/runs.json``."""
+    store = RecordFile(pathlib.Path(out_dir) / "runs.json")
+    done = {(r["model"], r["seed"]) for r in store.records}
+    todo = [(c, s) for c in configs for s in range(seeds) if (c.model, s) not in done]
+    bar = tqdm(total=len(configs) * seeds, initial=len(configs) * seeds - len(todo),
+               desc="runs", disable=not progress, unit="run")
+    splits_cache = {}
+    for config, seed in todo:
+        key = (config.dataset, json.dumps(config.protocol, sort_keys=True), json.dumps(config.data, sort_keys=True))
+        if key not in splits_cache:
+            splits_cache[key] = protocol_split(load_dataset(config, data_dir), config.protocol)
+        arguments = model_arguments(config, config.best)
+        result = run_guarded(train, arguments=arguments, splits=splits_cache[key],
+                             protocol=config.protocol, seed=seed, device=device, verbose=progress)
+        store.append({"model": config.model, "dataset": config.dataset, "seed": seed,
+                      "arguments": arguments, **result, "published": config.published,
+                      "config": config.source, "versions": versions(),
+                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        bar.update(1)
+    bar.close()
+    return store.records

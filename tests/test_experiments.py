@@ -1,0 +1,214 @@
+"""The experiment runner end to end: searches, reproductions, resume after SIGKILL,
+failed trials, user errors."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, require_archive
+from mlstm4reco import search
+
+RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
+sys.path.insert(0, str(ROOT / "experiments"))
+import run  # noqa: E402
+
+
+def tiny_config(folder, dataset="synthetic", model="mlstm", n_iter=(1, 2, 1), **changes):
+    protocol = dict(seed=72, test_percentage=0.2, valid_percentage=0.5, max_sequence_length=20,
+                    min_sequence_length=5, step_size=20, exclude_preceding=True)
+    if dataset != "synthetic":
+        protocol.update(max_sequence_length=100, min_sequence_length=20, step_size=100)
+    config = dict(
+        dataset=dataset, model=model, protocol=protocol,
+        fixed=dict(loss="adaptive_hinge", representation=model),
+        space=dict(batch_size={"quniform": [64, 128, 64]}, learning_rate={"loguniform": [-5, -3]},
+                   l2={"loguniform": [-25, -9]}, n_iter={"quniform": list(n_iter)},
+                   embedding_dim={"quniform": [8, 16, 8]}),
+        best=dict(learning_rate=1e-2, batch_size=64, embedding_dim=8, l2=1e-6, n_iter=2),
+        published=dict(valid_mrr=0.2, test_mrr=0.25),
+    )
+    if dataset == "synthetic":
+        config["data"] = dict(num_users=100, num_items=40, num_interactions=6000, random_state=0)
+    config.update(changes)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dataset}_{model}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_records(path):
+    return json.loads(path.read_text())["records"]
+
+
+def is_png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "ml100k"])
+def test_search_end_to_end(tmp_path, dataset, capsys):
+    if dataset == "ml100k":
+        require_archive("ml-100k.zip")
+    config = tiny_config(tmp_path / "configs", dataset)
+    assert run.main(["--dataset", dataset, "--model", "mlstm", "--trials", "2", "--config", str(config),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    out = tmp_path / "out" / f"{dataset}_mlstm"
+    records = read_records(out / "trials.json")
+    assert [r["number"] for r in records] == [0, 1]
+    for record in records:
+        assert record["status"] == "ok"
+        assert 0 < record["valid_mrr"] <= 1 and 0 < record["test_mrr"] <= 1
+        assert record["seed"] == 72 and record["device"] == "cpu" and record["seconds"] > 0
+        assert record["versions"]["torch"] and record["versions"]["hyperopt"]
+        assert 1 <= record["arguments"]["n_iter"] <= 2 and record["arguments"]["embedding_dim"] in (8, 16)
+    summary = (out / "summary.md").read_text()
+    best = max(records, key=lambda r: r["valid_mrr"])
+    assert f"Best by validation MRR: trial {best['number']}" in summary
+    assert len((out / "trials.csv").read_text().splitlines()) == 3
+    assert is_png(out / "valid_mrr.png")
+    assert "Best by validation MRR" in capsys.readouterr().out
+
+
+def test_reproduce_end_to_end(tmp_path):
+    configs = tmp_path / "configs"
+    for model in ("lstm", "mlstm"):
+        tiny_config(configs, model=model)
+    assert run.main(["reproduce", "--dataset", "synthetic", "--seeds", "3", "--config-dir", str(configs),
+                     "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    out = tmp_path / "out" / "synthetic_reproduce"
+    records = read_records(out / "runs.json")
+    assert sorted((r["model"], r["seed"]) for r in records) == [(m, s) for m in ("lstm", "mlstm") for s in range(3)]
+    table = (out / "table.md").read_text()
+    for model in ("lstm", "mlstm"):
+        values = np.array([r["test_mrr"] for r in records if r["model"] == model])
+        assert f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" in table
+    assert "| 0.2 | 0.25 |" in table  # the published numbers beside ours
+    assert "Paired t-test, mlstm vs lstm, test_mrr over 3 seeds" in table
+    assert (out / "table.csv").read_text().startswith("dataset,model,seeds")
+    assert is_png(out / "comparison.png")
+
+
+def test_paired_test_matches_scipy():
+    from scipy.stats import ttest_rel
+
+    from mlstm4reco.report import paired_test
+
+    a, b = [0.10, 0.12, 0.11, 0.13], [0.12, 0.12, 0.14, 0.15]
+    records = [dict(model=m, seed=s, status="ok", test_mrr=v)
+               for m, values in (("lstm", a), ("mlstm", b)) for s, v in enumerate(values)]
+    result = paired_test(records, "lstm", "mlstm")
+    expected = ttest_rel(b, a)
+    assert result["p"] == pytest.approx(expected.pvalue) and result["t"] == pytest.approx(expected.statistic)
+    assert result["mean_difference"] == pytest.approx(np.mean(np.subtract(b, a)))
+    assert result["b_wins"] == 3
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    config = search.load_config(tiny_config(tmp_path))
+    calls = []
+
+    def flaky(arguments, **kwargs):
+        calls.append(arguments)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        if len(calls) == 3:
+            return search.train_and_evaluate(dict(arguments, learning_rate=float("nan")), **kwargs)
+        return dict(valid_mrr=0.1 * len(calls), test_mrr=0.2, final_loss=1.0, fit_seconds=0.0, device="cpu")
+
+    records = search.run_search(config, 4, tmp_path / "out", progress=False, train=flaky)
+    assert [r["status"] for r in records] == ["ok", "failed", "failed", "ok"]
+    assert "RuntimeError: out of memory" in records[1]["error"]
+    assert "learning rate" in records[2]["error"]  # NaN: the optimizer refuses it
+    assert records[3]["valid_mrr"] == pytest.approx(0.4)
+
+
+def test_resumed_search_proposes_what_an_uninterrupted_one_would(tmp_path):
+    config = search.load_config(tiny_config(tmp_path))
+
+    def fake(arguments, **kwargs):
+        return dict(valid_mrr=arguments["learning_rate"], test_mrr=0.0, final_loss=1.0,
+                    fit_seconds=0.0, device="cpu")
+
+    whole = search.run_search(config, 4, tmp_path / "a", progress=False, train=fake)
+    search.run_search(config, 2, tmp_path / "b", progress=False, train=fake)
+    resumed = search.run_search(config, 4, tmp_path / "b", progress=False, train=fake)
+    assert [r["vals"] for r in resumed] == [r["vals"] for r in whole]
+
+
+def test_sigkill_keeps_finished_trials_and_the_rerun_continues(tmp_path):
+    config = tiny_config(tmp_path / "configs", n_iter=(3, 4, 1))
+    out = tmp_path / "out"
+    command = RUN + ["--dataset", "synthetic", "--model", "mlstm", "--config", str(config),
+                     "--out", str(out), "--device", "cpu", "--quiet"]
+    trials_file = out / "synthetic_mlstm" / "trials.json"
+    process = subprocess.Popen(command + ["--trials", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (trials_file.exists() and len(read_records(trials_file)) >= 2):
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    survived = read_records(trials_file)  # still valid JSON: written atomically
+    assert len(survived) >= 2
+    target = len(survived) + 1
+    subprocess.run(command + ["--trials", str(target)], check=True, capture_output=True, timeout=300)
+    after = read_records(trials_file)
+    assert len(after) == target
+    assert after[: len(survived)] == survived
+    assert after[-1]["number"] == target - 1 and after[-1]["status"] == "ok"
+    assert not [p for p in trials_file.parent.iterdir() if p.name.endswith(".part")]
+
+
+def test_user_errors_are_one_line(tmp_path):
+    result = subprocess.run(RUN + ["--dataset", "ml1m", "--model", "gru", "--out", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        result.stderr.strip().splitlines()[0]] and "no config ml1m_gru.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad = tiny_config(tmp_path, space={"lr": {"normal": [0, 1]}})
+    with pytest.raises(search.UserError, match="space.lr must be one distribution"):
+        search.load_config(bad)
+    wrong = tiny_config(tmp_path / "x", protocol={"seed": 1})
+    with pytest.raises(search.UserError, match="protocol needs exactly"):
+        search.load_config(wrong)
+
+
+def test_missing_data_file_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLSTM4RECO_DATA", raising=False)
+    config = tiny_config(tmp_path / "configs", dataset="ml1m")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("MLSTM4RECO_DATA", None)
+    result = subprocess.run(RUN + ["--dataset", "ml1m", "--model", "mlstm", "--config", str(config),
+                                   "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ml-1m.zip is not on disk" in result.stderr
+
+
+def test_shipped_configs_are_valid_and_hold_the_study():
+    rows = {}
+    for path in sorted(search.CONFIG_DIR.glob("*.yaml")):
+        config = search.load_config(path)
+        assert path.stem == config.name
+        search.build_space(config.space)
+        if config.published:
+            rows[config.name] = (config.best, config.published)
+    assert rows["ml1m_mlstm"] == (
+        dict(learning_rate=1.25e-2, batch_size=240, embedding_dim=120, l2=5.90e-6, n_iter=40),
+        dict(valid_mrr=0.1275, test_mrr=0.1386))
+    assert rows["amazon_lstm"][0]["l2"] == 2.42e-11
+    assert len(rows) == 6  # the study's six rows
+    assert not math.isnan(rows["ml10m_lstm"][1]["test_mrr"])
+
+
+def test_bad_bounds_are_a_config_error(tmp_path):
+    with pytest.raises(search.UserError, match="bad search space .*low should be less than high"):
+        search.load_config(tiny_config(tmp_path, n_iter=(3, 3, 1)))
