@@ -29,8 +29,15 @@ def _mean_std(values) -> str:
     return f"{values.mean():.4f} ± {std:.4f}"
 
 
+def _epoch_seconds(runs: list[dict]) -> float:
+    return float(np.mean([r["fit_seconds"] / r["arguments"]["n_iter"] for r in runs]))
+
+
 def reproduction_rows(records: list[dict]) -> list[dict]:
-    """One row per model: mean and std of valid/test MRR over seeds beside the study's."""
+    """One row per model: mean and std of valid/test MRR over seeds beside the study's,
+    seconds per run and per epoch, and the epoch time relative to the LSTM's."""
+    lstm_ok = _ok([r for r in records if r["model"] == "lstm"])
+    lstm_epoch = _epoch_seconds(lstm_ok) if lstm_ok else None
     rows = []
     for model in dict.fromkeys(r["model"] for r in records):
         runs = [r for r in records if r["model"] == model]
@@ -46,6 +53,8 @@ def reproduction_rows(records: list[dict]) -> list[dict]:
             "study_valid_mrr": published.get("valid_mrr", ""),
             "study_test_mrr": published.get("test_mrr", ""),
             "seconds_per_run": f"{np.mean([r['seconds'] for r in ok]):.0f}" if ok else "n/a",
+            "seconds_per_epoch": f"{_epoch_seconds(ok):.2f}" if ok else "n/a",
+            "epoch_vs_lstm": f"{_epoch_seconds(ok) / lstm_epoch:.2f}x" if ok and lstm_epoch else "n/a",
         })
     return rows
 

@@ -22,7 +22,7 @@ from torch import nn
 from mlstm4reco.layers import MLSTM
 
 __all__ = [
-    "PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "MLSTMNet", "REPRESENTATIONS"
+    "PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "MLSTMNet", "PoolNet", "CNNNet"
 ]
 
 PADDING_IDX = 0
@@ -78,11 +78,8 @@ class _SequenceNet(nn.Module):
     """Item embeddings, item biases, scoring and checks shared by the representations.
 
     Subclasses implement ``_states(item_sequences) -> (B, T + 1, D)``: the state before
-    any item, then the state after each item; and set ``self.config``, the constructor
-    arguments that rebuild them (saved with a model's weights).
+    any item, then the state after each item.
     """
-
-    config: dict
 
     def __init__(
         self,
@@ -181,7 +178,6 @@ class LSTMNet(_SequenceNet):
         sparse: bool = False,
     ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
-        self.config = dict(num_items=num_items, embedding_dim=embedding_dim, sparse=sparse)
         self.lstm = nn.LSTM(embedding_dim, embedding_dim, batch_first=True)
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
@@ -238,16 +234,6 @@ class MLSTMNet(_SequenceNet):
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         self.state = state
-        self.config = dict(
-            num_items=num_items,
-            embedding_dim=embedding_dim,
-            sparse=sparse,
-            multiplicative_bias=multiplicative_bias,
-            state=state,
-            num_layers=num_layers,
-            forget_bias=forget_bias,
-            implementation=implementation,
-        )
         self.mlstm = MLSTM(
             embedding_dim,
             embedding_dim,
@@ -276,5 +262,93 @@ class MLSTMNet(_SequenceNet):
         return torch.cat([first.expand(B, 1, -1), rest], dim=1)  # (B, T + 1, D)
 
 
-REPRESENTATIONS = {"lstm": LSTMNet, "mlstm": MLSTMNet}
-"""Representations by the names ``ImplicitSequenceModel(representation=...)`` accepts."""
+
+class PoolNet(_SequenceNet):
+    """Average pooling: the state at position t is the mean of the embeddings of the
+    items before t, padding excluded (zero when nothing has been seen). Spotlight's
+    PoolNet divides by the count plus one; this one takes the plain mean.
+
+    Parameters
+    ----------
+    num_items, embedding_dim, item_embedding_layer, sparse:
+        As :class:`LSTMNet`.
+    """
+
+    def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
+        embeddings = self.item_embeddings(item_sequences)  # (B, T, D)
+        sums = F.pad(embeddings.cumsum(1), (0, 0, 1, 0))  # (B, T + 1, D)
+        counts = F.pad((item_sequences != PADDING_IDX).cumsum(1), (1, 0))  # (B, T + 1)
+        return sums / counts.clamp(min=1).unsqueeze(2).to(sums.dtype)
+
+
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class CNNNet(_SequenceNet):
+    """Stacked causal 1-D convolutions over the item embeddings.
+
+    A zero step is prepended (position 0 has seen nothing) and each layer pads
+    ``(kernel_width - 1) * dilation`` steps on the left, so position t sees only items
+    before t. Layers keep the embedding dimension; with ``residual`` each adds its input.
+
+    Parameters
+    ----------
+    num_items, embedding_dim, item_embedding_layer, sparse:
+        As :class:`LSTMNet`.
+    kernel_width: int
+        Width of every convolution.
+    num_layers: int
+        Stacked convolutions.
+    dilation: int or list of int
+        Dilation of every layer, or one per layer (e.g. [1, 2, 4] for a receptive field
+        that doubles with depth).
+    nonlinearity: 'tanh' or 'relu'
+    residual: bool
+
+    References
+    ----------
+    Tang and Wang. Personalized top-N sequential recommendation via convolutional
+    sequence embedding. WSDM 2018. Yuan et al. A simple convolutional generative network
+    for next item recommendation. WSDM 2019.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        item_embedding_layer: nn.Embedding | None = None,
+        sparse: bool = False,
+        kernel_width: int = 3,
+        num_layers: int = 1,
+        dilation=1,
+        nonlinearity: str = "tanh",
+        residual: bool = True,
+    ) -> None:
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        dilations = [dilation] * num_layers if isinstance(dilation, int) else list(dilation)
+        if num_layers < 1 or kernel_width < 1 or len(dilations) != num_layers or min(dilations) < 1:
+            raise ValueError(
+                f"need num_layers >= 1, kernel_width >= 1 and one positive dilation per layer; "
+                f"got num_layers={num_layers}, kernel_width={kernel_width}, dilation={dilation}"
+            )
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {nonlinearity!r}")
+        self.dilations = dilations
+        self.kernel_width = kernel_width
+        self.nonlinearity = nonlinearity
+        self.residual = residual
+        self.convolutions = nn.ModuleList(
+            nn.Conv1d(embedding_dim, embedding_dim, kernel_width, dilation=d) for d in dilations
+        )
+
+    def extra_repr(self) -> str:
+        return f"dilations={self.dilations}, nonlinearity={self.nonlinearity!r}, residual={self.residual}"
+
+    def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
+        x = self.item_embeddings(item_sequences).transpose(1, 2)  # (B, D, T)
+        x = F.pad(x, (1, 0))  # (B, D, T + 1): zero first step
+        activation = NONLINEARITIES[self.nonlinearity]
+        for convolution, dilation in zip(self.convolutions, self.dilations):
+            y = activation(convolution(F.pad(x, ((self.kernel_width - 1) * dilation, 0))))
+            x = x + y if self.residual else y
+        return x.transpose(1, 2)  # (B, T + 1, D)

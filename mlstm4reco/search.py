@@ -137,10 +137,22 @@ def protocol_split(interactions, protocol: dict):
 
 
 def model_arguments(config: ExperimentConfig, params: dict) -> dict:
-    arguments = {**config.fixed, **params}
-    for name in INTEGER_ARGUMENTS:
-        if name in arguments:
-            arguments[name] = int(round(arguments[name]))
+    """ImplicitSequenceModel arguments: ``fixed`` updated with ``params``. A dotted name
+    such as ``representation_kwargs.num_components`` sets a nested argument; values of
+    quantised distributions with a whole step, and the known integer arguments, become
+    ints."""
+    arguments = json.loads(json.dumps(config.fixed))  # a deep copy
+    for name, value in params.items():
+        spec = config.space.get(name, {})
+        (kind, args), = spec.items() if spec else (("", ()),)
+        whole_step = kind in ("quniform", "qloguniform") and float(args[-1]).is_integer()
+        if whole_step or name.split(".")[-1] in INTEGER_ARGUMENTS:
+            value = int(round(value))
+        target = arguments
+        *outer, last = name.split(".")
+        for key in outer:
+            target = target.setdefault(key, {})
+        target[last] = value
     return arguments
 
 

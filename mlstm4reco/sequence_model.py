@@ -15,11 +15,23 @@ from tqdm.auto import tqdm
 from mlstm4reco.datasets._download import atomic_path
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES
-from mlstm4reco.representations import PADDING_IDX, REPRESENTATIONS
+from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
+from mlstm4reco.representations import PADDING_IDX, CNNNet, LSTMNet, MLSTMNet, PoolNet
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
 
 FORMAT_VERSION = 1
+
+REPRESENTATIONS = {
+    "lstm": LSTMNet,
+    "mlstm": MLSTMNet,
+    "pooling": PoolNet,
+    "cnn": CNNNet,
+    "mixture": MixtureLSTMNet,
+    "mixture_mlstm": MixtureMLSTMNet,
+}
+"""Representations by the names ``ImplicitSequenceModel(representation=...)`` accepts
+(Spotlight's names, plus the mLSTM ones)."""
 
 
 def sample_items(num_items: int, shape, random_state: np.random.RandomState) -> np.ndarray:
@@ -48,7 +60,8 @@ class ImplicitSequenceModel:
     loss: str
         'pointwise', 'bpr', 'hinge' or 'adaptive_hinge' (see :mod:`mlstm4reco.losses`).
     representation: str or nn.Module
-        A name from :data:`mlstm4reco.representations.REPRESENTATIONS` ('lstm', 'mlstm'),
+        A name from :data:`REPRESENTATIONS` ('lstm', 'mlstm', 'pooling', 'cnn', 'mixture',
+        'mixture_mlstm'),
         or a representation instance in Spotlight's protocol.
     representation_kwargs: dict, optional
         Extra constructor arguments for a representation given by name, e.g.

@@ -91,6 +91,7 @@ def test_reproduce_end_to_end(tmp_path):
         assert f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" in table
     assert "| 0.2 | 0.25 |" in table  # the published numbers beside ours
     assert "Paired t-test, mlstm vs lstm, test_mrr over 3 seeds" in table
+    assert "| 1.00x |" in table  # the LSTM's epoch time relative to itself
     assert (out / "table.csv").read_text().startswith("dataset,model,seeds")
     assert is_png(out / "comparison.png")
 
@@ -207,6 +208,23 @@ def test_shipped_configs_are_valid_and_hold_the_study():
     assert rows["amazon_lstm"][0]["l2"] == 2.42e-11
     assert len(rows) == 6  # the study's six rows
     assert not math.isnan(rows["ml10m_lstm"][1]["test_mrr"])
+
+
+def test_dotted_names_set_representation_options(tmp_path):
+    space = dict(embedding_dim={"quniform": [8, 16, 8]},
+                 **{"representation_kwargs.num_components": {"quniform": [2, 3, 1]}})
+    config = search.load_config(tiny_config(
+        tmp_path, model="mixture_mlstm", space=space,
+        fixed=dict(loss="bpr", representation="mixture_mlstm", representation_kwargs={"state": "cell"})))
+    arguments = search.model_arguments(config, {"representation_kwargs.num_components": 3.0,
+                                                "embedding_dim": 16.0, "learning_rate": 0.5})
+    assert arguments == dict(loss="bpr", representation="mixture_mlstm", embedding_dim=16,
+                             learning_rate=0.5,
+                             representation_kwargs={"state": "cell", "num_components": 3})
+    assert config.fixed["representation_kwargs"] == {"state": "cell"}  # not modified
+    records = search.run_search(config, 1, tmp_path / "out", device="cpu", progress=False)
+    assert records[0]["status"] == "ok", records[0].get("error")
+    assert records[0]["arguments"]["representation_kwargs"]["num_components"] in (2, 3)
 
 
 def test_bad_bounds_are_a_config_error(tmp_path):

@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mlstm4reco.representations import LSTMNet, MLSTMNet
+from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
+from mlstm4reco.representations import CNNNet, LSTMNet, MLSTMNet, PoolNet
 
 NETS = {
     "lstm": lambda n, d: LSTMNet(n, d),
@@ -9,7 +11,14 @@ NETS = {
     "mlstm-cell": lambda n, d: MLSTMNet(n, d, state="cell"),
     "mlstm-nobias": lambda n, d: MLSTMNet(n, d, multiplicative_bias=False),
     "mlstm-2layers": lambda n, d: MLSTMNet(n, d, num_layers=2),
+    "pooling": lambda n, d: PoolNet(n, d),
+    "cnn": lambda n, d: CNNNet(n, d),
+    "cnn-dilated": lambda n, d: CNNNet(n, d, kernel_width=2, num_layers=3, dilation=[1, 2, 4],
+                                       nonlinearity="relu", residual=False),
+    "mixture-lstm": lambda n, d: MixtureLSTMNet(n, d, num_components=3),
+    "mixture-mlstm": lambda n, d: MixtureMLSTMNet(n, d, num_components=2, state="cell"),
 }
+MIXTURES = (MixtureLSTMNet, MixtureMLSTMNet)
 
 
 @pytest.fixture(params=sorted(NETS))
@@ -26,22 +35,38 @@ def sequences(batch=4, length=7, num_items=20, seed=0):
 def test_protocol_shapes(net):
     seqs = sequences()
     all_reps, final = net.user_representation(seqs)
-    assert all_reps.shape == (4, 6, 7)
-    assert final.shape == (4, 6)
+    per_position = (2 * net.num_components, 6) if isinstance(net, MIXTURES) else (6,)
+    assert all_reps.shape == (4, *per_position, 7)
+    assert final.shape == (4, *per_position)
     scores = net(all_reps, seqs)
     assert scores.shape == (4, 7)
     # Spotlight's predict: one final state expanded over candidate items (n, 1).
     items = torch.arange(20).reshape(-1, 1)
-    spotlight_scores = net(final[:1].expand(20, 6), items)
+    spotlight_scores = net(final[:1].expand(20, *per_position), items)
     assert spotlight_scores.shape == (20,)
     torch.testing.assert_close(spotlight_scores, net.score_all(final[:1])[0])
 
 
-def test_scores_are_dot_product_plus_bias(net):
+def test_scores_follow_the_formula(net):
+    """Dot product plus bias; for mixtures the attention-weighted sum of taste scores,
+    written as a loop over components."""
     with torch.no_grad():
         net.item_biases.weight.normal_()
     seqs = sequences()
     all_reps, _ = net.user_representation(seqs)
+    if isinstance(net, MIXTURES):
+        k = net.num_components
+        scores = net(all_reps, seqs)
+        for b in range(4):
+            for t in range(7):
+                e = net.item_embeddings.weight[seqs[b, t]]
+                logits = [all_reps[b, k + c, :, t] @ e for c in range(k)]
+                total = sum(torch.exp(a) for a in logits)
+                expected = net.item_biases.weight[seqs[b, t], 0]
+                for c in range(k):
+                    expected = expected + torch.exp(logits[c]) / total * (all_reps[b, c, :, t] @ e)
+                torch.testing.assert_close(scores[b, t], expected)
+        return
     scores = net(all_reps, seqs)
     for b in range(4):
         for t in range(7):
@@ -59,16 +84,16 @@ def test_causality(net):
         changed[:, t] = (changed[:, t] % 19) + 1  # another real item
         reps_changed, final_changed = net.user_representation(changed)
         # Positions up to t have not seen item t; later ones and the final state have.
-        torch.testing.assert_close(reps_changed[:, :, : t + 1], reps[:, :, : t + 1])
-        assert not torch.allclose(final_changed, final)
-        if t + 1 < 7:
-            assert not torch.allclose(reps_changed[:, :, t + 1], reps[:, :, t + 1])
+        torch.testing.assert_close(reps_changed[..., : t + 1], reps[..., : t + 1])
+        # The next position has seen the change (the final state, after the last item).
+        after = final_changed if t == 6 else reps_changed[..., t + 1]
+        assert not torch.allclose(after, final if t == 6 else reps[..., t + 1])
 
 
 def test_first_position_has_seen_nothing(net):
     reps_a, _ = net.user_representation(sequences(seed=1))
     reps_b, _ = net.user_representation(sequences(seed=2))
-    torch.testing.assert_close(reps_a[:, :, 0], reps_b[:, :, 0])
+    torch.testing.assert_close(reps_a[..., 0], reps_b[..., 0])
 
 
 def test_final_is_state_after_last_item(net):
@@ -76,7 +101,7 @@ def test_final_is_state_after_last_item(net):
     _, final = net.user_representation(seqs)
     longer = torch.cat([seqs, torch.ones(4, 1, dtype=torch.long)], dim=1)
     reps_longer, _ = net.user_representation(longer)
-    torch.testing.assert_close(reps_longer[:, :, -1], final)
+    torch.testing.assert_close(reps_longer[..., -1], final)
 
 
 def test_padding(net):
@@ -90,6 +115,11 @@ def test_padding(net):
     assert torch.isfinite(reps).all() and torch.isfinite(final).all()
     # A padded position scores 0: the padding embedding and bias are zero.
     assert torch.all(net(reps, padded)[padded == 0] == 0)
+    # More left padding does not change the final state of pooling (recurrent and
+    # convolutional nets do compute over padding steps).
+    if isinstance(net, PoolNet):
+        _, final_longer = net.user_representation(F.pad(padded, (3, 0)))
+        torch.testing.assert_close(final_longer, final)
 
 
 def test_every_parameter_gets_a_gradient(net):
@@ -121,6 +151,32 @@ def test_constructor_checks():
     with pytest.raises(ValueError, match="dimension 8, expected embedding_dim=4"):
         MLSTMNet(10, 4, item_embedding_layer=shared)
     assert MLSTMNet(10, 8, item_embedding_layer=shared).item_embeddings is shared
+
+
+def test_pooling_is_the_mean_of_the_items_before():
+    net = PoolNet(20, 4)
+    seqs = torch.tensor([[0, 0, 3, 5, 7], [1, 2, 0, 4, 4]])  # padding in the middle too
+    reps, final = net.user_representation(seqs)
+    emb = net.item_embeddings.weight
+    for b in range(2):
+        for t in range(6):
+            seen = [i for i in seqs[b, :t].tolist() if i != 0]
+            expected = torch.stack([emb[i] for i in seen]).mean(0) if seen else torch.zeros(4)
+            got = reps[b, :, t] if t < 5 else final[b]
+            torch.testing.assert_close(got, expected)
+
+
+def test_cnn_receptive_field():
+    """With kernel 2 and dilations [1, 2], position t sees items t-4..t-1 and no earlier."""
+    torch.manual_seed(0)
+    net = CNNNet(20, 4, kernel_width=2, num_layers=2, dilation=[1, 2])
+    seqs = sequences(batch=1, length=10)
+    reps, _ = net.user_representation(seqs)
+    changed = seqs.clone()
+    changed[0, 2] = changed[0, 2] % 19 + 1
+    reps_changed, _ = net.user_representation(changed)
+    differs = [not torch.allclose(reps[..., t], reps_changed[..., t]) for t in range(10)]
+    assert differs == [t in (3, 4, 5, 6) for t in range(10)]
 
 
 def test_lstmnet_is_spotlights_architecture():

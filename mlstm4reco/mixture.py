@@ -1,0 +1,96 @@
+"""Mixture-of-tastes representations: a recurrent state projected into k taste vectors
+and k attention vectors; an item's score is its bias plus the taste scores weighted by a
+softmax, over the k tastes, of the attention scores:
+
+    score(i) = b_i + sum_k softmax_k(a_k . e_i) * (t_k . e_i)
+
+``user_representation`` returns (B, 2k, D, T) and (B, 2k, D): tastes first, then
+attention vectors (Spotlight's layout for its mixture LSTM).
+
+References
+----------
+M. Kula. Mixture-of-tastes models for representing users with diverse interests.
+arXiv:1711.08379, 2017.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlstm4reco.representations import LSTMNet, MLSTMNet, check_item_sequences
+
+__all__ = ["MixtureLSTMNet", "MixtureMLSTMNet"]
+
+
+class _MixtureHead:
+    """Turns a net whose ``_states`` gives (B, T + 1, D) into a mixture of tastes."""
+
+    def _init_mixture(self, num_components: int) -> None:
+        if num_components < 1:
+            raise ValueError(f"num_components must be positive, got {num_components}")
+        self.num_components = num_components
+        D = self.embedding_dim
+        self.projection = nn.Linear(D, 2 * num_components * D)
+
+    def user_representation(self, item_sequences: torch.Tensor):
+        check_item_sequences(item_sequences, self.num_items)
+        states = self._states(item_sequences.long())  # (B, T + 1, D)
+        B, T1, D = states.shape
+        mixture = self.projection(states).view(B, T1, 2 * self.num_components, D)
+        mixture = mixture.permute(0, 2, 3, 1)  # (B, 2k, D, T + 1)
+        return mixture[..., :-1], mixture[..., -1]
+
+    def forward(self, user_representations: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if user_representations.dim() == 3:  # one state per row: Spotlight's predict
+            targets = targets.reshape(user_representations.shape[0], 1)
+            return self.forward(user_representations.unsqueeze(3), targets).squeeze(1)
+        k = self.num_components
+        tastes, attention = user_representations[:, :k], user_representations[:, k:]  # (B, k, D, T)
+        target_embedding = self.item_embeddings(targets).transpose(1, 2).unsqueeze(1)  # (B, 1, D, T)
+        weights = F.softmax((attention * target_embedding).sum(2), dim=1)  # (B, k, T)
+        taste_scores = (tastes * target_embedding).sum(2)  # (B, k, T)
+        return (weights * taste_scores).sum(1) + self.item_biases(targets).squeeze(-1)
+
+    def score_all(self, final_representation: torch.Tensor) -> torch.Tensor:
+        """(B, 2k, D) -> (B, num_items)."""
+        k = self.num_components
+        embeddings = self.item_embeddings.weight  # (N, D)
+        weights = F.softmax(final_representation[:, k:] @ embeddings.t(), dim=1)  # (B, k, N)
+        taste_scores = final_representation[:, :k] @ embeddings.t()  # (B, k, N)
+        return (weights * taste_scores).sum(1) + self.item_biases.weight.squeeze(1)
+
+
+class MixtureLSTMNet(_MixtureHead, LSTMNet):
+    """Mixture of tastes on Spotlight's LSTM (Spotlight's ``representation='mixture'``).
+
+    Parameters
+    ----------
+    num_items, embedding_dim, item_embedding_layer, sparse:
+        As :class:`~mlstm4reco.representations.LSTMNet`.
+    num_components: int
+        Number of tastes k (4 in Kula 2017).
+    """
+
+    def __init__(self, num_items: int, embedding_dim: int = 32, item_embedding_layer=None,
+                 sparse: bool = False, num_components: int = 4) -> None:
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        self._init_mixture(num_components)
+
+
+class MixtureMLSTMNet(_MixtureHead, MLSTMNet):
+    """Mixture of tastes on the multiplicative LSTM.
+
+    Parameters
+    ----------
+    num_components: int
+        Number of tastes k.
+    others:
+        As :class:`~mlstm4reco.representations.MLSTMNet`.
+    """
+
+    def __init__(self, num_items: int, embedding_dim: int = 32, item_embedding_layer=None,
+                 sparse: bool = False, num_components: int = 4, **mlstm_options) -> None:
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **mlstm_options)
+        self._init_mixture(num_components)
