@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pointwise_loss", "bpr_loss", "hinge_loss", "adaptive_hinge_loss", "LOSSES"]
+__all__ = [
+    "pointwise_loss", "bpr_loss", "hinge_loss", "adaptive_hinge_loss", "softmax_loss",
+    "sampled_softmax_loss", "LOSSES", "SAMPLED_LOSSES", "SOFTMAX_LOSSES",
+]
 
 
 def _masked_mean(loss: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -49,9 +52,34 @@ def adaptive_hinge_loss(positive_predictions, negative_predictions, mask=None):
     return hinge_loss(positive_predictions, highest_negative, mask=mask)
 
 
-LOSSES = {
+def softmax_loss(logits, targets):
+    """Cross-entropy of the target item over every item: ``logits`` (M, N) for M
+    positions, ``targets`` (M,). Padding id 0 is never a candidate."""
+    logits = logits.clone()
+    logits[:, 0] = -torch.inf
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def sampled_softmax_loss(positive_logits, negative_logits, accidental_hits=None):
+    """Cross-entropy of the target against S sampled items shared by all positions:
+    ``positive_logits`` (M,), ``negative_logits`` (M, S); ``accidental_hits`` (M, S) marks
+    samples equal to the position's target, which are left out. With uniform sampling
+    the log-probability correction of Jean et al. (2015) is a constant and cancels."""
+    if accidental_hits is not None:
+        negative_logits = negative_logits.masked_fill(accidental_hits, -torch.inf)
+    logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)  # (M, 1 + S)
+    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+SAMPLED_LOSSES = {
     "pointwise": pointwise_loss,
     "bpr": bpr_loss,
     "hinge": hinge_loss,
     "adaptive_hinge": adaptive_hinge_loss,
 }
+"""Spotlight's losses: positive and negative predictions, and a mask."""
+
+SOFTMAX_LOSSES = {"softmax": softmax_loss, "sampled_softmax": sampled_softmax_loss}
+"""Losses over many items per position (beyond Spotlight)."""
+
+LOSSES = {**SAMPLED_LOSSES, **SOFTMAX_LOSSES}

@@ -36,7 +36,7 @@ class _MixtureHead:
 
     def user_representation(self, item_sequences: torch.Tensor):
         check_item_sequences(item_sequences, self.num_items)
-        states = self._states(item_sequences.long())  # (B, T + 1, D)
+        states = self.dropout(self._states(item_sequences.long()))  # (B, T + 1, D)
         B, T1, D = states.shape
         mixture = self.projection(states).view(B, T1, 2 * self.num_components, D)
         mixture = mixture.permute(0, 2, 3, 1)  # (B, 2k, D, T + 1)
@@ -48,18 +48,24 @@ class _MixtureHead:
             return self.forward(user_representations.unsqueeze(3), targets).squeeze(1)
         k = self.num_components
         tastes, attention = user_representations[:, :k], user_representations[:, k:]  # (B, k, D, T)
-        target_embedding = self.item_embeddings(targets).transpose(1, 2).unsqueeze(1)  # (B, 1, D, T)
+        target_embedding = self.scoring_embeddings(targets).transpose(1, 2).unsqueeze(1)  # (B, 1, D, T)
         weights = F.softmax((attention * target_embedding).sum(2), dim=1)  # (B, k, T)
         taste_scores = (tastes * target_embedding).sum(2)  # (B, k, T)
         return (weights * taste_scores).sum(1) + self.item_biases(targets).squeeze(-1)
 
-    def score_all(self, final_representation: torch.Tensor) -> torch.Tensor:
-        """(B, 2k, D) -> (B, num_items)."""
+    def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (..., S) of items (S,) (all when None) for states (..., 2k, D)."""
         k = self.num_components
-        embeddings = self.item_embeddings.weight  # (N, D)
-        weights = F.softmax(final_representation[:, k:] @ embeddings.t(), dim=1)  # (B, k, N)
-        taste_scores = final_representation[:, :k] @ embeddings.t()  # (B, k, N)
-        return (weights * taste_scores).sum(1) + self.item_biases.weight.squeeze(1)
+        embeddings, biases = self.scoring_embeddings.weight, self.item_biases.weight.squeeze(1)
+        if items is not None:
+            embeddings, biases = embeddings[items], biases[items]
+        weights = F.softmax(states[..., k:, :] @ embeddings.t(), dim=-2)  # (..., k, S)
+        taste_scores = states[..., :k, :] @ embeddings.t()  # (..., k, S)
+        return (weights * taste_scores).sum(-2) + biases
+
+    def position_states(self, all_representations: torch.Tensor) -> torch.Tensor:
+        """(B, 2k, D, T) -> (B, T, 2k, D)."""
+        return all_representations.permute(0, 3, 1, 2)
 
 
 class MixtureLSTMNet(_MixtureHead, LSTMNet):
@@ -74,8 +80,8 @@ class MixtureLSTMNet(_MixtureHead, LSTMNet):
     """
 
     def __init__(self, num_items: int, embedding_dim: int = 32, item_embedding_layer=None,
-                 sparse: bool = False, num_components: int = 4) -> None:
-        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+                 sparse: bool = False, num_components: int = 4, **options) -> None:
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
         self._init_mixture(num_components)
 
 

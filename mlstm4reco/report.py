@@ -30,7 +30,7 @@ def _mean_std(values) -> str:
 
 
 def _epoch_seconds(runs: list[dict]) -> float:
-    return float(np.mean([r["fit_seconds"] / r["arguments"]["n_iter"] for r in runs]))
+    return float(np.mean([r["fit_seconds"] / r.get("epochs", r["arguments"]["n_iter"]) for r in runs]))
 
 
 def reproduction_rows(records: list[dict]) -> list[dict]:

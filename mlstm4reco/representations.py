@@ -78,7 +78,14 @@ class _SequenceNet(nn.Module):
     """Item embeddings, item biases, scoring and checks shared by the representations.
 
     Subclasses implement ``_states(item_sequences) -> (B, T + 1, D)``: the state before
-    any item, then the state after each item.
+    any item, then the state after each item, reading items through :meth:`_embed`.
+
+    Options every representation takes (keyword only):
+
+    - ``dropout``: dropout probability on the input item embeddings and on the states
+      that score items (training only; 0 = Spotlight's nets);
+    - ``tie_embeddings``: score items with the input item embeddings (True, Spotlight's
+      choice) or with separate output embeddings (False).
     """
 
     def __init__(
@@ -87,8 +94,13 @@ class _SequenceNet(nn.Module):
         embedding_dim: int = 32,
         item_embedding_layer: nn.Embedding | None = None,
         sparse: bool = False,
+        *,
+        dropout: float = 0.0,
+        tie_embeddings: bool = True,
     ) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if num_items < 2:
             raise ValueError(f"num_items must be at least 2 (id 0 is padding), got {num_items}")
         if embedding_dim < 1:
@@ -106,6 +118,18 @@ class _SequenceNet(nn.Module):
             )
         self.item_embeddings = item_embedding_layer
         self.item_biases = ZeroEmbedding(num_items, 1, sparse=sparse, padding_idx=PADDING_IDX)
+        self.output_embeddings = None if tie_embeddings else ScaledEmbedding(
+            num_items, embedding_dim, padding_idx=PADDING_IDX, sparse=sparse
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def scoring_embeddings(self) -> nn.Embedding:
+        """The embeddings items are scored with (the input ones when tied)."""
+        return self.item_embeddings if self.output_embeddings is None else self.output_embeddings
+
+    def _embed(self, item_sequences: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.item_embeddings(item_sequences))  # (B, T, D)
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -123,7 +147,7 @@ class _SequenceNet(nn.Module):
         of the first has seen items 0..t-1; the second has seen all T items.
         """
         check_item_sequences(item_sequences, self.num_items)
-        states = self._states(item_sequences.long()).transpose(1, 2)  # (B, D, T + 1)
+        states = self.dropout(self._states(item_sequences.long())).transpose(1, 2)  # (B, D, T + 1)
         return states[:, :, :-1], states[:, :, -1]
 
     def forward(self, user_representations: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -135,18 +159,27 @@ class _SequenceNet(nn.Module):
         if user_representations.dim() == 2:  # one state per row: Spotlight's predict
             targets = targets.reshape(user_representations.shape[0], 1)
             return self.forward(user_representations.unsqueeze(2), targets).squeeze(1)
-        target_embedding = self.item_embeddings(targets)  # (B, T, D)
+        target_embedding = self.scoring_embeddings(targets)  # (B, T, D)
         target_bias = self.item_biases(targets).squeeze(-1)  # (B, T)
         dot = (user_representations.transpose(1, 2) * target_embedding).sum(-1)  # (B, T)
         return dot + target_bias
 
+    def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (..., S) of the items ``items`` (S,) for states (..., D); all item ids
+        in [0, num_items) when ``items`` is None."""
+        embeddings, biases = self.scoring_embeddings.weight, self.item_biases.weight.squeeze(1)
+        if items is not None:
+            embeddings, biases = embeddings[items], biases[items]
+        return states @ embeddings.t() + biases
+
     def score_all(self, final_representation: torch.Tensor) -> torch.Tensor:
-        """Scores of every item id in [0, num_items) for each state: (B, D) -> (B, N)."""
-        return torch.addmm(
-            self.item_biases.weight.squeeze(1),
-            final_representation,
-            self.item_embeddings.weight.t(),
-        )
+        """Scores of every item id for each final state: (B, D) -> (B, N)."""
+        return self.score_items(final_representation)
+
+    def position_states(self, all_representations: torch.Tensor) -> torch.Tensor:
+        """The states of ``user_representation``'s first output, one per position:
+        (B, D, T) -> (B, T, D), the input of :meth:`score_items`."""
+        return all_representations.transpose(1, 2)
 
 
 class LSTMNet(_SequenceNet):
@@ -176,12 +209,13 @@ class LSTMNet(_SequenceNet):
         embedding_dim: int = 32,
         item_embedding_layer: nn.Embedding | None = None,
         sparse: bool = False,
+        **options,
     ) -> None:
-        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
         self.lstm = nn.LSTM(embedding_dim, embedding_dim, batch_first=True)
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
-        embeddings = self.item_embeddings(item_sequences)  # (B, T, D)
+        embeddings = self._embed(item_sequences)  # (B, T, D)
         embeddings = F.pad(embeddings, (0, 0, 1, 0))  # (B, T + 1, D), zero first step
         states, _ = self.lstm(embeddings)  # (B, T + 1, D)
         return states
@@ -229,8 +263,9 @@ class MLSTMNet(_SequenceNet):
         num_layers: int = 1,
         forget_bias: float = 0.0,
         implementation: str = "auto",
+        **options,
     ) -> None:
-        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         self.state = state
@@ -251,7 +286,7 @@ class MLSTMNet(_SequenceNet):
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
         B = item_sequences.shape[0]
-        embeddings = self.item_embeddings(item_sequences)  # (B, T, D)
+        embeddings = self._embed(item_sequences)  # (B, T, D)
         h0 = self.initial_hidden.unsqueeze(1).expand(-1, B, -1)  # (L, B, D)
         c0 = self.initial_cell.unsqueeze(1).expand(-1, B, -1)
         hidden, cell = self.mlstm.states(embeddings, (h0, c0))  # (B, T, D) each
@@ -275,7 +310,7 @@ class PoolNet(_SequenceNet):
     """
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
-        embeddings = self.item_embeddings(item_sequences)  # (B, T, D)
+        embeddings = self._embed(item_sequences)  # (B, T, D)
         sums = F.pad(embeddings.cumsum(1), (0, 0, 1, 0))  # (B, T + 1, D)
         counts = F.pad((item_sequences != PADDING_IDX).cumsum(1), (1, 0))  # (B, T + 1)
         return sums / counts.clamp(min=1).unsqueeze(2).to(sums.dtype)
@@ -323,8 +358,9 @@ class CNNNet(_SequenceNet):
         dilation=1,
         nonlinearity: str = "tanh",
         residual: bool = True,
+        **options,
     ) -> None:
-        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse)
+        super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
         dilations = [dilation] * num_layers if isinstance(dilation, int) else list(dilation)
         if num_layers < 1 or kernel_width < 1 or len(dilations) != num_layers or min(dilations) < 1:
             raise ValueError(
@@ -345,7 +381,7 @@ class CNNNet(_SequenceNet):
         return f"dilations={self.dilations}, nonlinearity={self.nonlinearity!r}, residual={self.residual}"
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
-        x = self.item_embeddings(item_sequences).transpose(1, 2)  # (B, D, T)
+        x = self._embed(item_sequences).transpose(1, 2)  # (B, D, T)
         x = F.pad(x, (1, 0))  # (B, D, T + 1): zero first step
         activation = NONLINEARITIES[self.nonlinearity]
         for convolution, dilation in zip(self.convolutions, self.dilations):

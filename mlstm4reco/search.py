@@ -7,7 +7,11 @@ A config (YAML, see ``configs/``) names a dataset and a model and holds
 - ``fixed``: model arguments every trial shares (loss, representation, ...);
 - ``space``: the hyperopt search space, one distribution per argument;
 - ``best``: the best arguments found by the 2018 study (trained by ``reproduce``);
-- ``published``: the study's valid/test MRR for the row, when it has one.
+- ``published``: the study's valid/test MRR for the row, when it has one;
+- ``early_stopping`` (optional): ``{every: E, patience: P}`` evaluates validation MRR
+  every E epochs, keeps the best weights and stops after P evaluations without a gain,
+  so that ``n_iter`` becomes a maximum;
+- ``data`` (optional): arguments of the dataset loader (synthetic, amazon).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class ExperimentConfig:
     best: dict = field(default_factory=dict)
     published: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    early_stopping: dict | None = None
     source: str = "<memory>"
 
     @property
@@ -89,6 +94,9 @@ def load_config(path) -> ExperimentConfig:
                 f"{path}: space.{name} must be one distribution of {DISTRIBUTIONS}, "
                 f"e.g. {{quniform: [64, 256, 16]}}; got {spec!r}"
             )
+    stopping = raw.get("early_stopping")
+    if stopping is not None and (set(stopping) != {"every", "patience"} or min(stopping.values()) < 1):
+        raise UserError(f"{path}: early_stopping needs positive 'every' and 'patience', got {stopping!r}")
     try:
         build_space(raw["space"])
     except (TypeError, ValueError) as error:
@@ -156,24 +164,59 @@ def model_arguments(config: ExperimentConfig, params: dict) -> dict:
     return arguments
 
 
+class EarlyStopping:
+    """A ``fit`` callback: validation MRR every ``every`` epochs; the best weights are
+    kept, and training stops after ``patience`` evaluations without a gain."""
+
+    def __init__(self, model, valid, exclude_preceding: bool, every: int, patience: int) -> None:
+        self.model, self.valid, self.exclude = model, valid, exclude_preceding
+        self.every, self.patience = every, patience
+        self.best_mrr, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, epoch: int, loss: float) -> bool:
+        from mlstm4reco.evaluation import sequence_mrr_score
+
+        if (epoch + 1) % self.every:
+            return False
+        mrr = float(sequence_mrr_score(self.model, self.valid, exclude_preceding=self.exclude).mean())
+        self.history.append((epoch + 1, mrr))
+        if mrr > self.best_mrr:
+            self.best_mrr, self.best_epoch, self.stale = mrr, epoch + 1, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.model.net.load_state_dict(self.best_state)
+
+
 def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, device: str,
-                       verbose: bool = False) -> dict:
-    """Fit one model and return its validation and test MRR and timings."""
+                       verbose: bool = False, early_stopping: dict | None = None) -> dict:
+    """Fit one model and return its validation and test MRR and timings (with early
+    stopping: of the weights with the best validation MRR)."""
     from mlstm4reco.evaluation import sequence_mrr_score
     from mlstm4reco.sequence_model import ImplicitSequenceModel
 
     train, valid, test = splits
-    model = ImplicitSequenceModel(**arguments, random_state=seed, device=device)
-    start = time.perf_counter()
-    losses = model.fit(train, verbose=verbose)
-    fit_seconds = time.perf_counter() - start
     exclude = protocol["exclude_preceding"]
+    model = ImplicitSequenceModel(**arguments, random_state=seed, device=device)
+    stopper = EarlyStopping(model, valid, exclude, **early_stopping) if early_stopping else None
+    start = time.perf_counter()
+    losses = model.fit(train, verbose=verbose, callback=stopper)
+    fit_seconds = time.perf_counter() - start
+    extra = {}
+    if stopper is not None:
+        stopper.restore()
+        extra = dict(best_epoch=stopper.best_epoch, valid_history=stopper.history)
     valid_mrr = float(sequence_mrr_score(model, valid, exclude_preceding=exclude).mean())
     test_mrr = float(sequence_mrr_score(model, test, exclude_preceding=exclude).mean())
     if not (math.isfinite(valid_mrr) and math.isfinite(test_mrr)):
         raise ValueError(f"non-finite MRR: valid {valid_mrr}, test {test_mrr}")
     return dict(valid_mrr=valid_mrr, test_mrr=test_mrr, final_loss=losses[-1],
-                fit_seconds=fit_seconds, device=str(model.device))
+                epochs=len(losses), fit_seconds=fit_seconds, device=str(model.device), **extra)
 
 
 def versions() -> dict:
@@ -290,8 +333,9 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
     while len(store.records) < trials:
         vals, params = suggest(config, store.records, seed)
         arguments = model_arguments(config, params)
-        result = run_guarded(train, arguments=arguments, splits=splits,
-                             protocol=config.protocol, seed=seed, device=device, verbose=progress)
+        result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol,
+                             seed=seed, device=device, verbose=progress,
+                             early_stopping=config.early_stopping)
         store.append({"number": len(store.records), "vals": vals, "arguments": arguments,
                       **result, "seed": seed, "config": config.source, "versions": versions(),
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -318,7 +362,8 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
             splits_cache[key] = protocol_split(load_dataset(config, data_dir), config.protocol)
         arguments = model_arguments(config, config.best)
         result = run_guarded(train, arguments=arguments, splits=splits_cache[key],
-                             protocol=config.protocol, seed=seed, device=device, verbose=progress)
+                             protocol=config.protocol, seed=seed, device=device, verbose=progress,
+                             early_stopping=config.early_stopping)
         store.append({"model": config.model, "dataset": config.dataset, "seed": seed,
                       "arguments": arguments, **result, "published": config.published,
                       "config": config.source, "versions": versions(),

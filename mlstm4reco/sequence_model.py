@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from mlstm4reco.datasets._download import atomic_path
 from mlstm4reco.interactions import SequenceInteractions
-from mlstm4reco.losses import LOSSES
+from mlstm4reco.losses import LOSSES, sampled_softmax_loss, softmax_loss
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
 from mlstm4reco.representations import PADDING_IDX, CNNNet, LSTMNet, MLSTMNet, PoolNet
 
@@ -58,7 +58,9 @@ class ImplicitSequenceModel:
     Parameters
     ----------
     loss: str
-        'pointwise', 'bpr', 'hinge' or 'adaptive_hinge' (see :mod:`mlstm4reco.losses`).
+        Spotlight's 'pointwise', 'bpr', 'hinge' or 'adaptive_hinge', or 'softmax' (cross
+        entropy over all items) or 'sampled_softmax' (against ``num_negative_samples``
+        uniform samples shared by the batch); see :mod:`mlstm4reco.losses`.
     representation: str or nn.Module
         A name from :data:`REPRESENTATIONS` ('lstm', 'mlstm', 'pooling', 'cnn', 'mixture',
         'mixture_mlstm'),
@@ -76,7 +78,8 @@ class ImplicitSequenceModel:
         Drives shuffling, negative sampling and (through a derived seed) the weight
         initialisation: equal seeds give equal results on the CPU.
     num_negative_samples: int
-        Negatives per position for 'adaptive_hinge'.
+        Negatives per position for 'adaptive_hinge'; shared negatives per batch for
+        'sampled_softmax'.
     device: 'auto', 'cpu', 'cuda' or a torch.device
         'auto' takes CUDA when present. ``use_cuda`` (Spotlight's) is accepted instead.
     """
@@ -199,8 +202,12 @@ class ImplicitSequenceModel:
                 f"got ids from {low} to {high}"
             )
 
-    def fit(self, interactions: SequenceInteractions, verbose: bool = False) -> list[float]:
+    def fit(self, interactions: SequenceInteractions, verbose: bool = False,
+            callback=None) -> list[float]:
         """Train for ``n_iter`` epochs; a repeated call continues training.
+
+        ``callback(epoch, loss)``, if given, runs after each epoch (epoch counted from 0
+        within this call); training stops early when it returns True.
 
         Each epoch shuffles the sequences with ``random_state``, and each minibatch scores
         every position's next item against negatives drawn uniformly over
@@ -248,10 +255,15 @@ class ImplicitSequenceModel:
             epochs.set_postfix(loss=f"{epoch_loss:.4f}")
             if np.isnan(epoch_loss) or epoch_loss == 0.0:
                 raise ValueError(f"degenerate epoch loss: {epoch_loss}")
+            if callback is not None and callback(len(losses) - 1, epoch_loss):
+                break
+        epochs.close()
         return losses
 
     def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
         user_representation, _ = self._net.user_representation(batch)
+        if self._loss in ("softmax", "sampled_softmax"):
+            return self._softmax_loss(user_representation, batch)
         positive = self._net(user_representation, batch)
         shape = tuple(batch.shape)
         if self._loss == "adaptive_hinge":
@@ -262,6 +274,22 @@ class ImplicitSequenceModel:
         else:
             negative = self._net(user_representation, self._negatives(shape))
         return self._loss_func(positive, negative, mask=batch != PADDING_IDX)
+
+    def _softmax_loss(self, user_representation, batch: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy at the non-padded positions, over all items or over a shared
+        uniform sample of items (needs a net with ``position_states``/``score_items``)."""
+        if not hasattr(self._net, "score_items"):
+            raise ValueError(f"loss {self._loss!r} needs a representation with score_items")
+        mask = batch != PADDING_IDX
+        states = self._net.position_states(user_representation)[mask]  # (M, ...)
+        targets = batch[mask]  # (M,)
+        if self._loss == "softmax":
+            return softmax_loss(self._net.score_items(states), targets)
+        samples = self._random_state.randint(1, self._num_items, self._num_negative_samples)
+        samples = torch.from_numpy(samples).to(self._device)  # (S,)
+        positive = self._net(states, targets)  # (M,): one state per row, Spotlight's call
+        negative = self._net.score_items(states, samples)  # (M, S)
+        return sampled_softmax_loss(positive, negative, samples.unsqueeze(0) == targets.unsqueeze(1))
 
     def _negatives(self, shape) -> torch.Tensor:
         items = sample_items(self._num_items, shape, self._random_state)

@@ -227,6 +227,24 @@ def test_dotted_names_set_representation_options(tmp_path):
     assert records[0]["arguments"]["representation_kwargs"]["num_components"] in (2, 3)
 
 
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    config = search.load_config(tiny_config(
+        tmp_path, n_iter=(6, 8, 2), early_stopping={"every": 1, "patience": 2},
+        space=dict(n_iter={"quniform": [6, 8, 2]}, learning_rate={"loguniform": [-2, -1]})))
+    records = search.run_search(config, 2, tmp_path / "out", device="cpu", progress=False)
+    for record in records:
+        assert record["status"] == "ok", record.get("error")
+        history = record["valid_history"]
+        assert [epoch for epoch, _ in history] == list(range(1, record["epochs"] + 1))
+        best_epoch, best_mrr = max(history, key=lambda pair: pair[1])
+        assert record["best_epoch"] == best_epoch
+        assert record["valid_mrr"] == pytest.approx(best_mrr)  # the best weights came back
+        stopped_early = record["epochs"] < record["arguments"]["n_iter"]
+        assert stopped_early == (record["epochs"] - best_epoch >= 2)
+    with pytest.raises(search.UserError, match="early_stopping needs positive"):
+        search.load_config(tiny_config(tmp_path / "bad", early_stopping={"every": 0, "patience": 1}))
+
+
 def test_bad_bounds_are_a_config_error(tmp_path):
     with pytest.raises(search.UserError, match="bad search space .*low should be less than high"):
         search.load_config(tiny_config(tmp_path, n_iter=(3, 3, 1)))

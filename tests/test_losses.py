@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from mlstm4reco.losses import adaptive_hinge_loss, bpr_loss, hinge_loss, pointwise_loss
+from mlstm4reco.losses import (
+    adaptive_hinge_loss,
+    bpr_loss,
+    hinge_loss,
+    pointwise_loss,
+    sampled_softmax_loss,
+    softmax_loss,
+)
 
 
 def sig(x):
@@ -44,3 +51,20 @@ def test_losses_have_gradients_only_where_unmasked():
     pos = POS.clone().requires_grad_(True)
     hinge_loss(pos, NEG, MASK).backward()
     assert pos.grad[0, 1] == 0 and pos.grad[0, 2] != 0
+
+
+def test_softmax_loss_is_cross_entropy_without_padding():
+    logits = torch.tensor([[5.0, 1.0, 2.0, 0.5], [9.0, 0.0, 0.0, 3.0]])
+    targets = torch.tensor([2, 3])
+    # Independent: log-sum-exp over ids 1..3 only (id 0 is padding).
+    expected = [math.log(sum(math.exp(v) for v in row[1:])) - row[t] for row, t in zip(logits.tolist(), targets.tolist())]
+    assert softmax_loss(logits, targets).item() == pytest.approx(sum(expected) / 2)
+
+
+def test_sampled_softmax_leaves_out_accidental_hits():
+    positive = torch.tensor([2.0, 0.0])
+    negative = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    hits = torch.tensor([[False, True], [False, False]])
+    first = -(2.0 - math.log(math.exp(2.0) + math.exp(1.0)))
+    second = -(0.0 - math.log(1 + math.exp(0.5) + math.exp(-1.0)))
+    assert sampled_softmax_loss(positive, negative, hits).item() == pytest.approx((first + second) / 2)

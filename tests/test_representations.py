@@ -194,3 +194,23 @@ def test_cuda(net):
     reps_cpu, _ = net.user_representation(seqs)
     reps_gpu, _ = net.cuda().user_representation(seqs.cuda())
     torch.testing.assert_close(reps_gpu.cpu(), reps_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_untied_output_embeddings_and_dropout():
+    torch.manual_seed(0)
+    net = MLSTMNet(20, 6, tie_embeddings=False, dropout=0.5)
+    seqs = sequences()
+    net.train(False)
+    reps, final = net.user_representation(seqs)
+    again, _ = net.user_representation(seqs)
+    torch.testing.assert_close(reps, again)  # no dropout in evaluation
+    # Scores use the output embeddings, which are not the input ones.
+    expected = final @ net.output_embeddings.weight.t() + net.item_biases.weight.t()
+    torch.testing.assert_close(net.score_all(final), expected)
+    net.train(True)
+    train_reps, _ = net.user_representation(seqs)
+    assert (train_reps == 0).float().mean() > 0.3  # about half the state entries dropped
+    net(train_reps, seqs).sum().backward()
+    assert net.output_embeddings.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        LSTMNet(20, 4, dropout=1.5)

@@ -41,11 +41,12 @@ def test_fit_learns_the_markov_chain(synthetic, representation, loss, factor):
     assert mrr > factor * random_mrr(50)  # random ranking: ~0.09; sequence models: > 0.4
 
 
-@pytest.mark.parametrize("loss", ["pointwise", "bpr", "hinge", "adaptive_hinge"])
-def test_every_loss_trains(synthetic, loss):
+@pytest.mark.parametrize("loss", ["pointwise", "bpr", "hinge", "adaptive_hinge", "softmax", "sampled_softmax"])
+@pytest.mark.parametrize("representation", ["mlstm", "mixture"])
+def test_every_loss_trains(synthetic, loss, representation):
     train, _ = synthetic
-    model = ImplicitSequenceModel(loss=loss, representation="mlstm", embedding_dim=8, n_iter=3,
-                                  batch_size=128, random_state=0)
+    model = ImplicitSequenceModel(loss=loss, representation=representation, embedding_dim=8, n_iter=3,
+                                  batch_size=128, random_state=0, num_negative_samples=10)
     losses = model.fit(train)
     assert losses[-1] < losses[0]
 
@@ -123,6 +124,14 @@ def test_predict_and_recommend(synthetic):
     allowed = np.setdiff1d(np.arange(1, 50), sequence)
     expected = allowed[np.argsort(-scores[allowed], kind="stable")[:5]]
     assert set(top) == set(expected)
+
+
+def test_callback_stops_training(synthetic):
+    train, _ = synthetic
+    seen = []
+    model = ImplicitSequenceModel(n_iter=10, embedding_dim=4, random_state=0)
+    losses = model.fit(train, callback=lambda epoch, loss: seen.append((epoch, loss)) or epoch == 2)
+    assert [e for e, _ in seen] == [0, 1, 2] and [l for _, l in seen] == losses
 
 
 def test_a_representation_instance_is_used_as_given(synthetic):
