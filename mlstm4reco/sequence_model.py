@@ -232,10 +232,10 @@ class ImplicitSequenceModel:
         self._check_sequences(sequences)
         # The whole dataset goes to the device once; batches are index gathers there.
         sequences_tensor = torch.from_numpy(sequences).to(self._device)
-        self._net.train(True)
         losses = []
         epochs = tqdm(range(self._n_iter), desc="epochs", disable=not verbose, unit="epoch")
         for _ in epochs:
+            self._net.train(True)  # a callback may have evaluated the model
             order = np.arange(len(sequences))
             self._random_state.shuffle(order)
             order = torch.from_numpy(order).to(self._device)

@@ -132,6 +132,14 @@ def test_callback_stops_training(synthetic):
     model = ImplicitSequenceModel(n_iter=10, embedding_dim=4, random_state=0)
     losses = model.fit(train, callback=lambda epoch, loss: seen.append((epoch, loss)) or epoch == 2)
     assert [e for e, _ in seen] == [0, 1, 2] and [l for _, l in seen] == losses
+    # Training mode (dropout) comes back after a callback that evaluated the model.
+    modes = []
+    model = ImplicitSequenceModel(n_iter=2, embedding_dim=4, random_state=0,
+                                  representation_kwargs={"dropout": 0.5})
+    original = model._batch_loss
+    model._batch_loss = lambda batch: modes.append(model.net.training) or original(batch)
+    model.fit(train, callback=lambda epoch, loss: model.predict([1, 2, 3]) is None)
+    assert all(modes)
 
 
 def test_a_representation_instance_is_used_as_given(synthetic):
