@@ -22,11 +22,7 @@ from mlstm4reco.datasets import get_movielens_dataset
 from mlstm4reco.evaluation import FLOAT_MAX, sequence_mrr_score
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 
-# The 2018 study's best ML-1M configurations.
-BEST = {
-    "lstm": dict(embedding_dim=112, batch_size=208, learning_rate=1.93e-2, l2=6.01e-6),
-    "mlstm": dict(embedding_dim=120, batch_size=240, learning_rate=1.25e-2, l2=5.90e-6),
-}
+from gpu import BEST  # the study's best ML-1M configurations, from configs/
 
 
 def spotlight_loop_mrr(model, test) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""The GPU benchmark of the mLSTM against cuDNN's LSTM, in one run (issue targets on an
+H100: layer forward+backward <= 1.5x nn.LSTM; ML-1M epoch of MLSTMNet <= 1.5x LSTMNet's;
+evaluation of ML-1M's test split under 0.2 s).
+
+    MLSTM4RECO_DATA=../shared/data python benchmarks/gpu.py [--device cuda] [--epochs 3]
+
+Prints medians and ratios to the LSTM measured in the same run: the layer at batch 240,
+seq 100, dim 120 (forward+backward and forward only), a full ML-1M training epoch of
+MLSTMNet vs LSTMNet with the study's best configurations, and the batched evaluation of
+the ML-1M test split. It also runs on the CPU (slowly, and the targets are for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlstm4reco.cross_validation import user_based_train_test_split
+from mlstm4reco.datasets import get_movielens_dataset
+from mlstm4reco.evaluation import sequence_mrr_score
+from mlstm4reco.layers import MLSTM
+from mlstm4reco.search import config_path, load_config
+from mlstm4reco.sequence_model import ImplicitSequenceModel
+
+
+def best_arguments(model: str) -> dict:
+    """The 2018 study's best ML-1M arguments of ``model`` (configs/ml1m_<model>.yaml),
+    without the number of epochs (benchmarks time single epochs)."""
+    best = load_config(config_path("ml1m", model)).best
+    return {k: v for k, v in best.items() if k != "n_iter"}
+
+
+BEST = {name: best_arguments(name) for name in ("lstm", "mlstm")}
+
+
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def layer_benchmark(device: torch.device, repeats: int) -> None:
+    B, T, D = 240, 100, 120
+    x = torch.randn(B, T, D, device=device, requires_grad=True)
+    grad = torch.randn(B, T, D, device=device)
+    layers = {"nn.LSTM": nn.LSTM(D, D, batch_first=True), "MLSTM": MLSTM(D, D)}
+    base = {}
+    print(f"layer, batch {B}, seq {T}, dim {D}, fp32:")
+    for name, layer in layers.items():
+        layer.to(device)
+
+        def both():
+            out, _ = layer(x)
+            out.backward(grad)
+
+        def forward():
+            with torch.no_grad():
+                layer(x)
+
+        times = {"fwd+bwd": median_seconds(both, device, repeats),
+                 "fwd": median_seconds(forward, device, repeats)}
+        for kind, value in times.items():
+            base.setdefault(kind, value)
+        print(f"  {name:<8} fwd+bwd {times['fwd+bwd'] * 1e3:8.2f} ms ({times['fwd+bwd'] / base['fwd+bwd']:.2f}x)"
+              f"   fwd {times['fwd'] * 1e3:8.2f} ms ({times['fwd'] / base['fwd']:.2f}x)")
+
+
+def training_benchmark(device: torch.device, epochs: int, data_dir) -> None:
+    data = get_movielens_dataset("1M", data_dir=data_dir)
+    state = np.random.RandomState(72)
+    train, rest = user_based_train_test_split(data, 0.2, state)
+    test, _ = user_based_train_test_split(rest, 0.5, state)
+    train, test = train.to_sequence(100, 20, 100), test.to_sequence(100, 20, 100)
+    models = {name: ImplicitSequenceModel(loss="adaptive_hinge", representation=name, n_iter=1,
+                                          random_state=72, device=device, **params)
+              for name, params in BEST.items()}
+    epoch = {name: median_seconds(lambda m=model: m.fit(train), device, epochs, warmup=1)
+             for name, model in models.items()}
+    print(f"ML-1M epoch ({len(train)} sequences): LSTMNet {epoch['lstm']:.2f} s, "
+          f"MLSTMNet {epoch['mlstm']:.2f} s ({epoch['mlstm'] / epoch['lstm']:.2f}x)")
+    model = models["mlstm"]
+    seconds = median_seconds(lambda: sequence_mrr_score(model, test, exclude_preceding=True), device, 5)
+    print(f"evaluation of the ML-1M test split ({len(test)} sequences x {test.num_items} items): "
+          f"{seconds * 1e3:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {name}, torch {torch.__version__}")
+    if device.type != "cuda":
+        print("note: no GPU: running on the CPU, slowly; the issue's targets are for a GPU")
+        args.repeats = min(args.repeats, 3)
+    layer_benchmark(device, args.repeats)
+    training_benchmark(device, args.epochs, args.data_dir)
+
+
+if __name__ == "__main__":
+    main()
