@@ -62,9 +62,9 @@ class ImplicitSequenceModel:
         entropy over all items) or 'sampled_softmax' (against ``num_negative_samples``
         uniform samples shared by the batch); see :mod:`mlstm4reco.losses`.
     representation: str or nn.Module
-        A name from :data:`REPRESENTATIONS` ('lstm', 'mlstm', 'pooling', 'cnn', 'mixture',
-        'mixture_mlstm'),
-        or a representation instance in Spotlight's protocol.
+        A name from :data:`REPRESENTATIONS` ('lstm', 'mlstm', 'pooling', 'cnn',
+        'mixture', 'mixture_mlstm'; default 'pooling', as Spotlight), or a representation
+        instance in Spotlight's protocol.
     representation_kwargs: dict, optional
         Extra constructor arguments for a representation given by name, e.g.
         ``{'state': 'cell'}`` for 'mlstm'.
@@ -87,7 +87,7 @@ class ImplicitSequenceModel:
     def __init__(
         self,
         loss: str = "pointwise",
-        representation="lstm",
+        representation="pooling",
         embedding_dim: int = 32,
         n_iter: int = 10,
         batch_size: int = 256,
