@@ -233,7 +233,7 @@ class _FusedMLSTM(torch.autograd.Function):
             torch.mul(cs[t + 1], 2, out=tanh_c)
             tanh_c.sigmoid_().mul_(2).sub_(1)
             torch.mul(gates[:, 3 * H :], tanh_c, out=hs[t + 1])
-        ctx.save_for_backward(x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh)
+        ctx.save_for_backward(flat_x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
         ctx.set_materialize_grads(False)
         return hs[1:], cs[1:]
@@ -241,19 +241,19 @@ class _FusedMLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, grad_cs):
-        x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh = ctx.saved_tensors
+        flat_x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh = ctx.saved_tensors
         T, B, H5 = xp.shape
         H = H5 // 5
         acts = xp[:, :, H:]  # (T, B, 4H): i, f, g, o
-        grad_xp = _workspace("grad_xp", (T, B, 5 * H), x)
-        grad_m = _workspace("grad_m", (T, B, H), x)  # d loss / d m_t
-        grad_mh = _workspace("grad_mh", (T, B, H), x)  # d loss / d (W_mh h_{t-1} + b_mh)
+        grad_xp = _workspace("grad_xp", (T, B, 5 * H), flat_x)
+        grad_m = _workspace("grad_m", (T, B, H), flat_x)  # d loss / d m_t
+        grad_mh = _workspace("grad_mh", (T, B, H), flat_x)  # d loss / d (W_mh h_{t-1} + b_mh)
         # Small per-step buffers (cache resident): T-sized temporaries would cost more in
         # page faults than they save in dispatches.
-        dact = x.new_empty(B, 4 * H)  # activation derivatives: s (1 - s), or 1 - g^2 for g
-        upstream = x.new_empty(B, 4 * H)  # d loss / d (i, f, g, o)
-        dh = x.new_zeros(B, H)
-        dc = x.new_zeros(B, H)
+        dact = flat_x.new_empty(B, 4 * H)  # activation derivatives: s (1 - s), or 1 - g^2 for g
+        upstream = flat_x.new_empty(B, 4 * H)  # d loss / d (i, f, g, o)
+        dh = flat_x.new_zeros(B, H)
+        dc = flat_x.new_zeros(B, H)
         for t in range(T - 1, -1, -1):
             a = acts[t]
             i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
@@ -282,7 +282,7 @@ class _FusedMLSTM(torch.autograd.Function):
         grad_xp_flat = grad_xp.view(T * B, 5 * H)
         grad_mh_flat = grad_mh.view(T * B, H)
         grad_x = grad_xp_flat.mm(weight_ih).view(T, B, -1)
-        grad_weight_ih = grad_xp_flat.t().mm(x.reshape(T * B, -1))
+        grad_weight_ih = grad_xp_flat.t().mm(flat_x)
         grad_weight_mh = grad_xp_flat[:, H:].t().mm(ms.view(T * B, H))
         grad_weight_hm = grad_mh_flat.t().mm(hs[:-1].reshape(T * B, H))
         grad_bias_ih = grad_xp_flat.sum(0) if ctx.has_bias[0] else None
