@@ -314,7 +314,8 @@ def suggest(config: ExperimentConfig, records: list[dict], seed: int) -> tuple[d
     fmin(lambda _: {"status": STATUS_OK, "loss": 0.0}, space, algo=tpe.suggest, trials=trials,
          max_evals=len(records) + 1, rstate=np.random.default_rng([seed, len(records)]),
          show_progressbar=False, return_argmin=False)
-    vals = {k: float(v[0]) for k, v in trials.trials[-1]["misc"]["vals"].items() if v}
+    vals = {k: v[0].item() if hasattr(v[0], "item") else v[0]  # plain numbers for JSON
+            for k, v in trials.trials[-1]["misc"]["vals"].items() if v}
     return vals, space_eval(space, vals)
 
 
