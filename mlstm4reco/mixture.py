@@ -38,20 +38,24 @@ class _MixtureHead:
         check_item_sequences(item_sequences, self.num_items)
         states = self.dropout(self._states(item_sequences.long()))  # (B, T + 1, D)
         B, T1, D = states.shape
-        mixture = self.projection(states).view(B, T1, 2 * self.num_components, D)
-        mixture = mixture.permute(0, 2, 3, 1)  # (B, 2k, D, T + 1)
-        return mixture[..., :-1], mixture[..., -1]
+        two_k = 2 * self.num_components
+        # Projected separately so that the positions' tensor is contiguous as (B, T, 2k, D):
+        # forward's matmul then reads it without a copy.
+        positions = self.projection(states[:, :-1]).view(B, T1 - 1, two_k, D)
+        final = self.projection(states[:, -1]).view(B, two_k, D)
+        return positions.permute(0, 2, 3, 1), final  # (B, 2k, D, T), (B, 2k, D)
 
     def forward(self, user_representations: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if user_representations.dim() == 3:  # one state per row: Spotlight's predict
             targets = targets.reshape(user_representations.shape[0], 1)
             return self.forward(user_representations.unsqueeze(3), targets).squeeze(1)
         k = self.num_components
-        tastes, attention = user_representations[:, :k], user_representations[:, k:]  # (B, k, D, T)
-        target_embedding = self.scoring_embeddings(targets).transpose(1, 2).unsqueeze(1)  # (B, 1, D, T)
-        weights = F.softmax((attention * target_embedding).sum(2), dim=1)  # (B, k, T)
-        taste_scores = (tastes * target_embedding).sum(2)  # (B, k, T)
-        return (weights * taste_scores).sum(1) + self.item_biases(targets).squeeze(-1)
+        states = user_representations.permute(0, 3, 1, 2)  # (B, T, 2k, D)
+        target_embedding = self.scoring_embeddings(targets).unsqueeze(-1)  # (B, T, D, 1)
+        # One batched matmul gives every taste and attention score: (B, T, 2k).
+        dots = torch.matmul(states, target_embedding).squeeze(-1)
+        weights = F.softmax(dots[..., k:], dim=-1)  # (B, T, k)
+        return (weights * dots[..., :k]).sum(-1) + self.item_biases(targets).squeeze(-1)
 
     def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (..., S) of items (S,) (all when None) for states (..., 2k, D)."""
