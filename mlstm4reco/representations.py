@@ -238,8 +238,11 @@ class MLSTMNet(_SequenceNet):
     multiplicative_bias: bool
         Whether m_t has biases (see :class:`~mlstm4reco.layers.MLSTMCell`).
     state: str
-        Which state scores items: ``'hidden'`` (h_t, the default: bounded in (-1, 1) like
-        the LSTM baseline's) or ``'cell'`` (c_t, as the 2018 implementation did).
+        Which state scores items: ``'cell'`` (c_t, the default, as the 2018 implementation
+        did) or ``'hidden'`` (h_t, bounded in (-1, 1) like the LSTM baseline's). Measured
+        on MovieLens 1M with the study's protocol and best mLSTM arguments, 3 seeds:
+        'cell' test MRR 0.1380 +- 0.0078 and valid 0.1151 +- 0.0031 against 'hidden'
+        0.1270 +- 0.0049 and 0.1116 +- 0.0048 (valid better on 3 of 3 seeds).
     num_layers: int
         Stacked mLSTM layers.
     forget_bias: float
@@ -259,7 +262,7 @@ class MLSTMNet(_SequenceNet):
         item_embedding_layer: nn.Embedding | None = None,
         sparse: bool = False,
         multiplicative_bias: bool = True,
-        state: str = "hidden",
+        state: str = "cell",
         num_layers: int = 1,
         forget_bias: float = 0.0,
         implementation: str = "auto",

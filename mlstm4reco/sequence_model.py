@@ -67,7 +67,7 @@ class ImplicitSequenceModel:
         instance in Spotlight's protocol.
     representation_kwargs: dict, optional
         Extra constructor arguments for a representation given by name, e.g.
-        ``{'state': 'cell'}`` for 'mlstm'.
+        ``{'state': 'hidden'}`` for 'mlstm'.
     embedding_dim, n_iter, batch_size, l2, learning_rate:
         Embedding and state dimension, epochs, minibatch size, weight decay, step size.
     optimizer_func: callable, optional
