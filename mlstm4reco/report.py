@@ -95,10 +95,10 @@ def csv_text(rows: list[dict]) -> str:
 
 def describe_test(test: dict | None) -> str:
     if test is None:
-        return "Paired test: needs both models on at least two common seeds.\n"
+        return "- Paired test: needs both models on at least two common seeds.\n"
     low, high = test["ci95"]
     return (
-        f"Paired t-test, {test['b']} vs {test['a']}, {test['metric']} over {test['seeds']} seeds: "
+        f"- Paired t-test, {test['b']} vs {test['a']}, {test['metric']} over {test['seeds']} seeds: "
         f"mean difference {test['mean_difference']:+.4f} (95% CI {low:+.4f} to {high:+.4f}), "
         f"t = {test['t']:.2f}, p = {test['p']:.3f}; {test['b']} better on {test['b_wins']} of "
         f"{test['seeds']} seeds.\n"
