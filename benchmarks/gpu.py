@@ -13,8 +13,6 @@ the ML-1M test split. It also runs on the CPU (slowly, and the targets are for a
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -27,6 +25,8 @@ from mlstm4reco.layers import MLSTM
 from mlstm4reco.search import config_path, load_config
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 
+from layers import compare_layers, median_seconds  # benchmarks/layers.py
+
 
 def best_arguments(model: str) -> dict:
     """The 2018 study's best ML-1M arguments of ``model`` (configs/ml1m_<model>.yaml),
@@ -36,49 +36,6 @@ def best_arguments(model: str) -> dict:
 
 
 BEST = {name: best_arguments(name) for name in ("lstm", "mlstm")}
-
-
-def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def layer_benchmark(device: torch.device, repeats: int) -> None:
-    B, T, D = 240, 100, 120
-    x = torch.randn(B, T, D, device=device, requires_grad=True)
-    grad = torch.randn(B, T, D, device=device)
-    layers = {"nn.LSTM": nn.LSTM(D, D, batch_first=True), "MLSTM": MLSTM(D, D)}
-    base = {}
-    print(f"layer, batch {B}, seq {T}, dim {D}, fp32:")
-    for name, layer in layers.items():
-        layer.to(device)
-
-        def both():
-            out, _ = layer(x)
-            out.backward(grad)
-
-        def forward():
-            with torch.no_grad():
-                layer(x)
-
-        times = {"fwd+bwd": median_seconds(both, device, repeats),
-                 "fwd": median_seconds(forward, device, repeats)}
-        for kind, value in times.items():
-            base.setdefault(kind, value)
-        print(f"  {name:<8} fwd+bwd {times['fwd+bwd'] * 1e3:8.2f} ms ({times['fwd+bwd'] / base['fwd+bwd']:.2f}x)"
-              f"   fwd {times['fwd'] * 1e3:8.2f} ms ({times['fwd'] / base['fwd']:.2f}x)")
 
 
 def training_benchmark(device: torch.device, epochs: int, data_dir) -> None:
@@ -113,7 +70,9 @@ def main() -> None:
     if device.type != "cuda":
         print("note: no GPU: running on the CPU, slowly; the issue's targets are for a GPU")
         args.repeats = min(args.repeats, 3)
-    layer_benchmark(device, args.repeats)
+    print("layer, batch 240, seq 100, dim 120, fp32:")
+    compare_layers({"nn.LSTM": nn.LSTM(120, 120, batch_first=True), "MLSTM": MLSTM(120, 120)},
+                   device, args.repeats, 240, 100, 120)
     training_benchmark(device, args.epochs, args.data_dir)
 
 

@@ -1,9 +1,10 @@
-"""Forward+backward time of MLSTM's implementations against torch.nn.LSTM on the CPU.
+"""Forward+backward time of MLSTM's implementations against torch.nn.LSTM.
 
     python benchmarks/layers.py [--batch 240] [--seq 100] [--dim 120] [--threads 2] [--repeats 10]
 
 Prints the median over ``--repeats`` runs (after warm-up) of each layer and its ratio to
-``nn.LSTM`` measured in the same process. Issue target: fused <= 1.6x nn.LSTM on 2 threads.
+``nn.LSTM`` measured in the same process. Issue target: fused <= 1.6x nn.LSTM on the CPU
+with 2 threads. ``benchmarks/gpu.py`` reuses :func:`compare_layers` on a GPU.
 """
 
 from __future__ import annotations
@@ -18,15 +19,51 @@ from torch import nn
 from mlstm4reco.layers import MLSTM
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` (CUDA work included: the device is synchronised)."""
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         fn()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def compare_layers(layers: dict, device: torch.device, repeats: int, batch: int, seq: int,
+                   dim: int) -> None:
+    """Print forward+backward and forward-only medians of each layer, with ratios to the
+    first, on a dense upstream gradient (out.sum() would give a stride-0 gradient that
+    flatters every implementation)."""
+    x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
+    grad = torch.randn(batch, seq, dim, device=device)
+    print(f"{'layer':<18}{'fwd+bwd ms':>12}{'ratio':>8}{'fwd ms':>10}{'ratio':>8}")
+    base = {}
+    for name, layer in layers.items():
+        layer.to(device)
+
+        def step():
+            out, _ = layer(x)
+            out.backward(grad)
+
+        def forward_only():
+            with torch.no_grad():
+                layer(x)
+
+        both = median_seconds(step, device, repeats)
+        fwd = median_seconds(forward_only, device, repeats)
+        base.setdefault("both", both)
+        base.setdefault("fwd", fwd)
+        print(f"{name:<18}{both * 1e3:>12.1f}{both / base['both']:>7.2f}x"
+              f"{fwd * 1e3:>10.1f}{fwd / base['fwd']:>7.2f}x")
 
 
 def main() -> None:
@@ -39,37 +76,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    B, T, D = args.batch, args.seq, args.dim
-    x = torch.randn(B, T, D, requires_grad=True)
-    # A dense upstream gradient, as a loss over every step gives (out.sum() would give a
-    # stride-0 gradient that flatters every implementation).
-    grad = torch.randn(B, T, D)
-
+    D = args.dim
     layers = {"nn.LSTM": nn.LSTM(D, D, batch_first=True)}
     for impl in ("reference", "fused"):
         layers[f"MLSTM {impl}"] = MLSTM(D, D, implementation=impl)
-
-    print(f"batch {B}, seq {T}, dim {D}, fp32, {args.threads} threads, torch {torch.__version__}")
-    print(f"{'layer':<18}{'fwd+bwd ms':>12}{'ratio':>8}{'fwd ms':>10}{'ratio':>8}")
-    base = {}
-    for name, layer in layers.items():
-
-        def step():
-            out, _ = layer(x)
-            out.backward(grad)
-
-        def forward_only():
-            with torch.no_grad():
-                layer(x)
-
-        both = median_time(step, args.repeats)
-        fwd = median_time(forward_only, args.repeats)
-        base.setdefault("both", both)
-        base.setdefault("fwd", fwd)
-        print(
-            f"{name:<18}{both * 1e3:>12.1f}{both / base['both']:>7.2f}x"
-            f"{fwd * 1e3:>10.1f}{fwd / base['fwd']:>7.2f}x"
-        )
+    print(f"batch {args.batch}, seq {args.seq}, dim {D}, fp32, {args.threads} threads, "
+          f"torch {torch.__version__}")
+    compare_layers(layers, torch.device("cpu"), args.repeats, args.batch, args.seq, D)
 
 
 if __name__ == "__main__":
