@@ -17,6 +17,22 @@ def _write(path: pathlib.Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _pyplot():
+    """matplotlib's pyplot on a file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path) -> None:
+    with atomic_path(pathlib.Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+
+
 def _ok(records: list[dict]) -> list[dict]:
     return [r for r in records if r["status"] == "ok"]
 
@@ -125,13 +141,8 @@ def write_reproduction_report(records: list[dict], out_dir) -> dict[str, pathlib
 
 def plot_comparison(records: list[dict], path) -> None:
     """Bars of mean valid/test MRR with std error bars; the study's numbers as marks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(dict.fromkeys(r["model"] for r in records))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 3.6))
+    fig, ax = _pyplot().subplots(figsize=(1.8 + 1.6 * len(models), 3.6))
     width = 0.38
     for offset, metric, color in ((-width / 2, "valid_mrr", "#8da0cb"), (width / 2, "test_mrr", "#fc8d62")):
         for i, model in enumerate(models):
@@ -151,9 +162,7 @@ def plot_comparison(records: list[dict], path) -> None:
     ax.set_title(f"{dataset}: mean ± std over seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(pathlib.Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
@@ -180,12 +189,7 @@ def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, p
 
 
 def plot_search(records: list[dict], path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _pyplot().subplots(figsize=(6, 3.6))
     ok = _ok(records)
     numbers = [r["number"] for r in ok]
     values = [r["valid_mrr"] for r in ok]
@@ -200,6 +204,4 @@ def plot_search(records: list[dict], path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(pathlib.Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
