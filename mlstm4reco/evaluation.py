@@ -26,7 +26,7 @@ __all__ = [
 FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
-def _check(model, test: SequenceInteractions, holdout: int) -> np.ndarray:
+def _check(test: SequenceInteractions, holdout: int) -> np.ndarray:
     if not isinstance(test, SequenceInteractions):
         raise ValueError(f"test must be SequenceInteractions, got {type(test).__name__}")
     if len(test) == 0:
@@ -58,7 +58,7 @@ def sequence_ranks(
 ) -> np.ndarray:
     """The rank (1 = best, ties averaged) of each test sequence's last item among all
     item ids, given the sequence without that item."""
-    sequences = _check(model, test, 1)
+    sequences = _check(test, 1)
     if not hasattr(model, "score_sequences"):  # e.g. a real Spotlight model
         return _ranks_one_at_a_time(model, sequences, exclude_preceding)
     ranks = []
@@ -117,7 +117,7 @@ def sequence_precision_recall_score(
     items before them (Spotlight's ``sequence_precision_recall_score``: hits are the
     distinct top-k items found among the targets; both are divided by k). Ties at the
     k-th place may be broken differently from numpy's argsort."""
-    sequences = _check(model, test, k)
+    sequences = _check(test, k)
     hits = []
     for batch in _batches(model, sequences, batch_size):
         inputs, targets = batch[:, :-k], batch[:, -k:]
