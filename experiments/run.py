@@ -3,6 +3,10 @@
 Search (hyperopt TPE on validation MRR; resumes from the results folder):
     python experiments/run.py --dataset ml1m --model mlstm --trials 200
 
+The same search with 4 trials at a time on Ray (local, or a cluster with --ray-address),
+stopping poor trials early with ASHA:
+    python experiments/run.py --dataset ml1m --model mlstm --backend ray --workers 4 --asha
+
 Reproduce (the study's best configurations over several seeds, with a paired test):
     python experiments/run.py reproduce --dataset ml1m --seeds 5
 """
@@ -41,6 +45,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     find.add_argument("--trials", type=int, default=200, help="trials to reach (default 200, as the study)")
     find.add_argument("--seed", type=int, default=None, help="search and model seed (default: the config's, 72)")
     find.add_argument("--config", default=None, help="run this config file instead of configs/<dataset>_<model>.yaml")
+    on_ray = find.add_argument_group("Ray backend (pip install -e \".[ray]\")")
+    on_ray.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="'local': one trial at a time in this process (default); 'ray': trials in parallel on Ray Tune")
+    on_ray.add_argument("--workers", type=int, default=2, help="trials at a time (default 2)")
+    on_ray.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs (and torch threads) per trial (default 1)")
+    on_ray.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, may be fractional (default 0)")
+    on_ray.add_argument("--ray-address", default=None,
+                     help="an existing Ray cluster (e.g. ray://head:10001); default: start Ray on this machine")
+    on_ray.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA on validation MRR)")
+    on_ray.add_argument("--asha-every", type=int, default=5,
+                     help="epochs between validation reports (default 5; the config's early_stopping.every if set)")
+    on_ray.add_argument("--grace-period", type=int, default=10, help="ASHA: epochs before a trial can be stopped (default 10)")
+    on_ray.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in this many at each rung (default 3)")
     again = commands.add_parser("reproduce", help="the study's best configurations over several seeds")
     common_options(again)
     again.add_argument("--models", nargs="+", default=["lstm", "mlstm"], help="models to compare (default: lstm mlstm)")
@@ -62,8 +79,19 @@ def main(argv: list[str] | None = None) -> int:
             if config.dataset != args.dataset:
                 raise UserError(f"{path} is for dataset {config.dataset!r}, not {args.dataset!r}")
             out = pathlib.Path(args.out) / config.name
-            records = search.run_search(config, args.trials, out, args.device, args.data_dir,
-                                        args.seed, progress)
+            if args.backend == "ray":
+                from mlstm4reco.ray_search import run_ray_search
+
+                asha = (dict(every=args.asha_every, grace_period=args.grace_period,
+                             reduction_factor=args.reduction_factor) if args.asha else None)
+                records = run_ray_search(config, args.trials, out, args.device, args.data_dir, args.seed,
+                                         progress, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
+                                         gpus_per_trial=args.gpus_per_trial, address=args.ray_address, asha=asha)
+            elif args.asha or args.ray_address:
+                raise UserError("--asha and --ray-address need --backend ray")
+            else:
+                records = search.run_search(config, args.trials, out, args.device, args.data_dir,
+                                            args.seed, progress)
             paths = report.write_search_report(records, out, config.name)
         else:
             configs = [search.load_config(search.config_path(args.dataset, m, args.config_dir))

@@ -168,15 +168,18 @@ def plot_comparison(records: list[dict], path) -> None:
 def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
     """summary.md (best trial and all trials), trials.csv and valid_mrr.png."""
     out_dir = pathlib.Path(out_dir)
+    records = sorted(records, key=lambda r: r["number"])  # the Ray backend records by end time
     rows = [{"number": r["number"], "status": r["status"],
-             "valid_mrr": f"{r['valid_mrr']:.4f}" if r["status"] == "ok" else "",
+             "valid_mrr": f"{r['valid_mrr']:.4f}" if r["status"] in ("ok", "stopped") else "",
              "test_mrr": f"{r['test_mrr']:.4f}" if r["status"] == "ok" else "",
              "seconds": f"{r['seconds']:.0f}",
              **{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r["arguments"].items()
                 if k not in ("loss", "representation")}} for r in records]
     ok = _ok(records)
     best = max(ok, key=lambda r: r["valid_mrr"]) if ok else None
-    head = f"# Search: {title}\n\n{len(records)} trials, {len(records) - len(ok)} failed.\n\n"
+    stopped = sum(r["status"] == "stopped" for r in records)
+    head = (f"# Search: {title}\n\n{len(records)} trials, {len(records) - len(ok) - stopped} failed"
+            + (f", {stopped} stopped early by ASHA (their MRR: when stopped)" if stopped else "") + ".\n\n")
     if best is not None:
         head += (f"Best by validation MRR: trial {best['number']}, valid {best['valid_mrr']:.4f}, "
                  f"test {best['test_mrr']:.4f}, arguments {best['arguments']}.\n\n")
@@ -190,13 +193,18 @@ def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, p
 
 def plot_search(records: list[dict], path, title: str) -> None:
     fig, ax = _pyplot().subplots(figsize=(6, 3.6))
+    records = sorted(records, key=lambda r: r["number"])
     ok = _ok(records)
     numbers = [r["number"] for r in ok]
     values = [r["valid_mrr"] for r in ok]
     ax.plot(numbers, values, "o", color="#66c2a5", label="trial")
     if values:
         ax.step(numbers, np.maximum.accumulate(values), where="post", color="k", label="best so far")
-    failed = [r["number"] for r in records if r["status"] != "ok"]
+    stopped = [r for r in records if r["status"] == "stopped"]
+    if stopped:
+        ax.plot([r["number"] for r in stopped], [r["valid_mrr"] for r in stopped], ".",
+                color="#999999", label="stopped early")
+    failed = [r["number"] for r in records if r["status"] == "failed"]
     if failed:
         ax.plot(failed, [min(values, default=0)] * len(failed), "rx", label="failed")
     ax.set_xlabel("trial")

@@ -166,11 +166,14 @@ def model_arguments(config: ExperimentConfig, params: dict) -> dict:
 
 class EarlyStopping:
     """A ``fit`` callback: validation MRR every ``every`` epochs; the best weights are
-    kept, and training stops after ``patience`` evaluations without a gain."""
+    kept, and training stops after ``patience`` evaluations without a gain (never when
+    ``patience`` is None). ``listener(epoch, mrr)``, when given, hears every evaluation
+    (the Ray backend reports them to its scheduler)."""
 
-    def __init__(self, model, valid, exclude_preceding: bool, every: int, patience: int) -> None:
+    def __init__(self, model, valid, exclude_preceding: bool, every: int, patience: int | None,
+                 listener=None) -> None:
         self.model, self.valid, self.exclude = model, valid, exclude_preceding
-        self.every, self.patience = every, patience
+        self.every, self.patience, self.listener = every, patience, listener
         self.best_mrr, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
         self.history: list[tuple[int, float]] = []
 
@@ -181,12 +184,14 @@ class EarlyStopping:
             return False
         mrr = float(sequence_mrr_score(self.model, self.valid, exclude_preceding=self.exclude).mean())
         self.history.append((epoch + 1, mrr))
+        if self.listener is not None:
+            self.listener(epoch + 1, mrr)
         if mrr > self.best_mrr:
             self.best_mrr, self.best_epoch, self.stale = mrr, epoch + 1, 0
             self.best_state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
             return False
         self.stale += 1
-        return self.stale >= self.patience
+        return self.patience is not None and self.stale >= self.patience
 
     def restore(self) -> None:
         if self.best_state is not None:
@@ -194,21 +199,30 @@ class EarlyStopping:
 
 
 def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, device: str,
-                       verbose: bool = False, early_stopping: dict | None = None) -> dict:
+                       verbose: bool = False, early_stopping: dict | None = None,
+                       monitor: dict | None = None) -> dict:
     """Fit one model and return its validation and test MRR and timings (with early
-    stopping: of the weights with the best validation MRR)."""
+    stopping: of the weights with the best validation MRR). ``monitor``
+    (``{every: E, listener: f}``) calls ``f(epoch, valid_mrr)`` every E epochs (every
+    ``early_stopping.every`` epochs when early stopping is on) and changes nothing else."""
     from mlstm4reco.evaluation import sequence_mrr_score
     from mlstm4reco.sequence_model import ImplicitSequenceModel
 
     train, valid, test = splits
     exclude = protocol["exclude_preceding"]
     model = ImplicitSequenceModel(**arguments, random_state=seed, device=device)
-    stopper = EarlyStopping(model, valid, exclude, **early_stopping) if early_stopping else None
+    listener = monitor["listener"] if monitor else None
+    if early_stopping:
+        stopper = EarlyStopping(model, valid, exclude, **early_stopping, listener=listener)
+    elif monitor:
+        stopper = EarlyStopping(model, valid, exclude, monitor["every"], None, listener)
+    else:
+        stopper = None
     start = time.perf_counter()
     losses = model.fit(train, verbose=verbose, callback=stopper)
     fit_seconds = time.perf_counter() - start
     extra = {}
-    if stopper is not None:
+    if early_stopping:
         stopper.restore()
         extra = dict(best_epoch=stopper.best_epoch, valid_history=stopper.history)
     valid_mrr = float(sequence_mrr_score(model, valid, exclude_preceding=exclude).mean())
@@ -292,8 +306,9 @@ def _trials_from_records(records: list[dict]):
     trials = Trials()
     for tid, record in enumerate(records):
         vals = record["vals"]
+        # a trial stopped early by a scheduler (ASHA) counts with the MRR it had reached
         result = ({"status": STATUS_OK, "loss": -record["valid_mrr"]}
-                  if record["status"] == "ok" else {"status": STATUS_FAIL})
+                  if record["status"] in ("ok", "stopped") else {"status": STATUS_FAIL})
         misc = {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
                 "idxs": {k: [tid] for k in vals}, "vals": {k: [v] for k, v in vals.items()}}
         docs = trials.new_trial_docs([tid], [None], [result], [misc])
@@ -303,16 +318,20 @@ def _trials_from_records(records: list[dict]):
     return trials
 
 
-def suggest(config: ExperimentConfig, records: list[dict], seed: int) -> tuple[dict, dict]:
-    """The next point of the TPE search given the finished ``records``: (hyperopt's raw
-    values, model arguments). Deterministic in (seed, records)."""
+def suggest(config: ExperimentConfig, records: list[dict], seed: int,
+            number: int | None = None) -> tuple[dict, dict]:
+    """Point ``number`` (default ``len(records)``) of the TPE search given the finished
+    ``records``: (hyperopt's raw values, model arguments). Deterministic in (seed, records,
+    number); a parallel search passes the number of trials started, so that trials in
+    flight get different points."""
+    number = len(records) if number is None else number
     from hyperopt import STATUS_OK, fmin, space_eval, tpe
 
     space = build_space(config.space)
     trials = _trials_from_records(records)
     # fmin only proposes the point: the placeholder result is thrown away with `trials`.
     fmin(lambda _: {"status": STATUS_OK, "loss": 0.0}, space, algo=tpe.suggest, trials=trials,
-         max_evals=len(records) + 1, rstate=np.random.default_rng([seed, len(records)]),
+         max_evals=len(records) + 1, rstate=np.random.default_rng([seed, number]),
          show_progressbar=False, return_argmin=False)
     vals = {k: v[0].item() if hasattr(v[0], "item") else v[0]  # plain numbers for JSON
             for k, v in trials.trials[-1]["misc"]["vals"].items() if v}
