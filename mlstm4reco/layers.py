@@ -20,7 +20,18 @@ Layout of the parameters (gate order i, f, g, o as in ``torch.nn.LSTM``):
 - ``weight_hm``  (H, H): ``W_mh``, previous hidden state to the multiplicative state;
 - ``weight_mh``  (4H, H): ``[W_im; W_fm; W_gm; W_om]``, multiplicative state to the gates;
 - ``bias``       (4H,): gate biases, with ``bias=True``;
-- ``bias_mx``, ``bias_mh`` (H,): the two biases of m_t, with ``multiplicative_bias=True``.
+- ``bias_mx``, ``bias_mh`` (H,): the two biases of m_t, with ``multiplicative_bias=True``;
+- ``ln_weight`` (4H,), ``ln_cell_weight``, ``ln_cell_bias`` (H,): with ``layer_norm=True``.
+
+With ``layer_norm=True`` (layer normalisation, Ba et al. 2016, as in LSTMs with layer
+normalisation: each gate's pre-activation normalised on its own, and the cell state before
+its tanh) the gates and the output become
+
+    a_t = W_*x x_t + W_*m m_t                               (one of i, f, g, o)
+    gate_t = act(LN(a_t) * ln_weight_* + b_*)
+    h_t = o_t * tanh(LN(c_t) * ln_cell_weight + ln_cell_bias)
+
+while c_t itself is not normalised.
 
 :class:`MLSTMCell` computes one step; :class:`MLSTM` runs (stacked) cells over a sequence
 with one of two implementations that give the same numbers:
@@ -82,6 +93,9 @@ class MLSTMCell(nn.Module):
     forget_bias: float
         Constant added to the forget gate bias after the uniform initialisation
         (0 gives PyTorch's LSTM initialisation; 1 is a common choice for long sequences).
+    layer_norm: bool
+        Layer normalisation of each gate's pre-activation and of the cell state before
+        its tanh (see the module's docstring); gains start at 1, the cell's shift at 0.
 
     Shapes
     ------
@@ -95,6 +109,7 @@ class MLSTMCell(nn.Module):
         bias: bool = True,
         multiplicative_bias: bool = True,
         forget_bias: float = 0.0,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         if input_size <= 0 or hidden_size <= 0:
@@ -117,14 +132,24 @@ class MLSTMCell(nn.Module):
             self.bias_mh = nn.Parameter(torch.empty(H))
         else:
             self.bias_mx = self.bias_mh = None
+        self.layer_norm = layer_norm
+        if layer_norm:
+            self.ln_weight = nn.Parameter(torch.empty(4 * H))
+            self.ln_cell_weight = nn.Parameter(torch.empty(H))
+            self.ln_cell_bias = nn.Parameter(torch.empty(H))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Uniform in (-1/sqrt(H), 1/sqrt(H)) for every weight and bias, as
-        ``torch.nn.LSTM``; then ``forget_bias`` is added to the forget gate's bias."""
+        ``torch.nn.LSTM``; then ``forget_bias`` is added to the forget gate's bias. Layer
+        normalisation gains are 1 and its shift 0."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+        if self.layer_norm:
+            nn.init.ones_(self.ln_weight)
+            nn.init.ones_(self.ln_cell_weight)
+            nn.init.zeros_(self.ln_cell_bias)
         if self.bias is not None and self.forget_bias:
             H = self.hidden_size
             with torch.no_grad():
@@ -150,6 +175,8 @@ class MLSTMCell(nn.Module):
             s += ", multiplicative_bias=False"
         if self.forget_bias:
             s += f", forget_bias={self.forget_bias}"
+        if self.layer_norm:
+            s += ", layer_norm=True"
         return s
 
     def forward(
@@ -160,6 +187,8 @@ class MLSTMCell(nn.Module):
             zeros = x.new_zeros(x.shape[0], self.hidden_size)
             hx = (zeros, zeros)
         h, c = hx
+        if self.layer_norm:
+            return self._forward_layer_norm(x, h, c)
         H = self.hidden_size
         xp = F.linear(x, self.weight_ih, self.bias_ih)  # (B, 5H)
         m = xp[:, :H] * F.linear(h, self.weight_hm, self.bias_mh)  # (B, H)
@@ -167,6 +196,21 @@ class MLSTMCell(nn.Module):
         i, f, g, o = gates.chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    def _forward_layer_norm(self, x, h, c):
+        B, H = x.shape[0], self.hidden_size
+        xp = F.linear(x, self.weight_ih)  # (B, 5H)
+        mx = xp[:, :H] if self.bias_mx is None else xp[:, :H] + self.bias_mx
+        m = mx * F.linear(h, self.weight_hm, self.bias_mh)  # (B, H)
+        a = (xp[:, H:] + F.linear(m, self.weight_mh)).view(B, 4, H)
+        gates = F.layer_norm(a, (H,)).reshape(B, 4 * H) * self.ln_weight
+        if self.bias is not None:
+            gates = gates + self.bias
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        normalised = F.layer_norm(c, (H,), self.ln_cell_weight, self.ln_cell_bias)
+        h = torch.sigmoid(o) * torch.tanh(normalised)
         return h, c
 
 
@@ -304,7 +348,7 @@ class MLSTM(nn.Module):
 
     Parameters
     ----------
-    input_size, hidden_size, bias, multiplicative_bias, forget_bias:
+    input_size, hidden_size, bias, multiplicative_bias, forget_bias, layer_norm:
         As :class:`MLSTMCell`.
     num_layers: int
         Stacked layers; layer l > 0 reads the hidden states of layer l - 1.
@@ -313,7 +357,8 @@ class MLSTM(nn.Module):
         (T, B, F).
     implementation: str
         ``'fused'`` (hoisted input projection, explicit backward), ``'reference'`` (a loop
-        over :class:`MLSTMCell`), or ``'auto'`` (currently ``'fused'``). Both give the same
+        over :class:`MLSTMCell`), or ``'auto'`` (``'fused'``, or ``'reference'`` with
+        ``layer_norm``, which the fused path does not implement). Both give the same
         numbers up to floating point rounding.
 
     Shapes
@@ -338,6 +383,7 @@ class MLSTM(nn.Module):
         forget_bias: float = 0.0,
         batch_first: bool = True,
         implementation: str = "auto",
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -346,6 +392,9 @@ class MLSTM(nn.Module):
             raise ValueError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
             )
+        if layer_norm and implementation == "fused":
+            raise ValueError("layer_norm=True needs implementation 'reference' or 'auto'; "
+                             "the fused path has no layer normalisation")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -358,6 +407,7 @@ class MLSTM(nn.Module):
                 bias=bias,
                 multiplicative_bias=multiplicative_bias,
                 forget_bias=forget_bias,
+                layer_norm=layer_norm,
             )
             for layer in range(num_layers)
         )
@@ -375,6 +425,8 @@ class MLSTM(nn.Module):
             s += ", batch_first=False"
         if self.implementation != "auto":
             s += f", implementation={self.implementation!r}"
+        if self.cells[0].layer_norm:
+            s += ", layer_norm=True"
         return s
 
     def _initial_state(self, x_tm: torch.Tensor, hx) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,7 +480,8 @@ class MLSTM(nn.Module):
         if x_tm.shape[0] == 0:
             raise ValueError(f"MLSTM: expected at least one time step, got shape {tuple(x.shape)}")
         h0, c0 = self._initial_state(x_tm, hx)
-        layer = self._layer_reference if self.implementation == "reference" else self._layer_fused
+        reference = self.implementation == "reference" or self.cells[0].layer_norm
+        layer = self._layer_reference if reference else self._layer_fused
         h_n, c_n = [], []
         for index, cell in enumerate(self.cells):
             hs, cs = layer(cell, x_tm, h0[index], c0[index])  # (T, B, H) each

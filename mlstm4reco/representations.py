@@ -22,7 +22,8 @@ from torch import nn
 from mlstm4reco.layers import MLSTM
 
 __all__ = [
-    "PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "MLSTMNet", "PoolNet", "CNNNet"
+    "PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "GRUNet", "MLSTMNet", "PoolNet",
+    "CNNNet",
 ]
 
 PADDING_IDX = 0
@@ -197,6 +198,8 @@ class LSTMNet(_SequenceNet):
         An embedding layer to use instead of a new :class:`ScaledEmbedding`.
     sparse: bool
         Sparse gradients for the embeddings.
+    num_layers: int
+        Stacked LSTM layers (1 in Spotlight).
 
     References
     ----------
@@ -209,16 +212,40 @@ class LSTMNet(_SequenceNet):
         embedding_dim: int = 32,
         item_embedding_layer: nn.Embedding | None = None,
         sparse: bool = False,
+        num_layers: int = 1,
         **options,
     ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
-        self.lstm = nn.LSTM(embedding_dim, embedding_dim, batch_first=True)
+        self.lstm = nn.LSTM(embedding_dim, embedding_dim, num_layers=num_layers, batch_first=True)
+
+    def _recurrent(self) -> nn.Module:
+        return self.lstm
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
         embeddings = self._embed(item_sequences)  # (B, T, D)
         embeddings = F.pad(embeddings, (0, 0, 1, 0))  # (B, T + 1, D), zero first step
-        states, _ = self.lstm(embeddings)  # (B, T + 1, D)
+        states, _ = self._recurrent()(embeddings)  # (B, T + 1, D)
         return states
+
+
+class GRUNet(LSTMNet):
+    """A GRU representation (the recurrent unit of GRU4Rec, Hidasi et al. 2015), built
+    exactly as :class:`LSTMNet` with ``nn.GRU`` (cuDNN on a GPU) in place of the LSTM."""
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        item_embedding_layer: nn.Embedding | None = None,
+        sparse: bool = False,
+        num_layers: int = 1,
+        **options,
+    ) -> None:
+        _SequenceNet.__init__(self, num_items, embedding_dim, item_embedding_layer, sparse, **options)
+        self.gru = nn.GRU(embedding_dim, embedding_dim, num_layers=num_layers, batch_first=True)
+
+    def _recurrent(self) -> nn.Module:
+        return self.gru
 
 
 STATES = ("hidden", "cell")
@@ -247,6 +274,8 @@ class MLSTMNet(_SequenceNet):
         Stacked mLSTM layers.
     forget_bias: float
         Added to the forget gate bias at initialisation.
+    layer_norm: bool
+        Layer normalisation inside the cell (see :class:`~mlstm4reco.layers.MLSTMCell`).
     implementation: str
         Passed to :class:`~mlstm4reco.layers.MLSTM`.
 
@@ -266,6 +295,7 @@ class MLSTMNet(_SequenceNet):
         num_layers: int = 1,
         forget_bias: float = 0.0,
         implementation: str = "auto",
+        layer_norm: bool = False,
         **options,
     ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
@@ -280,6 +310,7 @@ class MLSTMNet(_SequenceNet):
             forget_bias=forget_bias,
             batch_first=True,
             implementation=implementation,
+            layer_norm=layer_norm,
         )
         self.initial_hidden = nn.Parameter(torch.zeros(num_layers, embedding_dim))
         self.initial_cell = nn.Parameter(torch.zeros(num_layers, embedding_dim))

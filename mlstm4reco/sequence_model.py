@@ -16,7 +16,7 @@ from mlstm4reco.datasets._download import atomic_path
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES, sampled_softmax_loss, softmax_loss
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
-from mlstm4reco.representations import PADDING_IDX, CNNNet, LSTMNet, MLSTMNet, PoolNet
+from mlstm4reco.representations import PADDING_IDX, CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
 
@@ -24,6 +24,7 @@ FORMAT_VERSION = 1
 
 REPRESENTATIONS = {
     "lstm": LSTMNet,
+    "gru": GRUNet,
     "mlstm": MLSTMNet,
     "pooling": PoolNet,
     "cnn": CNNNet,
@@ -62,7 +63,7 @@ class ImplicitSequenceModel:
         entropy over all items) or 'sampled_softmax' (against ``num_negative_samples``
         uniform samples shared by the batch); see :mod:`mlstm4reco.losses`.
     representation: str or nn.Module
-        A name from :data:`REPRESENTATIONS` ('lstm', 'mlstm', 'pooling', 'cnn',
+        A name from :data:`REPRESENTATIONS` ('lstm', 'gru', 'mlstm', 'pooling', 'cnn',
         'mixture', 'mixture_mlstm'; default 'pooling', as Spotlight), or a representation
         instance in Spotlight's protocol.
     representation_kwargs: dict, optional

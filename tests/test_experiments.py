@@ -168,11 +168,11 @@ def test_sigkill_keeps_finished_trials_and_the_rerun_continues(tmp_path):
 
 
 def test_user_errors_are_one_line(tmp_path):
-    result = subprocess.run(RUN + ["--dataset", "ml1m", "--model", "gru", "--out", str(tmp_path)],
+    result = subprocess.run(RUN + ["--dataset", "ml1m", "--model", "transformer", "--out", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        result.stderr.strip().splitlines()[0]] and "no config ml1m_gru.yaml" in result.stderr
+        result.stderr.strip().splitlines()[0]] and "no config ml1m_transformer.yaml" in result.stderr
     assert "Traceback" not in result.stderr
     bad = tiny_config(tmp_path, space={"lr": {"normal": [0, 1]}})
     with pytest.raises(search.UserError, match="space.lr must be one distribution"):

@@ -177,3 +177,80 @@ def test_cuda_matches_cpu():
     out_cpu, _ = layer(x)
     out_gpu, _ = layer.cuda()(x.cuda())
     torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-4, atol=1e-4)
+
+
+def numpy_layer_norm(a, gain, shift=0.0, eps=1e-5):
+    mean = a.mean(axis=-1, keepdims=True)
+    var = a.var(axis=-1, keepdims=True)  # biased, as layer normalisation
+    return (a - mean) / np.sqrt(var + eps) * gain + shift
+
+
+def numpy_step_layer_norm(cell, x, h, c):
+    """The layer-normalised mLSTM step in float64 numpy: each gate's pre-activation
+    normalised on its own, then scaled and shifted by its bias; c normalised before tanh."""
+    H = cell.hidden_size
+    W = {k: v.detach().double().numpy() for k, v in cell.named_parameters()}
+    b_mx = W.get("bias_mx", np.zeros(H))
+    b_mh = W.get("bias_mh", np.zeros(H))
+    m = (x @ W["weight_ih"][:H].T + b_mx) * (h @ W["weight_hm"].T + b_mh)
+    act = {"i": sigmoid, "f": sigmoid, "g": np.tanh, "o": sigmoid}
+    gate = {}
+    for k, name in enumerate("ifgo"):
+        rows = slice(k * H, (k + 1) * H)
+        a = x @ W["weight_ih"][H:][rows].T + m @ W["weight_mh"][rows].T
+        bias = W["bias"][rows] if "bias" in W else 0.0
+        gate[name] = act[name](numpy_layer_norm(a, W["ln_weight"][rows], bias))
+    c = gate["f"] * c + gate["i"] * gate["g"]
+    normalised = numpy_layer_norm(c, W["ln_cell_weight"], W["ln_cell_bias"])
+    return gate["o"] * np.tanh(normalised), c
+
+
+@pytest.mark.parametrize("multiplicative_bias", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_cell_matches_numpy_equations(multiplicative_bias, bias):
+    torch.manual_seed(5)
+    cell = MLSTMCell(4, 6, bias=bias, multiplicative_bias=multiplicative_bias, layer_norm=True).double()
+    with torch.no_grad():  # gains and shifts away from their initial 1 and 0
+        for name in ("ln_weight", "ln_cell_weight", "ln_cell_bias"):
+            getattr(cell, name).uniform_(0.5, 1.5)
+    rng = np.random.default_rng(1)
+    x, h, c = rng.normal(size=(3, 4)), rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
+    h_t, c_t = cell(torch.from_numpy(x), (torch.from_numpy(h), torch.from_numpy(c)))
+    h_ref, c_ref = numpy_step_layer_norm(cell, x, h, c)
+    np.testing.assert_allclose(h_t.detach().numpy(), h_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c_t.detach().numpy(), c_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_layer_norm_layer_initialisation_gradients_and_paths():
+    torch.manual_seed(6)
+    layer = MLSTM(3, 4, num_layers=2, layer_norm=True, forget_bias=1.0)
+    cell = layer.cells[0]
+    assert (cell.ln_weight == 1).all() and (cell.ln_cell_weight == 1).all() and (cell.ln_cell_bias == 0).all()
+    assert (cell.bias[4:8] > 0.4).all()  # forget_bias still lands on the gate bias
+    assert "layer_norm=True" in repr(layer) and "layer_norm=True" in repr(cell)
+    x = torch.randn(2, 5, 3)
+    out, (h_n, c_n) = layer(x)
+    (out.sum() + c_n.sum()).backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    h, c = torch.zeros(2, 4), torch.zeros(2, 4)  # 'auto' runs the cell step by step
+    for t in range(5):
+        h, c = cell(x[:, t], (h, c))
+    first = MLSTM(3, 4, layer_norm=True)
+    first.cells[0].load_state_dict(cell.state_dict())
+    torch.testing.assert_close(first.states(x)[1][:, -1], c)
+    with pytest.raises(ValueError, match="layer_norm=True needs implementation"):
+        MLSTM(3, 4, layer_norm=True, implementation="fused")
+
+
+def test_layer_norm_gradcheck():
+    torch.manual_seed(7)
+    layer = MLSTM(3, 4, layer_norm=True).double()
+    x = torch.randn(2, 4, 3, dtype=torch.double, requires_grad=True)
+    names = ["layer." + n for n, _ in layer.named_parameters()]
+
+    def fn(x, *weights):
+        return torch.func.functional_call(States(layer), dict(zip(names, weights)), (x, None))
+
+    inputs = (x, *[p.detach().clone().requires_grad_(True) for p in layer.parameters()])
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)

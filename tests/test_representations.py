@@ -3,14 +3,17 @@ import torch
 import torch.nn.functional as F
 
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
-from mlstm4reco.representations import CNNNet, LSTMNet, MLSTMNet, PoolNet
+from mlstm4reco.representations import CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet
 
 NETS = {
     "lstm": lambda n, d: LSTMNet(n, d),
+    "lstm-2layers": lambda n, d: LSTMNet(n, d, num_layers=2),
+    "gru": lambda n, d: GRUNet(n, d),
     "mlstm-hidden": lambda n, d: MLSTMNet(n, d, state="hidden"),
     "mlstm-cell": lambda n, d: MLSTMNet(n, d, state="cell"),
     "mlstm-nobias": lambda n, d: MLSTMNet(n, d, multiplicative_bias=False),
     "mlstm-2layers": lambda n, d: MLSTMNet(n, d, num_layers=2),
+    "mlstm-layernorm": lambda n, d: MLSTMNet(n, d, layer_norm=True),
     "pooling": lambda n, d: PoolNet(n, d),
     "cnn": lambda n, d: CNNNet(n, d),
     "cnn-dilated": lambda n, d: CNNNet(n, d, kernel_width=2, num_layers=3, dilation=[1, 2, 4],
@@ -186,6 +189,20 @@ def test_lstmnet_is_spotlights_architecture():
     reps, _ = net.user_representation(sequences())
     expected, _ = net.lstm(torch.zeros(1, 1, 6))
     torch.testing.assert_close(reps[:, :, 0], expected[0, 0].expand(4, 6))
+
+
+def test_grunet_steps_a_gru_cell_from_a_zero_input():
+    torch.manual_seed(0)
+    net = GRUNet(20, 6)
+    seqs = sequences()
+    reps, _ = net.user_representation(seqs)
+    cell = torch.nn.GRUCell(6, 6)
+    cell.load_state_dict({k[:-3]: v for k, v in net.gru.state_dict().items()})  # drop "_l0"
+    inputs = torch.cat([torch.zeros(4, 1, 6), net.item_embeddings(seqs)], dim=1)
+    h = torch.zeros(4, 6)
+    for t in range(7):
+        h = cell(inputs[:, t], h)
+        torch.testing.assert_close(reps[:, :, t], h)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -156,8 +156,8 @@ def test_bad_input(synthetic):
     train, _ = synthetic
     with pytest.raises(ValueError, match="unknown loss 'warp'"):
         ImplicitSequenceModel(loss="warp")
-    with pytest.raises(ValueError, match="unknown representation 'gru'"):
-        ImplicitSequenceModel(representation="gru")
+    with pytest.raises(ValueError, match="unknown representation 'transformer'"):
+        ImplicitSequenceModel(representation="transformer")
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         ImplicitSequenceModel(batch_size=0)
     model = ImplicitSequenceModel(n_iter=1, embedding_dim=4, random_state=0)
