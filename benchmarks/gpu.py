@@ -21,6 +21,7 @@ from torch import nn
 from mlstm4reco.cross_validation import user_based_train_test_split
 from mlstm4reco.datasets import get_movielens_dataset
 from mlstm4reco.evaluation import sequence_mrr_score
+from mlstm4reco import triton_mlstm
 from mlstm4reco.layers import MLSTM
 from mlstm4reco.search import config_path, load_config
 from mlstm4reco.sequence_model import ImplicitSequenceModel
@@ -57,6 +58,26 @@ def training_benchmark(device: torch.device, epochs: int, data_dir) -> None:
           f"{seconds * 1e3:.0f} ms")
 
 
+def check_triton(device: torch.device) -> None:
+    """The largest difference between the Triton and the fused path at the benchmark's
+    shape, outputs and every gradient (both fp32)."""
+    torch.manual_seed(0)
+    layer = MLSTM(120, 120).to(device)
+    x = torch.randn(240, 100, 120, device=device)
+    grad = torch.randn(240, 100, 120, device=device)
+    results = {}
+    for implementation in ("fused", "triton"):
+        layer.implementation = implementation
+        layer.zero_grad()
+        inputs = x.clone().requires_grad_(True)
+        out, _ = layer(inputs)
+        out.backward(grad)
+        results[implementation] = [out.detach(), inputs.grad] + [p.grad.clone() for p in layer.parameters()]
+    worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+                for a, b in zip(results["triton"], results["fused"]))
+    print(f"triton vs fused, largest difference relative to each tensor's largest value: {worst:.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -70,9 +91,15 @@ def main() -> None:
     if device.type != "cuda":
         print("note: no GPU: running on the CPU, slowly; the issue's targets are for a GPU")
         args.repeats = min(args.repeats, 3)
-    print("layer, batch 240, seq 100, dim 120, fp32:")
-    compare_layers({"nn.LSTM": nn.LSTM(120, 120, batch_first=True), "MLSTM": MLSTM(120, 120)},
-                   device, args.repeats, 240, 100, 120)
+    layers = {"nn.LSTM": nn.LSTM(120, 120, batch_first=True),
+              "MLSTM fused": MLSTM(120, 120, implementation="fused")}
+    if device.type == "cuda" and triton_mlstm.available():
+        layers["MLSTM triton"] = MLSTM(120, 120, implementation="triton")
+        check_triton(device)
+    else:
+        print("note: the Triton kernels need a CUDA device and Triton: not timed here")
+    print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton on CUDA):")
+    compare_layers(layers, device, args.repeats, 240, 100, 120)
     training_benchmark(device, args.epochs, args.data_dir)
 
 

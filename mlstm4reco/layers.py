@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["MLSTMCell", "MLSTM"]
 
-IMPLEMENTATIONS = ("auto", "fused", "reference")
+IMPLEMENTATIONS = ("auto", "fused", "reference", "triton")
 
 
 def _check_input(x: torch.Tensor, dim: int, input_size: int, name: str) -> None:
@@ -322,25 +323,36 @@ class _FusedMLSTM(torch.autograd.Function):
             dh = torch.mm(grad_mh[t], weight_hm)
             dc = dc * f
         torch.mul(grad_m, mh, out=grad_xp[:, :, :H])
-        # Weight gradients: one matmul each over all T * B rows.
-        grad_xp_flat = grad_xp.view(T * B, 5 * H)
-        grad_mh_flat = grad_mh.view(T * B, H)
-        grad_x = grad_xp_flat.mm(weight_ih).view(T, B, -1)
-        grad_weight_ih = grad_xp_flat.t().mm(flat_x)
-        grad_weight_mh = grad_xp_flat[:, H:].t().mm(ms.view(T * B, H))
-        grad_weight_hm = grad_mh_flat.t().mm(hs[:-1].reshape(T * B, H))
-        grad_bias_ih = grad_xp_flat.sum(0) if ctx.has_bias[0] else None
-        grad_bias_mh = grad_mh_flat.sum(0) if ctx.has_bias[1] else None
-        return (
-            grad_x,
-            grad_weight_ih,
-            grad_bias_ih,
-            dh,
-            dc,
-            grad_weight_hm,
-            grad_bias_mh,
-            grad_weight_mh,
-        )
+        return _input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias, dh, dc)
+
+
+def _input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, has_bias, grad_h0, grad_c0):
+    """The gradients of an mLSTM layer's forward arguments once the recurrence is done:
+    ``grad_xp`` (T, B, 5H) and ``grad_mh`` (T, B, H) hold the gradients of the input
+    projections and of W_mh h_{t-1} + b_mh at every step; each weight gradient is one
+    matmul over all T * B rows. Returns them in the forward's argument order."""
+    T, B, H5 = grad_xp.shape
+    H = H5 // 5
+    grad_xp_flat = grad_xp.view(T * B, 5 * H)
+    grad_mh_flat = grad_mh.view(T * B, H)
+    grad_x = grad_xp_flat.mm(weight_ih).view(T, B, -1)
+    grad_weight_ih = grad_xp_flat.t().mm(flat_x)
+    grad_weight_mh = grad_xp_flat[:, H:].t().mm(ms.view(T * B, H))
+    grad_weight_hm = grad_mh_flat.t().mm(hs[:-1].reshape(T * B, H))
+    grad_bias_ih = grad_xp_flat.sum(0) if has_bias[0] else None
+    grad_bias_mh = grad_mh_flat.sum(0) if has_bias[1] else None
+    return (grad_x, grad_weight_ih, grad_bias_ih, grad_h0, grad_c0, grad_weight_hm, grad_bias_mh,
+            grad_weight_mh)
+
+
+_triton_failures: list[Exception] = []
+
+
+def _layer_triton(cell, x_tm, h, c):
+    from mlstm4reco.triton_mlstm import TritonMLSTM
+
+    return TritonMLSTM.apply(x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh,
+                             cell.weight_mh)
 
 
 class MLSTM(nn.Module):
@@ -357,9 +369,13 @@ class MLSTM(nn.Module):
         (T, B, F).
     implementation: str
         ``'fused'`` (hoisted input projection, explicit backward), ``'reference'`` (a loop
-        over :class:`MLSTMCell`), or ``'auto'`` (``'fused'``, or ``'reference'`` with
-        ``layer_norm``, which the fused path does not implement). Both give the same
-        numbers up to floating point rounding.
+        over :class:`MLSTMCell`), ``'triton'`` (persistent GPU kernels, see
+        :mod:`mlstm4reco.triton_mlstm`; float32 on CUDA, or on the CPU under
+        ``TRITON_INTERPRET=1``), or ``'auto'``: ``'triton'`` for float32 CUDA inputs when
+        Triton is installed (falling back to ``'fused'``, with a warning, if the kernels
+        fail on the device), ``'reference'`` with ``layer_norm`` (which only it
+        implements), else ``'fused'``. All give the same numbers up to floating point
+        rounding.
 
     Shapes
     ------
@@ -392,9 +408,9 @@ class MLSTM(nn.Module):
             raise ValueError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
             )
-        if layer_norm and implementation == "fused":
-            raise ValueError("layer_norm=True needs implementation 'reference' or 'auto'; "
-                             "the fused path has no layer normalisation")
+        if layer_norm and implementation in ("fused", "triton"):
+            raise ValueError(f"layer_norm=True needs implementation 'reference' or 'auto'; "
+                             f"the {implementation} path has no layer normalisation")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -464,6 +480,41 @@ class MLSTM(nn.Module):
             cell.weight_mh,
         )
 
+    def _layer_function(self, x_tm: torch.Tensor):
+        """The implementation that runs on ``x_tm``: see the ``implementation`` parameter."""
+        from mlstm4reco import triton_mlstm
+
+        chosen = self.implementation
+        if chosen == "triton" and not (triton_mlstm.usable(x_tm) and x_tm.dtype == torch.float32):
+            raise ValueError(
+                "implementation='triton' needs Triton and float32 tensors on a CUDA device (or on "
+                f"the CPU with TRITON_INTERPRET=1); got {x_tm.dtype} on {x_tm.device}, Triton "
+                f"{'installed' if triton_mlstm.available() else 'not installed'}"
+            )
+        if chosen == "auto":
+            if self.cells[0].layer_norm:
+                chosen = "reference"
+            elif (x_tm.is_cuda and x_tm.dtype == torch.float32 and triton_mlstm.available()
+                  and not _triton_failures):
+                chosen = "triton"
+            else:
+                chosen = "fused"
+        return {"reference": self._layer_reference, "fused": self._layer_fused,
+                "triton": self._layer_triton_or_fused if self.implementation == "auto" else _layer_triton}[chosen]
+
+    @classmethod
+    def _layer_triton_or_fused(cls, cell, x_tm, h, c):
+        """'auto' on a GPU: the Triton kernels, or, if the forward kernel fails to build or
+        launch on this device, the fused path from then on (with one warning). A failure of
+        the backward kernel is not caught: it raises from ``backward()``."""
+        try:
+            return _layer_triton(cell, x_tm, h, c)
+        except Exception as error:  # noqa: BLE001 - any Triton failure falls back
+            _triton_failures.append(error)
+            warnings.warn(f"MLSTM: the Triton kernels failed ({type(error).__name__}: {error}); "
+                          "using the fused PyTorch path instead", RuntimeWarning, stacklevel=3)
+            return cls._layer_fused(cell, x_tm, h, c)
+
     def states(self, x: torch.Tensor, hx=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hidden state h_1..h_T and every cell state c_1..c_T of the last layer,
         each shaped like the output of :meth:`forward`."""
@@ -480,8 +531,7 @@ class MLSTM(nn.Module):
         if x_tm.shape[0] == 0:
             raise ValueError(f"MLSTM: expected at least one time step, got shape {tuple(x.shape)}")
         h0, c0 = self._initial_state(x_tm, hx)
-        reference = self.implementation == "reference" or self.cells[0].layer_norm
-        layer = self._layer_reference if reference else self._layer_fused
+        layer = self._layer_function(x_tm)
         h_n, c_n = [], []
         for index, cell in enumerate(self.cells):
             hs, cs = layer(cell, x_tm, h0[index], c0[index])  # (T, B, H) each
