@@ -142,7 +142,8 @@ def write_reproduction_report(records: list[dict], out_dir) -> dict[str, pathlib
 def plot_comparison(records: list[dict], path) -> None:
     """Bars of mean valid/test MRR with std error bars; the study's numbers as marks."""
     models = list(dict.fromkeys(r["model"] for r in records))
-    fig, ax = _pyplot().subplots(figsize=(1.8 + 1.6 * len(models), 3.6))
+    many = len(models) > 6  # then narrower bars and slanted names
+    fig, ax = _pyplot().subplots(figsize=(1.8 + (0.9 if many else 1.6) * len(models), 4.2 if many else 3.6))
     width = 0.38
     for offset, metric, color in ((-width / 2, "valid_mrr", "#8da0cb"), (width / 2, "test_mrr", "#fc8d62")):
         for i, model in enumerate(models):
@@ -156,7 +157,7 @@ def plot_comparison(records: list[dict], path) -> None:
             if metric in published:
                 ax.plot(i + offset, published[metric], "k_", markersize=18, mew=2,
                         label="study" if (i == 0 and metric == "test_mrr") else None)
-    ax.set_xticks(range(len(models)), models)
+    ax.set_xticks(range(len(models)), models, rotation=35 if many else 0, ha="right" if many else "center")
     ax.set_ylabel("MRR")
     dataset = records[0]["dataset"] if records else ""
     ax.set_title(f"{dataset}: mean ± std over seeds")
