@@ -3,7 +3,7 @@
 The local backend proposes a point, trains it, records it, and repeats. This backend keeps
 ``workers`` trials in flight on a Ray cluster (a local one by default) and otherwise
 changes nothing: the same configs, the same hyperopt TPE (:func:`search.suggest`, given the
-finished trials and the number of trials started, so that trials in flight get different
+finished trials and each trial's own number, so that trials in flight get different
 points; with one worker the points are the local backend's), the same ``trials.json``
 records written atomically by the driver as each trial ends, and so the same reports.
 

@@ -322,8 +322,8 @@ def suggest(config: ExperimentConfig, records: list[dict], seed: int,
             number: int | None = None) -> tuple[dict, dict]:
     """Point ``number`` (default ``len(records)``) of the TPE search given the finished
     ``records``: (hyperopt's raw values, model arguments). Deterministic in (seed, records,
-    number); a parallel search passes the number of trials started, so that trials in
-    flight get different points."""
+    number); a parallel search passes each trial's own number, so that trials in flight,
+    proposed from the same finished records, get different points."""
     number = len(records) if number is None else number
     from hyperopt import STATUS_OK, fmin, space_eval, tpe
 
