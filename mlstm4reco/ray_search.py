@@ -188,7 +188,8 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=math.ceil(workers * cpus_per_trial), include_dashboard=False,
-                     log_to_driver=False, object_store_memory=1 << 30)
+                     log_to_driver=False, object_store_memory=1 << 30,
+                     _node_ip_address="127.0.0.1")  # its processes talk over loopback
     bar = tqdm(total=trials, initial=len(store.records), desc=f"trials {config.name} (ray)",
                disable=not progress, unit="trial")
     try:

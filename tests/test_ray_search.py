@@ -21,7 +21,8 @@ def local_ray():
     """One local Ray for the module (run_ray_search leaves a Ray it did not start running)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fakes below
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20,
+             _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
 
