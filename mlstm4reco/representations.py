@@ -206,6 +206,8 @@ class LSTMNet(_SequenceNet):
     Hidasi et al. Session-based recommendations with recurrent neural networks. 2015.
     """
 
+    _recurrent = ("lstm", nn.LSTM)  # attribute name (in the state dict) and module class
+
     def __init__(
         self,
         num_items: int,
@@ -216,36 +218,22 @@ class LSTMNet(_SequenceNet):
         **options,
     ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
-        self.lstm = nn.LSTM(embedding_dim, embedding_dim, num_layers=num_layers, batch_first=True)
-
-    def _recurrent(self) -> nn.Module:
-        return self.lstm
+        name, module = self._recurrent
+        setattr(self, name, module(embedding_dim, embedding_dim, num_layers=num_layers, batch_first=True))
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
         embeddings = self._embed(item_sequences)  # (B, T, D)
         embeddings = F.pad(embeddings, (0, 0, 1, 0))  # (B, T + 1, D), zero first step
-        states, _ = self._recurrent()(embeddings)  # (B, T + 1, D)
+        states, _ = getattr(self, self._recurrent[0])(embeddings)  # (B, T + 1, D)
         return states
 
 
 class GRUNet(LSTMNet):
     """A GRU representation (the recurrent unit of GRU4Rec, Hidasi et al. 2015), built
-    exactly as :class:`LSTMNet` with ``nn.GRU`` (cuDNN on a GPU) in place of the LSTM."""
+    exactly as :class:`LSTMNet` (same parameters) with ``nn.GRU`` (cuDNN on a GPU), stored
+    as ``gru``, in place of the LSTM."""
 
-    def __init__(
-        self,
-        num_items: int,
-        embedding_dim: int = 32,
-        item_embedding_layer: nn.Embedding | None = None,
-        sparse: bool = False,
-        num_layers: int = 1,
-        **options,
-    ) -> None:
-        _SequenceNet.__init__(self, num_items, embedding_dim, item_embedding_layer, sparse, **options)
-        self.gru = nn.GRU(embedding_dim, embedding_dim, num_layers=num_layers, batch_first=True)
-
-    def _recurrent(self) -> nn.Module:
-        return self.gru
+    _recurrent = ("gru", nn.GRU)
 
 
 STATES = ("hidden", "cell")

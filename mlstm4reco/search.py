@@ -188,7 +188,8 @@ class EarlyStopping:
             self.listener(epoch + 1, mrr)
         if mrr > self.best_mrr:
             self.best_mrr, self.best_epoch, self.stale = mrr, epoch + 1, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
+            if self.patience is not None:  # a monitor that never stops never restores
+                self.best_state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
             return False
         self.stale += 1
         return self.patience is not None and self.stale >= self.patience

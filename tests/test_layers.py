@@ -29,17 +29,23 @@ def numpy_step(cell, x, h, c):
     return o * np.tanh(c), c
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_cell_matches_numpy_equations(multiplicative_bias, bias):
-    torch.manual_seed(0)
-    cell = MLSTMCell(4, 6, bias=bias, multiplicative_bias=multiplicative_bias).double()
-    rng = np.random.default_rng(0)
+def test_cell_matches_numpy_equations(multiplicative_bias, bias, layer_norm):
+    torch.manual_seed(5 if layer_norm else 0)
+    cell = MLSTMCell(4, 6, bias=bias, multiplicative_bias=multiplicative_bias, layer_norm=layer_norm).double()
+    if layer_norm:
+        with torch.no_grad():  # gains and shifts away from their initial 1 and 0
+            for name in ("ln_weight", "ln_cell_weight", "ln_cell_bias"):
+                getattr(cell, name).uniform_(0.5, 1.5)
+    rng = np.random.default_rng(1 if layer_norm else 0)
     x, h, c = rng.normal(size=(3, 4)), rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
     h_t, c_t = cell(torch.from_numpy(x), (torch.from_numpy(h), torch.from_numpy(c)))
-    h_ref, c_ref = numpy_step(cell, x, h, c)
-    np.testing.assert_allclose(h_t.detach().numpy(), h_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(c_t.detach().numpy(), c_ref, rtol=1e-12, atol=1e-12)
+    h_ref, c_ref = (numpy_step_layer_norm if layer_norm else numpy_step)(cell, x, h, c)
+    rtol = 1e-10 if layer_norm else 1e-12
+    np.testing.assert_allclose(h_t.detach().numpy(), h_ref, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(c_t.detach().numpy(), c_ref, rtol=rtol, atol=1e-12)
 
 
 def test_layer_runs_the_numpy_equations_over_time():
@@ -203,22 +209,6 @@ def numpy_step_layer_norm(cell, x, h, c):
     c = gate["f"] * c + gate["i"] * gate["g"]
     normalised = numpy_layer_norm(c, W["ln_cell_weight"], W["ln_cell_bias"])
     return gate["o"] * np.tanh(normalised), c
-
-
-@pytest.mark.parametrize("multiplicative_bias", [True, False])
-@pytest.mark.parametrize("bias", [True, False])
-def test_layer_norm_cell_matches_numpy_equations(multiplicative_bias, bias):
-    torch.manual_seed(5)
-    cell = MLSTMCell(4, 6, bias=bias, multiplicative_bias=multiplicative_bias, layer_norm=True).double()
-    with torch.no_grad():  # gains and shifts away from their initial 1 and 0
-        for name in ("ln_weight", "ln_cell_weight", "ln_cell_bias"):
-            getattr(cell, name).uniform_(0.5, 1.5)
-    rng = np.random.default_rng(1)
-    x, h, c = rng.normal(size=(3, 4)), rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
-    h_t, c_t = cell(torch.from_numpy(x), (torch.from_numpy(h), torch.from_numpy(c)))
-    h_ref, c_ref = numpy_step_layer_norm(cell, x, h, c)
-    np.testing.assert_allclose(h_t.detach().numpy(), h_ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(c_t.detach().numpy(), c_ref, rtol=1e-10, atol=1e-12)
 
 
 def test_layer_norm_layer_initialisation_gradients_and_paths():
