@@ -53,11 +53,10 @@ def adaptive_hinge_loss(positive_predictions, negative_predictions, mask=None):
 
 
 def softmax_loss(logits, targets):
-    """Cross-entropy of the target item over every item: ``logits`` (M, N) for M
-    positions, ``targets`` (M,). Padding id 0 is never a candidate."""
-    logits = logits.clone()
-    logits[:, 0] = -torch.inf
-    return torch.nn.functional.cross_entropy(logits, targets)
+    """Cross-entropy of the target item over every item: ``logits`` (M, N - 1) score item
+    ids 1..N-1 for M positions (padding id 0 is never a candidate, so it is not scored:
+    no (M, N) copy to mask), ``targets`` (M,) are item ids in 1..N-1."""
+    return torch.nn.functional.cross_entropy(logits, targets - 1)
 
 
 def sampled_softmax_loss(positive_logits, negative_logits, accidental_hits=None):

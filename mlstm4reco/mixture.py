@@ -58,7 +58,8 @@ class _MixtureHead:
         return (weights * dots[..., :k]).sum(-1) + self.item_biases(targets).squeeze(-1)
 
     def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores (..., S) of items (S,) (all when None) for states (..., 2k, D)."""
+        """Scores (..., S) of items (ids (S,) or a slice; all when None) for states
+        (..., 2k, D)."""
         k = self.num_components
         embeddings, biases = self.scoring_embeddings.weight, self.item_biases.weight.squeeze(1)
         if items is not None:

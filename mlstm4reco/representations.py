@@ -166,11 +166,13 @@ class _SequenceNet(nn.Module):
         return dot + target_bias
 
     def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores (..., S) of the items ``items`` (S,) for states (..., D); all item ids
-        in [0, num_items) when ``items`` is None."""
+        """Scores (..., S) of the items ``items`` (ids (S,), or a slice of the ids) for
+        states (..., D); all item ids in [0, num_items) when ``items`` is None."""
         embeddings, biases = self.scoring_embeddings.weight, self.item_biases.weight.squeeze(1)
         if items is not None:
             embeddings, biases = embeddings[items], biases[items]
+        if states.dim() == 2:  # one fused multiply-add, no second pass for the biases
+            return torch.addmm(biases, states, embeddings.t())
         return states @ embeddings.t() + biases
 
     def score_all(self, final_representation: torch.Tensor) -> torch.Tensor:

@@ -285,7 +285,8 @@ class ImplicitSequenceModel:
         states = self._net.position_states(user_representation)[mask]  # (M, ...)
         targets = batch[mask]  # (M,)
         if self._loss == "softmax":
-            return softmax_loss(self._net.score_items(states), targets)
+            # Ids 1..N-1 only: a slice is a view of the item embeddings, not a copy.
+            return softmax_loss(self._net.score_items(states, slice(1, None)), targets)
         samples = self._random_state.randint(1, self._num_items, self._num_negative_samples)
         samples = torch.from_numpy(samples).to(self._device)  # (S,)
         positive = self._net(states, targets)  # (M,): one state per row, Spotlight's call

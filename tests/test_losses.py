@@ -54,11 +54,11 @@ def test_losses_have_gradients_only_where_unmasked():
 
 
 def test_softmax_loss_is_cross_entropy_without_padding():
-    logits = torch.tensor([[5.0, 1.0, 2.0, 0.5], [9.0, 0.0, 0.0, 3.0]])
+    scores = torch.tensor([[5.0, 1.0, 2.0, 0.5], [9.0, 0.0, 0.0, 3.0]])  # ids 0..3
     targets = torch.tensor([2, 3])
-    # Independent: log-sum-exp over ids 1..3 only (id 0 is padding).
-    expected = [math.log(sum(math.exp(v) for v in row[1:])) - row[t] for row, t in zip(logits.tolist(), targets.tolist())]
-    assert softmax_loss(logits, targets).item() == pytest.approx(sum(expected) / 2)
+    # Independent: log-sum-exp over ids 1..3 only (id 0 is padding, never scored).
+    expected = [math.log(sum(math.exp(v) for v in row[1:])) - row[t] for row, t in zip(scores.tolist(), targets.tolist())]
+    assert softmax_loss(scores[:, 1:], targets).item() == pytest.approx(sum(expected) / 2)
 
 
 def test_sampled_softmax_leaves_out_accidental_hits():

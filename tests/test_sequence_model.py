@@ -51,6 +51,33 @@ def test_every_loss_trains(synthetic, loss, representation):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("representation", ["mlstm", "mixture_mlstm"])
+def test_softmax_loss_matches_a_loop_over_positions(synthetic, representation):
+    """The batched full-softmax loss equals, position by position, cross-entropy of the
+    net's own one-item scores (Spotlight's call) over item ids 1..N-1, padding skipped."""
+    train, _ = synthetic
+    model = ImplicitSequenceModel(loss="softmax", representation=representation, embedding_dim=8,
+                                  n_iter=1, batch_size=128, random_state=0)
+    model.fit(train)
+    batch = torch.from_numpy(train.sequences[:5].astype(np.int64))
+    batch[0, :7] = 0  # some padding
+    net = model._net
+    with torch.no_grad():
+        net.train(False)
+        loss = model._batch_loss(batch).item()
+        representation_, _ = net.user_representation(batch)
+        items = torch.arange(1, train.num_items)
+        terms = []
+        for b in range(batch.shape[0]):
+            for t in range(batch.shape[1]):
+                if batch[b, t] == 0:
+                    continue
+                state = representation_[b:b + 1, ..., t:t + 1]  # this position's state
+                scores = torch.stack([net(state, item.reshape(1, 1)).reshape(()) for item in items])
+                terms.append(torch.logsumexp(scores, 0) - scores[batch[b, t] - 1])
+    assert loss == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
 def test_same_seed_same_result_and_repeated_fit_continues(synthetic):
     train, test = synthetic
     make = lambda: ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=2,  # noqa: E731
