@@ -62,6 +62,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     common_options(again)
     again.add_argument("--models", nargs="+", default=["lstm", "mlstm"], help="models to compare (default: lstm mlstm)")
     again.add_argument("--seeds", type=int, default=5, help="model seeds per configuration (default 5)")
+    again.add_argument("--workers", type=int, default=1,
+                       help="runs at a time, in worker processes (default 1)")
+    again.add_argument("--threads", type=int, default=None,
+                       help="torch threads per worker (default: CPUs / workers)")
     if argv and argv[0] not in ("search", "reproduce", "-h", "--help"):
         argv = ["search", *argv]
     return parser.parse_args(argv)
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             configs = [search.load_config(search.config_path(args.dataset, m, args.config_dir))
                        for m in args.models]
             out = pathlib.Path(args.out) / f"{args.dataset}_reproduce"
-            records = search.run_reproduce(configs, args.seeds, out, args.device, args.data_dir, progress)
+            records = search.run_reproduce(configs, args.seeds, out, args.device, args.data_dir, progress,
+                                           workers=args.workers, threads=args.threads)
             paths = report.write_reproduction_report(records, out)
     except UserError as error:
         print(f"run.py: error: {error}", file=sys.stderr)

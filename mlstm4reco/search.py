@@ -368,27 +368,67 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
 
 
 def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: str = "auto",
-                  data_dir=None, progress: bool = True, train=train_and_evaluate) -> list[dict]:
+                  data_dir=None, progress: bool = True, train=train_and_evaluate,
+                  workers: int = 1, threads: int | None = None) -> list[dict]:
     """Train each config's ``best`` arguments with model seeds 0..seeds-1 (the data split
-    stays the protocol's), resuming from ``out_dir/runs.json``."""
+    stays the protocol's), resuming from ``out_dir/runs.json``.
+
+    ``workers`` > 1 trains that many runs at a time in worker processes, each with
+    ``threads`` torch threads (default: the CPUs shared out); the records are the same as
+    one at a time (up to float rounding across thread counts) and are written as each run
+    ends, so a killed reproduction resumes either way. ``train`` must then be a
+    module-level function (it is pickled)."""
+    if workers < 1:
+        raise UserError(f"workers must be at least 1, got {workers}")
     store = RecordFile(pathlib.Path(out_dir) / "runs.json")
     done = {(r["model"], r["seed"]) for r in store.records}
     todo = [(c, s) for c in configs for s in range(seeds) if (c.model, s) not in done]
     bar = tqdm(total=len(configs) * seeds, initial=len(configs) * seeds - len(todo),
                desc="runs", disable=not progress, unit="run")
-    splits_cache = {}
-    for config, seed in todo:
-        key = (config.dataset, json.dumps(config.protocol, sort_keys=True), json.dumps(config.data, sort_keys=True))
-        if key not in splits_cache:
-            splits_cache[key] = protocol_split(load_dataset(config, data_dir), config.protocol)
-        arguments = model_arguments(config, config.best)
-        result = run_guarded(train, arguments=arguments, splits=splits_cache[key],
-                             protocol=config.protocol, seed=seed, device=device, verbose=progress,
-                             early_stopping=config.early_stopping)
+
+    def record(config, seed, arguments, result):
         store.append({"model": config.model, "dataset": config.dataset, "seed": seed,
                       "arguments": arguments, **result, "published": config.published,
                       "config": config.source, "versions": versions(),
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         bar.update(1)
+
+    if workers == 1 or len(todo) <= 1:
+        for config, seed in todo:
+            record(config, seed, *_reproduce_one(config, seed, device, data_dir, train, progress))
+    else:
+        import concurrent.futures
+        import multiprocessing
+        import os
+
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads,
+                                                    initargs=(threads,)) as pool:
+            futures = {pool.submit(_reproduce_one, config, seed, device, data_dir, train, False): (config, seed)
+                       for config, seed in todo}
+            for future in concurrent.futures.as_completed(futures):
+                record(*futures[future], *future.result())
     bar.close()
     return store.records
+
+
+_SPLITS: dict = {}
+"""Splits already built in this process, by dataset, protocol and loader arguments."""
+
+
+def _reproduce_one(config: ExperimentConfig, seed: int, device: str, data_dir, train, verbose: bool):
+    key = (config.dataset, json.dumps(config.protocol, sort_keys=True), json.dumps(config.data, sort_keys=True),
+           str(data_dir))
+    if key not in _SPLITS:
+        _SPLITS[key] = protocol_split(load_dataset(config, data_dir), config.protocol)
+    arguments = model_arguments(config, config.best)
+    result = run_guarded(train, arguments=arguments, splits=_SPLITS[key], protocol=config.protocol,
+                         seed=seed, device=device, verbose=verbose, early_stopping=config.early_stopping)
+    return arguments, result
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)

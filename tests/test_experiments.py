@@ -96,6 +96,32 @@ def test_reproduce_end_to_end(tmp_path):
     assert is_png(out / "comparison.png")
 
 
+def test_reproduce_with_workers_gives_the_same_runs(tmp_path):
+    """Two worker processes of one thread each give the records one process of one
+    thread gives, and resume from the same runs.json."""
+    import torch
+
+    configs = [search.load_config(tiny_config(tmp_path / "configs", model=m)) for m in ("lstm", "mlstm")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = search.run_reproduce(configs, 2, tmp_path / "alone", device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    search.run_reproduce(configs[:1], 1, tmp_path / "pool", device="cpu", progress=False)  # one run done
+    pooled = search.run_reproduce(configs, 2, tmp_path / "pool", device="cpu", progress=False,
+                                  workers=2, threads=1)
+    key = lambda r: (r["model"], r["seed"])  # noqa: E731
+    assert sorted(map(key, pooled)) == sorted(map(key, alone)) and len(pooled) == 4
+    by_run = {key(r): r for r in alone}
+    for record in pooled:
+        assert record["status"] == "ok"
+        for name in ("valid_mrr", "test_mrr", "final_loss"):
+            assert record[name] == pytest.approx(by_run[key(record)][name], rel=1e-6), (key(record), name)
+    with pytest.raises(search.UserError, match="workers must be at least 1, got 0"):
+        search.run_reproduce(configs, 1, tmp_path / "bad", workers=0)
+
+
 def test_paired_test_matches_scipy():
     from scipy.stats import ttest_rel
 
