@@ -53,6 +53,19 @@ def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.d
     return device
 
 
+def _preceding_items(sequences: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(B, T, N) booleans: whether item n occurs in sequence b before position t, for every
+    n but each position's own item (padding id 0 never counts)."""
+    batch, length = sequences.shape
+    positions = torch.arange(length, device=sequences.device)
+    first = torch.full((batch, num_items), length, dtype=torch.long, device=sequences.device)
+    first.scatter_reduce_(1, sequences, positions.expand(batch, length), reduce="amin")
+    first[:, PADDING_IDX] = length
+    seen = first.unsqueeze(1) < positions.view(1, length, 1)
+    seen.scatter_(2, sequences.unsqueeze(2), False)  # a repeated item stays its own target
+    return seen
+
+
 class ImplicitSequenceModel:
     """Next-item prediction from sequences of items (Spotlight's model of the same name).
 
@@ -83,6 +96,11 @@ class ImplicitSequenceModel:
         'sampled_softmax'.
     device: 'auto', 'cpu', 'cuda' or a torch.device
         'auto' takes CUDA when present. ``use_cuda`` (Spotlight's) is accepted instead.
+    exclude_preceding: bool
+        'softmax' and 'sampled_softmax' only: leave the items a sequence has already
+        shown out of each position's candidates (never the position's own target), as
+        the evaluation does with ``exclude_preceding=True``; the loss then does not
+        spend itself pushing down items the ranking will drop anyway. Default False.
     """
 
     def __init__(
@@ -101,9 +119,12 @@ class ImplicitSequenceModel:
         num_negative_samples: int = 5,
         device="auto",
         representation_kwargs: dict | None = None,
+        exclude_preceding: bool = False,
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
+        if exclude_preceding and loss not in ("softmax", "sampled_softmax"):
+            raise ValueError(f"exclude_preceding needs loss 'softmax' or 'sampled_softmax', not {loss!r}")
         if isinstance(representation, str) and representation not in REPRESENTATIONS:
             raise ValueError(
                 f"unknown representation {representation!r}; choose from "
@@ -126,6 +147,7 @@ class ImplicitSequenceModel:
         self._optimizer_func = optimizer_func
         self._sparse = sparse
         self._num_negative_samples = int(num_negative_samples)
+        self._exclude_preceding = bool(exclude_preceding)
         self._device = _device(device, use_cuda)
         if random_state is None or isinstance(random_state, (int, np.integer)):
             random_state = np.random.RandomState(random_state)
@@ -161,6 +183,7 @@ class ImplicitSequenceModel:
             loss=self._loss,
             representation=self._representation,
             representation_kwargs=self._representation_kwargs,
+            exclude_preceding=self._exclude_preceding,
             embedding_dim=self._embedding_dim,
             n_iter=self._n_iter,
             batch_size=self._batch_size,
@@ -284,14 +307,21 @@ class ImplicitSequenceModel:
         mask = batch != PADDING_IDX
         states = self._net.position_states(user_representation)[mask]  # (M, ...)
         targets = batch[mask]  # (M,)
+        seen = _preceding_items(batch, self._num_items)[mask] if self._exclude_preceding else None  # (M, N)
         if self._loss == "softmax":
             # Ids 1..N-1 only: a slice is a view of the item embeddings, not a copy.
-            return softmax_loss(self._net.score_items(states, slice(1, None)), targets)
+            logits = self._net.score_items(states, slice(1, None))
+            if seen is not None:
+                logits = logits.masked_fill(seen[:, 1:], -torch.inf)
+            return softmax_loss(logits, targets)
         samples = self._random_state.randint(1, self._num_items, self._num_negative_samples)
         samples = torch.from_numpy(samples).to(self._device)  # (S,)
         positive = self._net(states, targets)  # (M,): one state per row, Spotlight's call
         negative = self._net.score_items(states, samples)  # (M, S)
-        return sampled_softmax_loss(positive, negative, samples.unsqueeze(0) == targets.unsqueeze(1))
+        left_out = samples.unsqueeze(0) == targets.unsqueeze(1)  # accidental hits
+        if seen is not None:
+            left_out |= seen[:, samples]
+        return sampled_softmax_loss(positive, negative, left_out)
 
     def _negatives(self, shape) -> torch.Tensor:
         items = sample_items(self._num_items, shape, self._random_state)

@@ -51,31 +51,60 @@ def test_every_loss_trains(synthetic, loss, representation):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("representation", ["mlstm", "mixture_mlstm"])
-def test_softmax_loss_matches_a_loop_over_positions(synthetic, representation):
+@pytest.mark.parametrize("representation,exclude", [("mlstm", False), ("mixture_mlstm", False),
+                                                    ("mlstm", True), ("mixture_mlstm", True)])
+def test_softmax_loss_matches_a_loop_over_positions(synthetic, representation, exclude):
     """The batched full-softmax loss equals, position by position, cross-entropy of the
-    net's own one-item scores (Spotlight's call) over item ids 1..N-1, padding skipped."""
+    net's own one-item scores (Spotlight's call) over item ids 1..N-1, padding skipped;
+    with exclude_preceding, over the ids not seen earlier in the sequence, plus the target."""
     train, _ = synthetic
     model = ImplicitSequenceModel(loss="softmax", representation=representation, embedding_dim=8,
-                                  n_iter=1, batch_size=128, random_state=0)
+                                  n_iter=1, batch_size=128, random_state=0, exclude_preceding=exclude)
     model.fit(train)
     batch = torch.from_numpy(train.sequences[:5].astype(np.int64))
     batch[0, :7] = 0  # some padding
+    batch[1, 12] = batch[1, 4]  # a repeated item is still its position's target
     net = model._net
     with torch.no_grad():
         net.train(False)
         loss = model._batch_loss(batch).item()
         representation_, _ = net.user_representation(batch)
-        items = torch.arange(1, train.num_items)
         terms = []
         for b in range(batch.shape[0]):
             for t in range(batch.shape[1]):
-                if batch[b, t] == 0:
+                target = batch[b, t].item()
+                if target == 0:
                     continue
+                earlier = set(batch[b, :t].tolist()) - {target} if exclude else set()
+                items = [i for i in range(1, train.num_items) if i not in earlier]
                 state = representation_[b:b + 1, ..., t:t + 1]  # this position's state
-                scores = torch.stack([net(state, item.reshape(1, 1)).reshape(()) for item in items])
-                terms.append(torch.logsumexp(scores, 0) - scores[batch[b, t] - 1])
+                scores = torch.stack([net(state, torch.tensor([[i]])).reshape(()) for i in items])
+                terms.append(torch.logsumexp(scores, 0) - scores[items.index(target)])
     assert loss == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+def test_sampled_softmax_leaves_out_preceding_items(synthetic, monkeypatch):
+    """With exclude_preceding, a sampled item seen earlier in the sequence is left out of a
+    position's negatives like an accidental hit."""
+    import mlstm4reco.sequence_model as sequence_model
+
+    train, _ = synthetic
+    model = ImplicitSequenceModel(loss="sampled_softmax", representation="mlstm", embedding_dim=8,
+                                  n_iter=1, batch_size=128, random_state=0, num_negative_samples=7,
+                                  exclude_preceding=True)
+    model.fit(train)
+    captured = {}
+    original = sequence_model.sampled_softmax_loss
+    monkeypatch.setattr(sequence_model, "sampled_softmax_loss",
+                        lambda p, n, hits: captured.setdefault("hits", hits) is None or original(p, n, hits))
+    batch = torch.from_numpy(train.sequences[:3].astype(np.int64))
+    state = model._random_state.get_state()
+    model._batch_loss(batch)
+    model._random_state.set_state(state)
+    samples = model._random_state.randint(1, train.num_items, 7)
+    expected = [[s == batch[b, t].item() or (s in batch[b, :t].tolist())
+                 for s in samples] for b in range(3) for t in range(batch.shape[1]) if batch[b, t] != 0]
+    np.testing.assert_array_equal(captured["hits"].numpy(), np.array(expected))
 
 
 def test_same_seed_same_result_and_repeated_fit_continues(synthetic):
@@ -187,6 +216,8 @@ def test_bad_input(synthetic):
         ImplicitSequenceModel(representation="transformer")
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         ImplicitSequenceModel(batch_size=0)
+    with pytest.raises(ValueError, match="exclude_preceding needs loss 'softmax' or 'sampled_softmax', not 'bpr'"):
+        ImplicitSequenceModel(loss="bpr", exclude_preceding=True)
     model = ImplicitSequenceModel(n_iter=1, embedding_dim=4, random_state=0)
     with pytest.raises(ValueError, match="expects SequenceInteractions"):
         model.fit(train.sequences)
