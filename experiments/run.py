@@ -9,6 +9,9 @@ stopping poor trials early with ASHA:
 
 Reproduce (the study's best configurations over several seeds, with a paired test):
     python experiments/run.py reproduce --dataset ml1m --seeds 5
+
+A learning curve (validation MRR every epoch) of a config's best arguments, changed:
+    python experiments/run.py curve --dataset ml1m --model mlstm_softmax --set representation_kwargs.dropout=0.25
 """
 
 from __future__ import annotations
@@ -66,7 +69,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
                        help="runs at a time, in worker processes (default 1)")
     again.add_argument("--threads", type=int, default=None,
                        help="torch threads per worker (default: CPUs / workers)")
-    if argv and argv[0] not in ("search", "reproduce", "-h", "--help"):
+    curve = commands.add_parser("curve", help="validation MRR every epoch of one run of a config")
+    common_options(curve)
+    curve.add_argument("--model", required=True, help="model name (a config <dataset>_<model>.yaml)")
+    curve.add_argument("--config", default=None, help="this config file instead of configs/<dataset>_<model>.yaml")
+    curve.add_argument("--seed", type=int, default=0, help="model seed (default 0)")
+    curve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="change one of the config's best arguments (dotted names for nested ones); repeatable")
+    curve.add_argument("--every", type=int, default=1, help="epochs between evaluations (default 1)")
+    if argv and argv[0] not in ("search", "reproduce", "curve", "-h", "--help"):
         argv = ["search", *argv]
     return parser.parse_args(argv)
 
@@ -77,12 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         parse(["--help"])
     progress = not args.quiet
     try:
-        if args.command == "search":
+        if args.command in ("search", "curve"):
             path = args.config or search.config_path(args.dataset, args.model, args.config_dir)
             config = search.load_config(path)
             if config.dataset != args.dataset:
                 raise UserError(f"{path} is for dataset {config.dataset!r}, not {args.dataset!r}")
             out = pathlib.Path(args.out) / config.name
+        if args.command == "curve":
+            overrides = search.parse_overrides(args.set)
+            changes = "".join(f"_{name}={value}" for name, value in overrides.items())
+            out = pathlib.Path(args.out) / "curves" / f"{config.name}{changes}_seed{args.seed}"
+            records = search.run_curve(config, overrides, args.seed, out, args.every, args.device,
+                                       args.data_dir, progress)
+            paths = report.write_curve_report(records, out, out.name)
+        elif args.command == "search":
             if args.backend == "ray":
                 from mlstm4reco.ray_search import run_ray_search
 

@@ -214,3 +214,31 @@ def plot_search(records: list[dict], path, title: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save_figure(fig, path)
+
+
+def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
+    """curve.md (the final MRRs and the curve) and curve.png from a curve's records."""
+    out_dir = pathlib.Path(out_dir)
+    points = [r for r in records if not r.get("final")]
+    final = next((r for r in records if r.get("final")), None)
+    head = f"# Learning curve: {title}\n\n"
+    if final is not None and final["status"] == "ok":
+        best = max(points, key=lambda r: r["valid_mrr"]) if points else None
+        head += (f"After {final['epochs']} epochs: valid MRR {final['valid_mrr']:.4f}, test MRR "
+                 f"{final['test_mrr']:.4f}; arguments {final['arguments']}.\n\n")
+        if best is not None:
+            head += f"Best validation MRR {best['valid_mrr']:.4f} at epoch {best['epoch']}.\n\n"
+    elif final is not None:
+        head += f"The run failed: {final['error']}\n\n"
+    rows = [{"epoch": r["epoch"], "valid_mrr": f"{r['valid_mrr']:.4f}", "seconds": f"{r['seconds']:.0f}"}
+            for r in points]
+    paths = {"markdown": out_dir / "curve.md", "plot": out_dir / "curve.png"}
+    _write(paths["markdown"], head + markdown_table(rows))
+    fig, ax = _pyplot().subplots(figsize=(6, 3.6))
+    ax.plot([r["epoch"] for r in points], [r["valid_mrr"] for r in points], "o-", color="#66c2a5")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation MRR")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, paths["plot"])
+    return paths

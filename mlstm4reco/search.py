@@ -413,6 +413,51 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
     return store.records
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["representation_kwargs.dropout=0.25", "n_iter=30"]`` -> a dict of arguments,
+    each value read as YAML (numbers, booleans, strings)."""
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--set expects NAME=VALUE, got {pair!r}")
+        try:
+            overrides[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise UserError(f"--set {pair!r}: unreadable value ({error})") from error
+    return overrides
+
+
+def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, every: int = 1,
+              device: str = "auto", data_dir=None, progress: bool = True,
+              train=train_and_evaluate) -> list[dict]:
+    """One run of the config's ``best`` arguments updated with ``overrides``, with the
+    validation MRR every ``every`` epochs appended to ``out_dir/curve.json`` as it comes
+    (a killed run keeps its curve so far), then a final record with valid and test MRR.
+    No early stopping: a curve shows the whole run, to choose epochs or options on
+    validation MRR. An existing curve is not overwritten."""
+    if every < 1:
+        raise UserError(f"every must be at least 1, got {every}")
+    store = RecordFile(pathlib.Path(out_dir) / "curve.json")
+    if store.records:
+        raise UserError(f"{store.path} already holds a curve; remove it or choose another --out")
+    splits = protocol_split(load_dataset(config, data_dir), config.protocol)
+    arguments = model_arguments(config, {**config.best, **overrides})
+    start = time.perf_counter()
+
+    def listener(epoch: int, mrr: float) -> None:
+        store.append({"epoch": epoch, "valid_mrr": mrr, "seconds": time.perf_counter() - start})
+        if progress:
+            print(f"epoch {epoch}: valid MRR {mrr:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol, seed=seed,
+                         device=device, verbose=progress, monitor=dict(every=every, listener=listener))
+    store.append({"final": True, "model": config.model, "dataset": config.dataset, "seed": seed,
+                  "overrides": overrides, "arguments": arguments, **result, "config": config.source,
+                  "versions": versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return store.records
+
+
 _SPLITS: dict = {}
 """Splits already built in this process, by dataset, protocol and loader arguments."""
 

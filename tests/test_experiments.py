@@ -122,6 +122,30 @@ def test_reproduce_with_workers_gives_the_same_runs(tmp_path):
         search.run_reproduce(configs, 1, tmp_path / "bad", workers=0)
 
 
+def test_curve_end_to_end(tmp_path, capsys):
+    """The validation MRR of every epoch, with the overrides applied; the last point is the
+    final model's validation MRR (no early stopping, same weights)."""
+    config = tiny_config(tmp_path / "configs")
+    argv = ["curve", "--dataset", "synthetic", "--model", "mlstm", "--config", str(config),
+            "--set", "n_iter=3", "--set", "representation_kwargs.dropout=0.1", "--seed", "4",
+            "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    assert run.main(argv) == 0
+    out = tmp_path / "out" / "curves" / "synthetic_mlstm_n_iter=3_representation_kwargs.dropout=0.1_seed4"
+    *points, final = read_records(out / "curve.json")
+    assert [p["epoch"] for p in points] == [1, 2, 3]
+    assert final["final"] and final["status"] == "ok" and final["seed"] == 4 and final["epochs"] == 3
+    assert final["arguments"]["representation_kwargs"] == {"dropout": 0.1} and final["arguments"]["n_iter"] == 3
+    assert final["valid_mrr"] == pytest.approx(points[-1]["valid_mrr"], rel=1e-12)
+    assert len({p["valid_mrr"] for p in points}) > 1  # the model changed between epochs
+    assert f"Best validation MRR {max(p['valid_mrr'] for p in points):.4f}" in (out / "curve.md").read_text()
+    assert is_png(out / "curve.png")
+    capsys.readouterr()
+    assert run.main(argv) == 2  # an existing curve is kept, not overwritten
+    assert "already holds a curve" in capsys.readouterr().err
+    assert run.main([*argv[:5], "--set", "dropout"]) == 2
+    assert "--set expects NAME=VALUE, got 'dropout'" in capsys.readouterr().err
+
+
 def test_paired_test_matches_scipy():
     from scipy.stats import ttest_rel
 
