@@ -7,7 +7,10 @@ evaluation of ML-1M's test split under 0.2 s).
 Prints medians and ratios to the LSTM measured in the same run: the layer at batch 240,
 seq 100, dim 120 (forward+backward and forward only), a full ML-1M training epoch of
 MLSTMNet vs LSTMNet with the study's best configurations, and the batched evaluation of
-the ML-1M test split. It also runs on the CPU (slowly, and the targets are for a GPU).
+the ML-1M test split. Then the full-softmax training of issue 8 in float32 and in bfloat16
+(``precision='bfloat16'``): epoch times, and the validation/test MRR each precision reaches
+with the same seed and epochs (``--mrr-epochs``). It also runs on the CPU (slowly, the
+softmax part only with ``--softmax``; the targets are for a GPU).
 """
 
 from __future__ import annotations
@@ -58,6 +61,32 @@ def training_benchmark(device: torch.device, epochs: int, data_dir) -> None:
           f"{seconds * 1e3:.0f} ms")
 
 
+def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_dir) -> None:
+    """Full-softmax training (configs/ml1m_<model>_softmax_dropout.yaml) in float32 and
+    bfloat16: epoch time of both models, then the MRR of mLSTM after ``mrr_epochs``."""
+    from mlstm4reco.search import load_dataset, model_arguments, protocol_split
+
+    configs = {name: load_config(config_path("ml1m", f"{name}_softmax_dropout")) for name in ("lstm", "mlstm")}
+    train, valid, test = protocol_split(load_dataset(configs["lstm"], data_dir), configs["lstm"].protocol)
+
+    def model(name, precision, n_iter):
+        arguments = model_arguments(configs[name], {**configs[name].best, "n_iter": n_iter})
+        return ImplicitSequenceModel(**arguments, precision=precision, random_state=0, device=device)
+
+    times = {(name, precision): median_seconds(lambda m=model(name, precision, 1): m.fit(train), device,
+                                               epochs, warmup=1)
+             for name in ("lstm", "mlstm") for precision in ("float32", "bfloat16")}
+    base = times["lstm", "float32"]
+    print("ML-1M epoch, full softmax, dropout 0.25 (ratio to LSTMNet float32):")
+    for (name, precision), seconds in times.items():
+        print(f"  {name:6s} {precision:9s} {seconds:7.2f} s  {seconds / base:5.2f}x")
+    for precision in ("float32", "bfloat16"):
+        trained = model("mlstm", precision, mrr_epochs)
+        trained.fit(train)
+        mrr = [sequence_mrr_score(trained, part, exclude_preceding=True).mean() for part in (valid, test)]
+        print(f"mLSTM, {mrr_epochs} epochs, {precision}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f}")
+
+
 def check_triton(device: torch.device) -> None:
     """The largest difference between the Triton and the fused path at the benchmark's
     shape, outputs and every gradient (both fp32)."""
@@ -84,6 +113,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--softmax", action="store_true", help="the softmax part on the CPU too (slow)")
+    parser.add_argument("--mrr-epochs", type=int, default=12, help="epochs of the float32/bfloat16 MRR check")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -101,6 +132,10 @@ def main() -> None:
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton on CUDA):")
     compare_layers(layers, device, args.repeats, 240, 100, 120)
     training_benchmark(device, args.epochs, args.data_dir)
+    if device.type == "cuda" or args.softmax:
+        softmax_benchmark(device, args.epochs, args.mrr_epochs, args.data_dir)
+    else:
+        print("note: the full-softmax part (float32 vs bfloat16) runs on the CPU only with --softmax")
 
 
 if __name__ == "__main__":

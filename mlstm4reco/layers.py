@@ -375,7 +375,11 @@ class MLSTM(nn.Module):
         Triton is installed (falling back to ``'fused'``, with a warning, if the kernels
         fail on the device), ``'reference'`` with ``layer_norm`` (which only it
         implements), else ``'fused'``. All give the same numbers up to floating point
-        rounding.
+        rounding. Under ``torch.autocast`` (mixed precision) every implementation runs
+        the recurrence in float32 and returns float32 states: the hand-written backward
+        passes and the kernels are float32, and a long recurrence is where low precision
+        compounds; the matmuls around the layer (embeddings, scoring, softmax) are the
+        ones autocast makes cheaper.
 
     Shapes
     ------
@@ -526,6 +530,9 @@ class MLSTM(nn.Module):
         return hs, (h_n, c_n)
 
     def _run(self, x: torch.Tensor, hx):
+        if torch.is_autocast_enabled(x.device.type):  # the recurrence stays float32
+            with torch.autocast(x.device.type, enabled=False):
+                return self._run(x.float(), None if hx is None else tuple(s.float() for s in hx))
         _check_input(x, 3, self.input_size, "MLSTM")
         x_tm = x.transpose(0, 1) if self.batch_first else x  # (T, B, F)
         if x_tm.shape[0] == 0:

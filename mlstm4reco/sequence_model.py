@@ -22,6 +22,9 @@ __all__ = ["ImplicitSequenceModel", "sample_items"]
 
 FORMAT_VERSION = 1
 
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""Training precisions ``ImplicitSequenceModel(precision=...)`` accepts."""
+
 REPRESENTATIONS = {
     "lstm": LSTMNet,
     "gru": GRUNet,
@@ -120,9 +123,12 @@ class ImplicitSequenceModel:
         device="auto",
         representation_kwargs: dict | None = None,
         exclude_preceding: bool = False,
+        precision: str = "float32",
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if exclude_preceding and loss not in ("softmax", "sampled_softmax"):
             raise ValueError(f"exclude_preceding needs loss 'softmax' or 'sampled_softmax', not {loss!r}")
         if isinstance(representation, str) and representation not in REPRESENTATIONS:
@@ -148,6 +154,7 @@ class ImplicitSequenceModel:
         self._sparse = sparse
         self._num_negative_samples = int(num_negative_samples)
         self._exclude_preceding = bool(exclude_preceding)
+        self._precision = precision
         self._device = _device(device, use_cuda)
         if random_state is None or isinstance(random_state, (int, np.integer)):
             random_state = np.random.RandomState(random_state)
@@ -184,6 +191,7 @@ class ImplicitSequenceModel:
             representation=self._representation,
             representation_kwargs=self._representation_kwargs,
             exclude_preceding=self._exclude_preceding,
+            precision=self._precision,
             embedding_dim=self._embedding_dim,
             n_iter=self._n_iter,
             batch_size=self._batch_size,
@@ -268,7 +276,9 @@ class ImplicitSequenceModel:
             epoch_loss = 0.0
             for count, start in enumerate(batches, start=1):
                 batch = sequences_tensor[order[start : start + self._batch_size]]
-                loss = self._batch_loss(batch)
+                with torch.autocast(self._device.type, dtype=PRECISIONS[self._precision],
+                                    enabled=self._precision != "float32"):
+                    loss = self._batch_loss(batch)
                 self._optimizer.zero_grad()
                 loss.backward()
                 self._optimizer.step()
@@ -297,7 +307,8 @@ class ImplicitSequenceModel:
             negative = torch.stack([self._net(user_representation, items) for items in negative_items])
         else:
             negative = self._net(user_representation, self._negatives(shape))
-        return self._loss_func(positive, negative, mask=batch != PADDING_IDX)
+        # Losses in float32 (bfloat16 scores under autocast are upcast here).
+        return self._loss_func(positive.float(), negative.float(), mask=batch != PADDING_IDX)
 
     def _softmax_loss(self, user_representation, batch: torch.Tensor) -> torch.Tensor:
         """Cross-entropy at the non-padded positions, over all items or over a shared
@@ -310,14 +321,14 @@ class ImplicitSequenceModel:
         seen = _preceding_items(batch, self._num_items)[mask] if self._exclude_preceding else None  # (M, N)
         if self._loss == "softmax":
             # Ids 1..N-1 only: a slice is a view of the item embeddings, not a copy.
-            logits = self._net.score_items(states, slice(1, None))
+            logits = self._net.score_items(states, slice(1, None)).float()
             if seen is not None:
                 logits = logits.masked_fill(seen[:, 1:], -torch.inf)
             return softmax_loss(logits, targets)
         samples = self._random_state.randint(1, self._num_items, self._num_negative_samples)
         samples = torch.from_numpy(samples).to(self._device)  # (S,)
-        positive = self._net(states, targets)  # (M,): one state per row, Spotlight's call
-        negative = self._net.score_items(states, samples)  # (M, S)
+        positive = self._net(states, targets).float()  # (M,): one state per row, Spotlight's call
+        negative = self._net.score_items(states, samples).float()  # (M, S)
         left_out = samples.unsqueeze(0) == targets.unsqueeze(1)  # accidental hits
         if seen is not None:
             left_out |= seen[:, samples]

@@ -133,6 +133,28 @@ def test_gradcheck(implementation, multiplicative_bias):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("implementation", ["fused", "reference"])
+def test_autocast_keeps_the_recurrence_in_float32(implementation):
+    """Under bfloat16 autocast the layer gives exactly its float32 outputs and gradients,
+    also for a bfloat16 input (upcast, not rounded further)."""
+    torch.manual_seed(0)
+    layer = MLSTM(6, 5, num_layers=2, implementation=implementation)
+    x = torch.randn(3, 7, 6).to(torch.bfloat16).float()  # representable in bfloat16
+    outputs = []
+    for autocast, given in ((False, x), (True, x), (True, x.to(torch.bfloat16))):
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            hs, (h_n, c_n) = layer(given)
+        assert hs.dtype == torch.float32 and c_n.dtype == torch.float32
+        (hs.sum() + c_n.sum()).backward()
+        outputs.append((hs.detach(), c_n.detach(), [p.grad.clone() for p in layer.parameters()]))
+    for hs, c_n, grads in outputs[1:]:
+        torch.testing.assert_close(hs, outputs[0][0], rtol=0, atol=0)
+        torch.testing.assert_close(c_n, outputs[0][1], rtol=0, atol=0)
+        for grad, expected in zip(grads, outputs[0][2]):
+            torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+
+
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(4)
     for mb in (True, False):

@@ -107,6 +107,36 @@ def test_sampled_softmax_leaves_out_preceding_items(synthetic, monkeypatch):
     np.testing.assert_array_equal(captured["hits"].numpy(), np.array(expected))
 
 
+@pytest.mark.parametrize("representation,loss,rounded", [
+    ("lstm", "adaptive_hinge", True), ("mlstm", "softmax", True), ("cnn", "bpr", True),
+    ("pooling", "sampled_softmax", True), ("mixture_mlstm", "softmax", True),
+    # The mLSTM recurrence stays float32 and Spotlight's losses score items one by one
+    # (no matmul): nothing is left for bfloat16.
+    ("mlstm", "adaptive_hinge", False),
+])
+def test_bfloat16_training(synthetic, representation, loss, rounded):
+    """precision='bfloat16' trains; on the same weights and batch its loss differs from the
+    float32 loss by bfloat16 rounding only (and does differ where a matmul is left to
+    autocast); prediction stays float32."""
+    train, test = synthetic
+    model = ImplicitSequenceModel(loss=loss, representation=representation, embedding_dim=16, n_iter=3,
+                                  batch_size=64, learning_rate=1e-2, random_state=0,
+                                  num_negative_samples=10, precision="bfloat16")
+    losses = model.fit(train)
+    assert losses[-1] < losses[0]
+    batch = torch.from_numpy(train.sequences[:64].astype(np.int64))
+    state = model._random_state.get_state()
+    with torch.no_grad():
+        model.net.train(False)
+        full = model._batch_loss(batch).item()
+        model._random_state.set_state(state)  # the same negatives
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model._batch_loss(batch).item()
+    assert (low != full) == rounded and low == pytest.approx(full, rel=3e-2)
+    assert model.predict(test.sequences[0]).dtype == np.float32
+    assert model.config()["precision"] == "bfloat16"
+
+
 def test_same_seed_same_result_and_repeated_fit_continues(synthetic):
     train, test = synthetic
     make = lambda: ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=2,  # noqa: E731
@@ -218,6 +248,8 @@ def test_bad_input(synthetic):
         ImplicitSequenceModel(batch_size=0)
     with pytest.raises(ValueError, match="exclude_preceding needs loss 'softmax' or 'sampled_softmax', not 'bpr'"):
         ImplicitSequenceModel(loss="bpr", exclude_preceding=True)
+    with pytest.raises(ValueError, match="precision must be one of .*, got 'float16'"):
+        ImplicitSequenceModel(precision="float16")
     model = ImplicitSequenceModel(n_iter=1, embedding_dim=4, random_state=0)
     with pytest.raises(ValueError, match="expects SequenceInteractions"):
         model.fit(train.sequences)
