@@ -127,8 +127,7 @@ class TPESearcher:
             outcome = {"status": "stopped", "valid_mrr": result["best_valid_mrr"], "test_mrr": None,
                        "epochs": result["epoch"], "seconds": seconds}
         self.store.append({**trial, **outcome, "seed": self.seed, "config": self.config.source,
-                           "backend": "ray", "trial_id": trial_id, "versions": search.versions(),
-                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                           "backend": "ray", "trial_id": trial_id, **search.provenance()})
         if self.bar is not None:
             scored = [r["valid_mrr"] for r in self.store.records if r["status"] in ("ok", "stopped")]
             self.bar.set_postfix(best_valid_mrr=f"{max(scored, default=float('nan')):.4f}")
@@ -171,7 +170,7 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
     store = RecordFile(out_dir / "trials.json")
     if len(store.records) >= trials:
         return store.records
-    splits = search.protocol_split(search.load_dataset(config, data_dir), config.protocol)
+    splits = search.load_splits(config, data_dir)
     if asha:
         every = (config.early_stopping or {}).get("every", asha["every"])
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs(config),

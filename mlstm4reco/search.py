@@ -131,6 +131,19 @@ def load_dataset(config: ExperimentConfig, data_dir=None):
         raise UserError(str(error)) from error
 
 
+_SPLITS: dict = {}
+"""Splits already built in this process, by dataset, protocol, loader arguments and folder."""
+
+
+def load_splits(config: ExperimentConfig, data_dir=None):
+    """(train, valid, test) of a config's dataset under its protocol, built once per process."""
+    key = (config.dataset, json.dumps(config.protocol, sort_keys=True), json.dumps(config.data, sort_keys=True),
+           str(data_dir))
+    if key not in _SPLITS:
+        _SPLITS[key] = protocol_split(load_dataset(config, data_dir), config.protocol)
+    return _SPLITS[key]
+
+
 def protocol_split(interactions, protocol: dict):
     """The 2018 protocol: users split ``test_percentage`` out, the rest split in half into
     (test, valid) with the same RandomState; each part cut into sequences."""
@@ -232,6 +245,11 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
         raise ValueError(f"non-finite MRR: valid {valid_mrr}, test {test_mrr}")
     return dict(valid_mrr=valid_mrr, test_mrr=test_mrr, final_loss=losses[-1],
                 epochs=len(losses), fit_seconds=fit_seconds, device=str(model.device), **extra)
+
+
+def provenance() -> dict:
+    """What every trial or run record carries about where it came from."""
+    return {"versions": versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def versions() -> dict:
@@ -348,7 +366,7 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
     store = RecordFile(pathlib.Path(out_dir) / "trials.json")
     if len(store.records) >= trials:
         return store.records
-    splits = protocol_split(load_dataset(config, data_dir), config.protocol)
+    splits = load_splits(config, data_dir)
     bar = tqdm(total=trials, initial=len(store.records), desc=f"trials {config.name}",
                disable=not progress, unit="trial")
     while len(store.records) < trials:
@@ -358,8 +376,7 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
                              seed=seed, device=device, verbose=progress,
                              early_stopping=config.early_stopping)
         store.append({"number": len(store.records), "vals": vals, "arguments": arguments,
-                      **result, "seed": seed, "config": config.source, "versions": versions(),
-                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                      **result, "seed": seed, "config": config.source, **provenance()})
         best = max((r["valid_mrr"] for r in store.records if r["status"] == "ok"), default=float("nan"))
         bar.set_postfix(best_valid_mrr=f"{best:.4f}")
         bar.update(1)
@@ -389,8 +406,7 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
     def record(config, seed, arguments, result):
         store.append({"model": config.model, "dataset": config.dataset, "seed": seed,
                       "arguments": arguments, **result, "published": config.published,
-                      "config": config.source, "versions": versions(),
-                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                      "config": config.source, **provenance()})
         bar.update(1)
 
     if workers == 1 or len(todo) <= 1:
@@ -441,7 +457,7 @@ def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, eve
     store = RecordFile(pathlib.Path(out_dir) / "curve.json")
     if store.records:
         raise UserError(f"{store.path} already holds a curve; remove it or choose another --out")
-    splits = protocol_split(load_dataset(config, data_dir), config.protocol)
+    splits = load_splits(config, data_dir)
     arguments = model_arguments(config, {**config.best, **overrides})
     start = time.perf_counter()
 
@@ -454,22 +470,15 @@ def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, eve
                          device=device, verbose=progress, monitor=dict(every=every, listener=listener))
     store.append({"final": True, "model": config.model, "dataset": config.dataset, "seed": seed,
                   "overrides": overrides, "arguments": arguments, **result, "config": config.source,
-                  "versions": versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                  **provenance()})
     return store.records
 
 
-_SPLITS: dict = {}
-"""Splits already built in this process, by dataset, protocol and loader arguments."""
-
-
 def _reproduce_one(config: ExperimentConfig, seed: int, device: str, data_dir, train, verbose: bool):
-    key = (config.dataset, json.dumps(config.protocol, sort_keys=True), json.dumps(config.data, sort_keys=True),
-           str(data_dir))
-    if key not in _SPLITS:
-        _SPLITS[key] = protocol_split(load_dataset(config, data_dir), config.protocol)
     arguments = model_arguments(config, config.best)
-    result = run_guarded(train, arguments=arguments, splits=_SPLITS[key], protocol=config.protocol,
-                         seed=seed, device=device, verbose=verbose, early_stopping=config.early_stopping)
+    result = run_guarded(train, arguments=arguments, splits=load_splits(config, data_dir),
+                         protocol=config.protocol, seed=seed, device=device, verbose=verbose,
+                         early_stopping=config.early_stopping)
     return arguments, result
 
 
