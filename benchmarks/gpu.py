@@ -4,8 +4,11 @@ evaluation of ML-1M's test split under 0.2 s).
 
     MLSTM4RECO_DATA=../shared/data python benchmarks/gpu.py [--device cuda] [--epochs 3]
 
-Prints medians and ratios to the LSTM measured in the same run: the layer at batch 240,
-seq 100, dim 120 (forward+backward and forward only), a full ML-1M training epoch of
+First the resources of the Triton kernels compiled for sm_90 (shared memory, registers,
+spills; on any machine) and, on a GPU, the largest difference of the kernels from the
+fused path in each of their precisions (tf32x3, the default; ieee; tf32). Then medians and
+ratios to the LSTM measured in the same run: the layer at batch 240, seq 100, dim 120
+(forward+backward and forward only; the kernels in each precision), a full ML-1M training epoch of
 MLSTMNet vs LSTMNet with the study's best configurations, and the batched evaluation of
 the ML-1M test split. Then the full-softmax training of issue 8 in float32 and in bfloat16
 (``precision='bfloat16'``): epoch times, and the validation/test MRR each precision reaches
@@ -87,24 +90,50 @@ def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_d
         print(f"mLSTM, {mrr_epochs} epochs, {precision}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f}")
 
 
+class WithPrecision(nn.Module):
+    """``layer`` whose Triton kernels take their products in ``precision``."""
+
+    def __init__(self, layer: nn.Module, precision: str) -> None:
+        super().__init__()
+        self.layer, self.precision = layer, precision
+
+    def forward(self, x):
+        with triton_mlstm.dot_precision(self.precision):
+            return self.layer(x)
+
+
 def check_triton(device: torch.device) -> None:
     """The largest difference between the Triton and the fused path at the benchmark's
-    shape, outputs and every gradient (both fp32)."""
+    shape, outputs and every gradient (both fp32), in each precision of the kernels."""
     torch.manual_seed(0)
     layer = MLSTM(120, 120).to(device)
     x = torch.randn(240, 100, 120, device=device)
     grad = torch.randn(240, 100, 120, device=device)
     results = {}
-    for implementation in ("fused", "triton"):
+    for implementation, precision in [("fused", None)] + [("triton", p) for p in triton_mlstm.PRECISIONS]:
         layer.implementation = implementation
         layer.zero_grad()
         inputs = x.clone().requires_grad_(True)
-        out, _ = layer(inputs)
+        out, _ = WithPrecision(layer, precision or "tf32x3")(inputs)
         out.backward(grad)
-        results[implementation] = [out.detach(), inputs.grad] + [p.grad.clone() for p in layer.parameters()]
-    worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-                for a, b in zip(results["triton"], results["fused"]))
-    print(f"triton vs fused, largest difference relative to each tensor's largest value: {worst:.2e}")
+        results[precision] = [out.detach(), inputs.grad] + [p.grad.clone() for p in layer.parameters()]
+    for precision in triton_mlstm.PRECISIONS:
+        worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+                    for a, b in zip(results[precision], results[None]))
+        print(f"triton ({precision}) vs fused, largest difference relative to each tensor's "
+              f"largest value: {worst:.2e}")
+
+
+def print_kernel_resources(hidden_size: int) -> None:
+    """Shared memory, registers and spills of the kernels compiled for sm_90 (no GPU needed)."""
+    try:
+        usage = triton_mlstm.resource_usage(hidden_size, arch=90)
+    except Exception as error:  # noqa: BLE001 - a report, not a requirement
+        print(f"note: cannot compile the Triton kernels for sm_90 here ({error})")
+        return
+    for kernel, resources in usage.items():
+        print(f"Triton {kernel} kernel for sm_90 at H={hidden_size}: {resources['shared']} B shared memory, "
+              f"{resources['registers']} registers, {resources['spilled']} B spilled per thread")
 
 
 def main() -> None:
@@ -124,12 +153,17 @@ def main() -> None:
         args.repeats = min(args.repeats, 3)
     layers = {"nn.LSTM": nn.LSTM(120, 120, batch_first=True),
               "MLSTM fused": MLSTM(120, 120, implementation="fused")}
+    if triton_mlstm.available() and not triton_mlstm.interpreted():
+        print_kernel_resources(120)
     if device.type == "cuda" and triton_mlstm.available():
-        layers["MLSTM triton"] = MLSTM(120, 120, implementation="triton")
+        print(f"cuDNN may use TF32: torch.backends.cudnn.allow_tf32 = {torch.backends.cudnn.allow_tf32}")
+        for precision in triton_mlstm.PRECISIONS:
+            name = "MLSTM triton" + ("" if precision == "tf32x3" else f" {precision}")
+            layers[name] = WithPrecision(MLSTM(120, 120, implementation="triton"), precision)
         check_triton(device)
     else:
         print("note: the Triton kernels need a CUDA device and Triton: not timed here")
-    print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton on CUDA):")
+    print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
     compare_layers(layers, device, args.repeats, 240, 100, 120)
     training_benchmark(device, args.epochs, args.data_dir)
     if device.type == "cuda" or args.softmax:

@@ -45,6 +45,7 @@ with one of two implementations that give the same numbers:
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import warnings
@@ -345,14 +346,50 @@ def _input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, has
             grad_weight_mh)
 
 
-_triton_failures: list[Exception] = []
-
-
 def _layer_triton(cell, x_tm, h, c):
     from mlstm4reco.triton_mlstm import TritonMLSTM
 
     return TritonMLSTM.apply(x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh,
                              cell.weight_mh)
+
+
+#: (device, input size, hidden size, biases) -> None when the Triton kernels passed
+#: :func:`_check_triton` there, else why they did not; 'auto' then uses the fused path.
+_triton_verdicts: dict[tuple, str | None] = {}
+
+
+def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
+    """Run the Triton kernels once, forward and backward, on a small random problem (3
+    steps, 19 sequences: a full tile and a partly masked one) with a copy of ``cell``'s
+    weights, against the fused path: both state sequences and every input and parameter
+    gradient. None when every tensor agrees to 1e-3 of its largest value, else why not.
+    This is how 'auto' guards against kernels that fail, or build but compute wrongly, on
+    a device or Triton version the test suite never ran on."""
+    generator = torch.Generator().manual_seed(0)
+    H = cell.hidden_size
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    results = []
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            x, h, c = randn(3, 19, cell.input_size), randn(19, H), randn(19, H)
+            upstream = (randn(3, 19, H), randn(3, 19, H))
+            for layer in (_layer_triton, MLSTM._layer_fused):
+                probe = copy.deepcopy(cell).to(device)
+                probe.zero_grad(set_to_none=True)
+                inputs = [t.clone().requires_grad_(True) for t in (x, h, c)]
+                states = layer(probe, *inputs)
+                torch.autograd.backward(states, upstream)
+                results.append([s.detach() for s in states] + [t.grad for t in inputs]
+                               + [p.grad for p in probe.parameters()])
+    except Exception as error:  # noqa: BLE001 - any failure of the kernels is a verdict
+        return f"{type(error).__name__}: {error}"
+    worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(*results))
+    if worst > 1e-3:
+        return f"they differ from the fused path by {worst:.1e} of a tensor's largest value"
+    return None
 
 
 class MLSTM(nn.Module):
@@ -372,9 +409,11 @@ class MLSTM(nn.Module):
         over :class:`MLSTMCell`), ``'triton'`` (persistent GPU kernels, see
         :mod:`mlstm4reco.triton_mlstm`; float32 on CUDA, or on the CPU under
         ``TRITON_INTERPRET=1``), or ``'auto'``: ``'triton'`` for float32 CUDA inputs when
-        Triton is installed (falling back to ``'fused'``, with a warning, if the kernels
-        fail on the device), ``'reference'`` with ``layer_norm`` (which only it
-        implements), else ``'fused'``. All give the same numbers up to floating point
+        Triton is installed, ``hidden_size`` is at most
+        :data:`~mlstm4reco.triton_mlstm.MAX_AUTO_HIDDEN`, T * B * 5H is below 2**31 and
+        the kernels have matched the fused path on a small problem on that device (else
+        ``'fused'``, with one warning saying why), ``'reference'`` with ``layer_norm``
+        (which only it implements), else ``'fused'``. All give the same numbers up to floating point
         rounding. Under ``torch.autocast`` (mixed precision) every implementation runs
         the recurrence in float32 and returns float32 states: the hand-written backward
         passes and the kernels are float32, and a long recurrence is where low precision
@@ -499,7 +538,8 @@ class MLSTM(nn.Module):
             if self.cells[0].layer_norm:
                 chosen = "reference"
             elif (x_tm.is_cuda and x_tm.dtype == torch.float32 and triton_mlstm.available()
-                  and not _triton_failures):
+                  and self.hidden_size <= triton_mlstm.MAX_AUTO_HIDDEN
+                  and triton_mlstm.indexable(x_tm.shape[0], x_tm.shape[1], self.hidden_size)):
                 chosen = "triton"
             else:
                 chosen = "fused"
@@ -508,16 +548,19 @@ class MLSTM(nn.Module):
 
     @classmethod
     def _layer_triton_or_fused(cls, cell, x_tm, h, c):
-        """'auto' on a GPU: the Triton kernels, or, if the forward kernel fails to build or
-        launch on this device, the fused path from then on (with one warning). A failure of
-        the backward kernel is not caught: it raises from ``backward()``."""
-        try:
+        """'auto' on a GPU: the Triton kernels where they passed :func:`_check_triton` on
+        this device for this shape of cell, else the fused path (one warning per verdict)."""
+        key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias_ih is not None,
+               cell.bias_mh is not None)
+        if key not in _triton_verdicts:
+            _triton_verdicts[key] = _check_triton(cell, x_tm.device)
+            if _triton_verdicts[key] is not None:
+                warnings.warn(f"MLSTM: the Triton kernels failed their check on {x_tm.device} "
+                              f"({_triton_verdicts[key]}); using the fused PyTorch path instead",
+                              RuntimeWarning, stacklevel=3)
+        if _triton_verdicts[key] is None:
             return _layer_triton(cell, x_tm, h, c)
-        except Exception as error:  # noqa: BLE001 - any Triton failure falls back
-            _triton_failures.append(error)
-            warnings.warn(f"MLSTM: the Triton kernels failed ({type(error).__name__}: {error}); "
-                          "using the fused PyTorch path instead", RuntimeWarning, stacklevel=3)
-            return cls._layer_fused(cell, x_tm, h, c)
+        return cls._layer_fused(cell, x_tm, h, c)
 
     def states(self, x: torch.Tensor, hx=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hidden state h_1..h_T and every cell state c_1..c_T of the last layer,

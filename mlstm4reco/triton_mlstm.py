@@ -3,21 +3,36 @@
 The fused CPU path (:class:`~mlstm4reco.layers._FusedMLSTM`) launches a handful of small
 kernels per time step, which on a GPU makes it bound by launch latency. Here each of the
 forward and the backward recurrences is one kernel launch: one program per tile of
-``BLOCK_B`` sequences walks through all T steps, keeping h and c in registers and reading
-the recurrent weights, which stay in the L1/L2 caches, at every step. What is not recurrent
-stays in PyTorch, as in the fused path: the input projection of all steps before the
-kernel (one matmul) and, after the backward kernel, the weight gradients (one matmul each
-over all steps).
+``BLOCK_B`` sequences walks through all T steps, keeping the cell state (forward) or the
+running gradients (backward) in registers. What is not recurrent stays in PyTorch, as in
+the fused path: the input projection of all steps before the kernel (one matmul) and,
+after the backward kernel, the weight gradients (one matmul each over all steps).
 
-Matrix products use IEEE fp32 (``input_precision="ieee"``), so that the kernels give the
-reference path's numbers to fp32 rounding. With ``TRITON_INTERPRET=1`` the same kernels run
-on CPU tensors in Triton's interpreter: that is how the test suite checks them on machines
-without a GPU (``MLSTM(..., implementation='triton')``).
+Each step's products with the recurrent weights are taken ``KC`` columns at a time
+(:func:`_chunked_dot`): the left operand (h_{t-1}, m_t, the gate gradients), which the
+program has just stored as an output anyway, is read back from global memory after a
+barrier, and the weights are re-read from the L1/L2 caches. Neither the weights nor a
+whole (BLOCK_B, H) x (H, H) product ever has to sit in registers, which is what the first
+version of these kernels did: compiled for an H100 it needed 664 KiB of shared memory
+(the limit is 227 KiB) and spilled 18 KB per thread. :func:`resource_usage` compiles the
+kernels for a GPU architecture without a GPU (Triton ships ``ptxas``) and reports shared
+memory, registers and spills; the test suite checks them for sm_90.
+
+Matrix products run on tensor cores as ``tf32x3`` by default (three TF32 products that
+recover fp32 accuracy); ``with dot_precision('ieee'):`` gives plain fp32 FMA products and
+``'tf32'`` one TF32 product (faster, ~1e-3 relative error, like PyTorch's ``allow_tf32``).
+With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors in Triton's interpreter:
+that is how the test suite checks their numbers on machines without a GPU
+(``MLSTM(..., implementation='triton')``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import subprocess
+import tempfile
 
 import torch
 
@@ -27,7 +42,34 @@ try:
 except ImportError:  # the portable paths need no Triton
     triton = None
 
-__all__ = ["available", "usable", "TritonMLSTM"]
+__all__ = ["available", "usable", "dot_precision", "resource_usage", "TritonMLSTM", "MAX_AUTO_HIDDEN"]
+
+PRECISIONS = ("tf32x3", "ieee", "tf32")
+_precision = "tf32x3"
+
+#: MLSTM(implementation='auto') uses the kernels up to this hidden size (compiled for
+#: sm_90 they keep within registers up to 128 and spill a little at 256; beyond, untested).
+MAX_AUTO_HIDDEN = 256
+
+
+def indexable(T: int, B: int, H: int) -> bool:
+    """Whether the kernels' int32 offsets reach every element of the largest buffer, the
+    (T, B, 5H) input projections."""
+    return T * B * 5 * H < 2**31
+
+
+@contextlib.contextmanager
+def dot_precision(precision: str):
+    """Within the block, the kernels' matrix products use ``precision``: ``'tf32x3'`` (the
+    default), ``'ieee'`` or ``'tf32'``. A layer's backward uses its forward's precision."""
+    global _precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    previous, _precision = _precision, precision
+    try:
+        yield
+    finally:
+        _precision = previous
 
 
 def available() -> bool:
@@ -56,45 +98,64 @@ if triton is not None:
         return 2.0 * _sigmoid(2.0 * z) - 1.0
 
     @triton.jit
-    def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-        """This program's rows and the hidden columns, the masks of a (rows, H) state and
-        of an (H, H) weight tile, and the offsets of the state in a (B, H) slab."""
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H,
+                     TRANSPOSED: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
+                     PRECISION: tl.constexpr):
+        """acc + A @ W (W transposed if TRANSPOSED) for this program's rows of A, an
+        (rows, H) slab in global memory with row stride a_stride, and W an (H, H) matrix,
+        KC columns of A (rows of W) at a time: the operands never sit whole in registers."""
         cols = tl.arange(0, BLOCK_H)
-        col_ok = cols < H
-        mask = (rows < B)[:, None] & col_ok[None, :]
-        wmask = col_ok[:, None] & col_ok[None, :]
-        return rows, cols, mask, wmask, rows[:, None] * H + cols[None, :]
+        for k in tl.range(0, H, KC):
+            ks = k + tl.arange(0, KC)
+            k_ok = ks < H
+            a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            if TRANSPOSED:  # (k, j) -> W[j, k]
+                w = tl.load(w_ptr + cols[None, :] * H + ks[:, None],
+                            mask=k_ok[:, None] & (cols < H)[None, :], other=0.0)
+            else:  # (k, j) -> W[k, j]
+                w = tl.load(w_ptr + ks[:, None] * H + cols[None, :],
+                            mask=k_ok[:, None] & (cols < H)[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        return acc
 
     @triton.jit
     def _forward_kernel(
         xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,  # (T, B, 5H), (H, H), (H,), (4H, H)
         hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
         T, B, H,
-        HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
-        rows, cols, mask, wmask, state = _tile(B, H, BLOCK_B, BLOCK_H)
-        h = tl.load(hs_ptr + state, mask=mask, other=0.0)
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        cols = tl.arange(0, BLOCK_H)
+        row_ok = rows < B
+        mask = row_ok[:, None] & (cols < H)[None, :]
+        state = rows[:, None] * H + cols[None, :]  # offsets of this tile in a (B, H) slab
         c = tl.load(cs_ptr + state, mask=mask, other=0.0)
-        # (k, j) -> W[j, k]: the transposed tiles that right-multiply a (BLOCK_B, H) state
-        transposed = cols[None, :] * H + cols[:, None]
-        b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else 0.0
-        for t in range(T):
+        b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_H,), tl.float32)
+        # disable_licm: the weight chunks are the same at every step, and hoisted out of the
+        # loop they would all be live at once, in registers (that spilled)
+        for t in tl.range(T, disable_licm=True):
+            # h_{t-1} and m_t are read back from global memory, KC columns at a time, by
+            # _chunked_dot: each barrier makes the tile's stores visible to all its threads
             xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :]
-            w_hm_t = tl.load(w_hm_ptr + transposed, mask=wmask, other=0.0)
-            mh = tl.dot(h, w_hm_t, input_precision="ieee") + b_mh
+            step = t * B * H + state
+            mh = tl.zeros((BLOCK_B, BLOCK_H), tl.float32) + b_mh[None, :]
+            mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H,
+                              True, BLOCK_H, KC, PRECISION)
             m = tl.load(xp_row, mask=mask, other=0.0) * mh
-            pre_i = tl.load(xp_row + H, mask=mask, other=0.0)
-            pre_i += tl.dot(m, tl.load(w_mh_ptr + transposed, mask=wmask, other=0.0), input_precision="ieee")
-            pre_f = tl.load(xp_row + 2 * H, mask=mask, other=0.0)
-            pre_f += tl.dot(m, tl.load(w_mh_ptr + H * H + transposed, mask=wmask, other=0.0),
-                            input_precision="ieee")
-            pre_g = tl.load(xp_row + 3 * H, mask=mask, other=0.0)
-            pre_g += tl.dot(m, tl.load(w_mh_ptr + 2 * H * H + transposed, mask=wmask, other=0.0),
-                            input_precision="ieee")
-            pre_o = tl.load(xp_row + 4 * H, mask=mask, other=0.0)
-            pre_o += tl.dot(m, tl.load(w_mh_ptr + 3 * H * H + transposed, mask=wmask, other=0.0),
-                            input_precision="ieee")
+            tl.store(mh_ptr + step, mh, mask=mask)
+            tl.store(ms_ptr + step, m, mask=mask)
+            tl.debug_barrier()
+            pre_i = _chunked_dot(tl.load(xp_row + H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
+                                 row_ok, w_mh_ptr, H, True, BLOCK_H, KC, PRECISION)
+            pre_f = _chunked_dot(tl.load(xp_row + 2 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
+                                 row_ok, w_mh_ptr + H * H, H, True, BLOCK_H, KC, PRECISION)
+            pre_g = _chunked_dot(tl.load(xp_row + 3 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
+                                 row_ok, w_mh_ptr + 2 * H * H, H, True, BLOCK_H, KC, PRECISION)
+            pre_o = _chunked_dot(tl.load(xp_row + 4 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
+                                 row_ok, w_mh_ptr + 3 * H * H, H, True, BLOCK_H, KC, PRECISION)
             i = _sigmoid(pre_i)
             f = _sigmoid(pre_f)
             g = _tanh(pre_g)
@@ -102,17 +163,15 @@ if triton is not None:
             c = f * c + i * g
             tanh_c = _tanh(c)
             h = o * tanh_c
-            step = t * B * H + state
             tl.store(hs_ptr + B * H + step, h, mask=mask)
             tl.store(cs_ptr + B * H + step, c, mask=mask)
             tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
-            tl.store(mh_ptr + step, mh, mask=mask)
-            tl.store(ms_ptr + step, m, mask=mask)
             act_row = acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :]
             tl.store(act_row, i, mask=mask)
             tl.store(act_row + H, f, mask=mask)
             tl.store(act_row + 2 * H, g, mask=mask)
             tl.store(act_row + 3 * H, o, mask=mask)
+            tl.debug_barrier()
 
     @triton.jit
     def _backward_kernel(
@@ -121,13 +180,16 @@ if triton is not None:
         grad_xp_ptr, grad_mh_ptr, grad_h0_ptr, grad_c0_ptr,  # (T, B, 5H), (T, B, H), (B, H) x2
         T, B, H,
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     ):
-        rows, cols, mask, wmask, state = _tile(B, H, BLOCK_B, BLOCK_H)
-        direct = cols[:, None] * H + cols[None, :]  # (n, j) -> W[n, j]
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        cols = tl.arange(0, BLOCK_H)
+        row_ok = rows < B
+        mask = row_ok[:, None] & (cols < H)[None, :]
+        state = rows[:, None] * H + cols[None, :]
         dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
         dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        for step in range(T):
+        for step in tl.range(T, disable_licm=True):
             t = T - 1 - step
             at = t * B * H + state
             if HAS_GRAD_HS:
@@ -142,37 +204,80 @@ if triton is not None:
             tanh_c = tl.load(tanh_cs_ptr + at, mask=mask, other=0.0)
             c_prev = tl.load(cs_ptr + at, mask=mask, other=0.0)  # cs[t] = c_{t-1}
             dc += dh * o * (1.0 - tanh_c * tanh_c)
-            d_i = dc * g * i * (1.0 - i)
-            d_f = dc * c_prev * f * (1.0 - f)
-            d_g = dc * i * (1.0 - g * g)
-            d_o = dh * tanh_c * o * (1.0 - o)
-            grad_row = grad_xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :]
-            tl.store(grad_row + H, d_i, mask=mask)
-            tl.store(grad_row + 2 * H, d_f, mask=mask)
-            tl.store(grad_row + 3 * H, d_g, mask=mask)
-            tl.store(grad_row + 4 * H, d_o, mask=mask)
-            dm = tl.dot(d_i, tl.load(w_mh_ptr + direct, mask=wmask, other=0.0), input_precision="ieee")
-            dm += tl.dot(d_f, tl.load(w_mh_ptr + H * H + direct, mask=wmask, other=0.0),
-                         input_precision="ieee")
-            dm += tl.dot(d_g, tl.load(w_mh_ptr + 2 * H * H + direct, mask=wmask, other=0.0),
-                         input_precision="ieee")
-            dm += tl.dot(d_o, tl.load(w_mh_ptr + 3 * H * H + direct, mask=wmask, other=0.0),
-                         input_precision="ieee")
+            grad_xp_t = grad_xp_ptr + t * B * 5 * H
+            grad_row = grad_xp_t + rows[:, None] * 5 * H + cols[None, :]
+            tl.store(grad_row + H, dc * g * i * (1.0 - i), mask=mask)
+            tl.store(grad_row + 2 * H, dc * c_prev * f * (1.0 - f), mask=mask)
+            tl.store(grad_row + 3 * H, dc * i * (1.0 - g * g), mask=mask)
+            tl.store(grad_row + 4 * H, dh * tanh_c * o * (1.0 - o), mask=mask)
+            tl.debug_barrier()  # the gate gradients are read back, KC columns at a time
+            dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+            for gate in tl.static_range(4):
+                dm = _chunked_dot(dm, grad_xp_t + (gate + 1) * H, 5 * H, rows, row_ok,
+                                  w_mh_ptr + gate * H * H, H, False, BLOCK_H, KC, PRECISION)
             xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
             mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
             tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
-            grad_mh = dm * xm  # d loss / d (W_mh h_{t-1} + b_mh)
-            tl.store(grad_mh_ptr + at, grad_mh, mask=mask)
-            dh = tl.dot(grad_mh, tl.load(w_hm_ptr + direct, mask=wmask, other=0.0), input_precision="ieee")
+            tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
+            tl.debug_barrier()
+            dh = _chunked_dot(tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32), grad_mh_ptr + t * B * H, H,
+                              rows, row_ok, w_hm_ptr, H, False, BLOCK_H, KC, PRECISION)
             dc = dc * f
         tl.store(grad_h0_ptr + state, dh, mask=mask)
         tl.store(grad_c0_ptr + state, dc, mask=mask)
 
 
-def _blocks(B: int, H: int) -> tuple[int, int, tuple[int]]:
+def _launch(H: int) -> dict:
+    """The tile sizes and launch options of both kernels at hidden size H."""
     block_h = max(16, triton.next_power_of_2(H))
-    block_b = 16  # tl.dot's smallest tile; more tiles run side by side on more SMs
-    return block_b, block_h, (triton.cdiv(B, block_b),)
+    return dict(
+        BLOCK_B=16,  # tl.dot's smallest tile; more tiles run side by side on more SMs
+        BLOCK_H=block_h, KC=min(32, block_h),
+        num_warps=4 if block_h <= 32 else 8 if block_h <= 128 else 16,  # no spills up to 128 on sm_90
+        num_stages=1,  # software pipelining would buffer the weight chunks in shared memory
+        enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
+    )
+
+
+def resource_usage(hidden_size: int, arch: int = 90) -> dict[str, dict[str, int]]:
+    """Compile both kernels (every optional input present) for NVIDIA architecture ``arch``
+    (90: H100/H200, 80: A100) at ``hidden_size`` with the launch options :class:`TritonMLSTM`
+    uses, on any machine (no GPU needed), and report per kernel the shared memory it asks
+    for (bytes), its registers per thread and the bytes per thread it spills to local
+    memory (the stack frame)."""
+    if triton is None:
+        raise RuntimeError("resource_usage needs Triton: pip install -e '.[triton]'")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(cuobjdump):
+        cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump is None:
+        raise RuntimeError("resource_usage needs cuobjdump (shipped with Triton's NVIDIA backend)")
+    options = _launch(hidden_size)
+    flags = {"forward": dict(HAS_B_MH=True), "backward": dict(HAS_GRAD_HS=True, HAS_GRAD_CS=True)}
+    usage = {}
+    for name, kernel in (("forward", _forward_kernel), ("backward", _backward_kernel)):
+        constants = {**flags[name], **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC")},
+                     "PRECISION": _precision}
+        signature = {arg: "*fp32" if arg.endswith("_ptr") else "i32" for arg in kernel.arg_names}
+        signature.update({arg: "constexpr" for arg in constants})
+        source = ASTSource(fn=kernel, signature=signature,
+                           constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                  options={k: options[k] for k in ("num_warps", "num_stages", "enable_fp_fusion")})
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "kernel.cubin")
+            with open(path, "wb") as f:
+                f.write(compiled.asm["cubin"])
+            dump = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True,
+                                  text=True, check=True).stdout
+        line = next(line for line in dump.splitlines() if "REG:" in line)
+        fields = dict(field.split(":", 1) for field in line.split() if ":" in field)
+        usage[name] = {"shared": int(compiled.metadata.shared), "registers": int(fields["REG"]),
+                       "spilled": int(fields["STACK"])}
+    return usage
 
 
 class TritonMLSTM(torch.autograd.Function):
@@ -186,6 +291,9 @@ class TritonMLSTM(torch.autograd.Function):
             raise ValueError(f"the Triton mLSTM kernels run in float32, got {x.dtype}")
         T, B, _ = x.shape
         H = weight_hm.shape[0]
+        if not indexable(T, B, H):
+            raise ValueError(f"the Triton mLSTM kernels index with int32: T * B * 5H must be below 2**31, "
+                             f"got T={T}, B={B}, H={H}")
         flat_x = x.reshape(T * B, -1)
         xp = flat_x.mm(weight_ih.t()) if bias_ih is None else torch.addmm(bias_ih, flat_x, weight_ih.t())
         xp = xp.view(T, B, 5 * H).contiguous()
@@ -194,11 +302,13 @@ class TritonMLSTM(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         acts = x.new_empty(T, B, 4 * H)
         tanh_cs, mh, ms = (x.new_empty(T, B, H) for _ in range(3))
-        block_b, block_h, grid = _blocks(B, H)
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
-        _forward_kernel[grid](xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms, T, B, H,
-                              HAS_B_MH=bias_mh is not None, BLOCK_B=block_b, BLOCK_H=block_h)
+        ctx.precision = _precision
+        launch = _launch(H)
+        _forward_kernel[(triton.cdiv(B, launch["BLOCK_B"]),)](
+            xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms, T, B, H,
+            HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision, **launch)
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
         ctx.set_materialize_grads(False)
@@ -214,13 +324,13 @@ class TritonMLSTM(torch.autograd.Function):
         grad_xp = xp.new_empty(T, B, 5 * H)
         grad_mh = xp.new_empty(T, B, H)
         grad_h0, grad_c0 = xp.new_empty(B, H), xp.new_empty(B, H)
-        block_b, block_h, grid = _blocks(B, H)
         grad_hs = grad_hs.contiguous() if grad_hs is not None else None
         grad_cs = grad_cs.contiguous() if grad_cs is not None else None
-        _backward_kernel[grid](
+        launch = _launch(H)
+        _backward_kernel[(triton.cdiv(B, launch["BLOCK_B"]),)](
             grad_hs if grad_hs is not None else xp, grad_cs if grad_cs is not None else xp,
             xp, acts, cs, tanh_cs, mh, w_hm, w_mh, grad_xp, grad_mh, grad_h0, grad_c0, T, B, H,
             HAS_GRAD_HS=grad_hs is not None, HAS_GRAD_CS=grad_cs is not None,
-            BLOCK_B=block_b, BLOCK_H=block_h)
+            PRECISION=ctx.precision, **launch)
         return (*_input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias,
                                              grad_h0, grad_c0),)
