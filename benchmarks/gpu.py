@@ -10,7 +10,9 @@ fused path in each of their precisions (tf32x3, the default; ieee; tf32). Then m
 ratios to the LSTM measured in the same run: the layer at batch 240, seq 100, dim 120
 (forward+backward and forward only; the kernels in each precision), a full ML-1M training epoch of
 MLSTMNet vs LSTMNet with the study's best configurations, and the batched evaluation of
-the ML-1M test split. Then the full-softmax training of issue 8 in float32 and in bfloat16
+the ML-1M test split; on a GPU, the MRR mLSTM reaches with the Triton kernels and with the
+fused path (same seed, ``--mrr-epochs``), and with ``--sweep`` the Triton layer's time
+under other tile sizes and launch options. Then the full-softmax training of issue 8 in float32 and in bfloat16
 (``precision='bfloat16'``): epoch times, and the validation/test MRR each precision reaches
 with the same seed and epochs (``--mrr-epochs``). It also runs on the CPU (slowly, the
 softmax part only with ``--softmax``; the targets are for a GPU).
@@ -19,6 +21,8 @@ softmax part only with ``--softmax``; the targets are for a GPU).
 from __future__ import annotations
 
 import argparse
+import itertools
+import time
 
 import numpy as np
 import torch
@@ -29,7 +33,7 @@ from mlstm4reco.datasets import get_movielens_dataset
 from mlstm4reco.evaluation import sequence_mrr_score
 from mlstm4reco import triton_mlstm
 from mlstm4reco.layers import MLSTM
-from mlstm4reco.search import config_path, load_config
+from mlstm4reco.search import config_path, load_config, load_dataset, model_arguments, protocol_split
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 
 from layers import compare_layers, median_seconds  # benchmarks/layers.py
@@ -67,8 +71,6 @@ def training_benchmark(device: torch.device, epochs: int, data_dir) -> None:
 def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_dir) -> None:
     """Full-softmax training (configs/ml1m_<model>_softmax_dropout.yaml) in float32 and
     bfloat16: epoch time of both models, then the MRR of mLSTM after ``mrr_epochs``."""
-    from mlstm4reco.search import load_dataset, model_arguments, protocol_split
-
     configs = {name: load_config(config_path("ml1m", f"{name}_softmax_dropout")) for name in ("lstm", "mlstm")}
     train, valid, test = protocol_split(load_dataset(configs["lstm"], data_dir), configs["lstm"].protocol)
 
@@ -124,6 +126,59 @@ def check_triton(device: torch.device) -> None:
               f"largest value: {worst:.2e}")
 
 
+def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
+                         dim: int = 120) -> None:
+    """Forward+backward of the Triton layer at the benchmark's shape under other tile sizes
+    and launch options (triton_mlstm.launch_options), against the defaults: for tuning."""
+    torch.manual_seed(0)
+    layer = MLSTM(dim, dim, implementation="triton").to(device)
+    x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
+    grad = torch.randn(batch, seq, dim, device=device)
+
+    def step():
+        out, _ = layer(x)
+        out.backward(grad)
+
+    print("Triton layer fwd+bwd under other launch options (defaults first), and the largest "
+          "difference of its output from the defaults':")
+    base = reference = None
+    grid = [{}, dict(num_stages=2)] + [dict(BLOCK_B=b, KC=k, num_warps=w)
+                                       for b, k, w in itertools.product((16, 32), (16, 32), (4, 8, 16))]
+    for options in grid:
+        start = time.perf_counter()
+        try:
+            with triton_mlstm.launch_options(**options):
+                seconds = median_seconds(step, device, repeats)
+                with torch.no_grad():
+                    out = layer(x)[0]
+        except Exception as error:  # noqa: BLE001 - a configuration that does not build
+            print(f"  {options or 'defaults'}: failed ({type(error).__name__}: {str(error)[:80]})")
+            continue
+        base, reference = base or seconds, reference if reference is not None else out
+        print(f"  {options or 'defaults'}: {seconds * 1e3:.2f} ms ({seconds / base:.2f}x; "
+              f"{time.perf_counter() - start:.0f} s with compiling), "
+              f"difference {float((out - reference).abs().max()):.1e}", flush=True)
+
+
+def implementation_mrr(device: torch.device, epochs: int, data_dir,
+                       implementations: tuple[str, ...] = ("fused", "triton")) -> None:
+    """mLSTM trained with the Triton kernels and with the fused path (study's ML-1M
+    arguments, same seed, ``epochs`` epochs): the MRR each reaches, and epoch times."""
+    config = load_config(config_path("ml1m", "mlstm"))
+    train, valid, test = protocol_split(load_dataset(config, data_dir), config.protocol)
+    for implementation in implementations:
+        model = ImplicitSequenceModel(loss="adaptive_hinge", representation="mlstm", n_iter=epochs,
+                                      random_state=0, device=device,
+                                      representation_kwargs={"implementation": implementation},
+                                      **BEST["mlstm"])
+        start = time.perf_counter()
+        model.fit(train)
+        seconds = (time.perf_counter() - start) / epochs
+        mrr = [sequence_mrr_score(model, part, exclude_preceding=True).mean() for part in (valid, test)]
+        print(f"mLSTM, {epochs} epochs, {implementation}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f} "
+              f"({seconds:.2f} s per epoch)", flush=True)
+
+
 def print_kernel_resources(hidden_size: int) -> None:
     """Shared memory, registers and spills of the kernels compiled for sm_90 (no GPU needed)."""
     try:
@@ -143,7 +198,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--softmax", action="store_true", help="the softmax part on the CPU too (slow)")
-    parser.add_argument("--mrr-epochs", type=int, default=12, help="epochs of the float32/bfloat16 MRR check")
+    parser.add_argument("--mrr-epochs", type=int, default=12,
+                        help="epochs of the MRR checks (triton vs fused; float32 vs bfloat16)")
+    parser.add_argument("--sweep", action="store_true", help="time the Triton layer under other launch options")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -165,7 +222,11 @@ def main() -> None:
         print("note: the Triton kernels need a CUDA device and Triton: not timed here")
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
     compare_layers(layers, device, args.repeats, 240, 100, 120)
+    if args.sweep and device.type == "cuda" and triton_mlstm.available():
+        sweep_launch_options(device, args.repeats)
     training_benchmark(device, args.epochs, args.data_dir)
+    if device.type == "cuda" and triton_mlstm.available():
+        implementation_mrr(device, args.mrr_epochs, args.data_dir)
     if device.type == "cuda" or args.softmax:
         softmax_benchmark(device, args.epochs, args.mrr_epochs, args.data_dir)
     else:

@@ -42,7 +42,8 @@ try:
 except ImportError:  # the portable paths need no Triton
     triton = None
 
-__all__ = ["available", "usable", "dot_precision", "resource_usage", "TritonMLSTM", "MAX_AUTO_HIDDEN"]
+__all__ = ["available", "usable", "dot_precision", "launch_options", "resource_usage", "TritonMLSTM",
+           "MAX_AUTO_HIDDEN"]
 
 PRECISIONS = ("tf32x3", "ieee", "tf32")
 _precision = "tf32x3"
@@ -227,16 +228,41 @@ if triton is not None:
         tl.store(grad_c0_ptr + state, dc, mask=mask)
 
 
+_launch_overrides: dict[str, int] = {}
+TUNABLE = ("BLOCK_B", "KC", "num_warps", "num_stages")
+
+
+@contextlib.contextmanager
+def launch_options(**options: int):
+    """Within the block, the kernels launch with these tile sizes and options (any of
+    :data:`TUNABLE`; powers of two, at least 16 for BLOCK_B and KC, KC at most the padded
+    hidden size) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
+    tunes with. A layer's backward uses its forward's options."""
+    unknown = set(options) - set(TUNABLE)
+    if unknown:
+        raise ValueError(f"launch_options takes {TUNABLE}, got {sorted(unknown)}")
+    global _launch_overrides
+    previous, _launch_overrides = _launch_overrides, {**_launch_overrides, **options}
+    try:
+        yield
+    finally:
+        _launch_overrides = previous
+
+
 def _launch(H: int) -> dict:
     """The tile sizes and launch options of both kernels at hidden size H."""
     block_h = max(16, triton.next_power_of_2(H))
-    return dict(
+    launch = dict(
         BLOCK_B=16,  # tl.dot's smallest tile; more tiles run side by side on more SMs
-        BLOCK_H=block_h, KC=min(32, block_h),
+        BLOCK_H=block_h, KC=16,  # 32 spilled at H = 120 with Triton 3.6 (torch 2.11's)
         num_warps=4 if block_h <= 32 else 8 if block_h <= 128 else 16,  # no spills up to 128 on sm_90
         num_stages=1,  # software pipelining would buffer the weight chunks in shared memory
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
+    launch.update(_launch_overrides)
+    if launch["KC"] > block_h:
+        raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
+    return launch
 
 
 def resource_usage(hidden_size: int, arch: int = 90) -> dict[str, dict[str, int]]:
@@ -304,8 +330,8 @@ class TritonMLSTM(torch.autograd.Function):
         tanh_cs, mh, ms = (x.new_empty(T, B, H) for _ in range(3))
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
-        ctx.precision = _precision
-        launch = _launch(H)
+        ctx.precision, ctx.launch = _precision, _launch(H)
+        launch = ctx.launch
         _forward_kernel[(triton.cdiv(B, launch["BLOCK_B"]),)](
             xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms, T, B, H,
             HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision, **launch)
@@ -326,7 +352,7 @@ class TritonMLSTM(torch.autograd.Function):
         grad_h0, grad_c0 = xp.new_empty(B, H), xp.new_empty(B, H)
         grad_hs = grad_hs.contiguous() if grad_hs is not None else None
         grad_cs = grad_cs.contiguous() if grad_cs is not None else None
-        launch = _launch(H)
+        launch = ctx.launch
         _backward_kernel[(triton.cdiv(B, launch["BLOCK_B"]),)](
             grad_hs if grad_hs is not None else xp, grad_cs if grad_cs is not None else xp,
             xp, acts, cs, tanh_cs, mh, w_hm, w_mh, grad_xp, grad_mh, grad_h0, grad_c0, T, B, H,

@@ -34,7 +34,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b14 passed, 2 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b17 passed, 2 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -83,6 +83,36 @@ def test_triton_without_gate_bias_and_with_full_tiles():
     actual = outputs_and_gradients(layer, "triton", x, (zeros, zeros), True)
     for got, want in zip(actual[:5], expected[:5]):
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+
+
+@kernels
+@pytest.mark.parametrize("launch", [{}, {"BLOCK_B": 32, "KC": 32}])
+def test_triton_over_several_chunks_and_tile_sizes(launch):
+    """H = 40: the products take three chunks of 16 columns (default) or two of 32, the
+    last partly masked; 19 sequences fill part of one tile of 32."""
+    torch.manual_seed(2)
+    layer = MLSTM(6, 40, batch_first=False).to(DEVICE)
+    x = torch.randn(3, 19, 6, device=DEVICE)
+    hx = (torch.randn(1, 19, 40, device=DEVICE), torch.randn(1, 19, 40, device=DEVICE))
+    expected = outputs_and_gradients(layer, "reference", x, hx, True)
+    with triton_mlstm.launch_options(**launch):
+        actual = outputs_and_gradients(layer, "triton", x, hx, True)
+    for got, want in zip(actual[:5], expected[:5]):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+    for name, want in expected[5].items():
+        torch.testing.assert_close(actual[5][name], want, rtol=2e-5, atol=2e-5, msg=name)
+
+
+def test_launch_options_are_checked_and_restored():
+    with pytest.raises(ValueError, match="'BLOCK_H'"):
+        with triton_mlstm.launch_options(BLOCK_H=64):
+            pass
+    default = triton_mlstm._launch(120)
+    with triton_mlstm.launch_options(KC=64):
+        with pytest.raises(ValueError, match="KC=64 is wider than the padded hidden size 32"):
+            triton_mlstm._launch(20)
+        assert triton_mlstm._launch(120) == {**default, "KC": 64}
+    assert triton_mlstm._launch(120) == default
 
 
 @kernels
