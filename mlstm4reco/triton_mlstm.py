@@ -42,8 +42,8 @@ try:
 except ImportError:  # the portable paths need no Triton
     triton = None
 
-__all__ = ["available", "usable", "dot_precision", "launch_options", "resource_usage", "TritonMLSTM",
-           "MAX_AUTO_HIDDEN"]
+__all__ = ["available", "usable", "dot_precision", "launch_options", "compile_for", "resource_usage",
+           "TritonMLSTM", "MAX_AUTO_HIDDEN"]
 
 PRECISIONS = ("tf32x3", "ieee", "tf32")
 _precision = "tf32x3"
@@ -265,34 +265,47 @@ def _launch(H: int) -> dict:
     return launch
 
 
-def resource_usage(hidden_size: int, arch: int = 90) -> dict[str, dict[str, int]]:
-    """Compile both kernels (every optional input present) for NVIDIA architecture ``arch``
-    (90: H100/H200, 80: A100) at ``hidden_size`` with the launch options :class:`TritonMLSTM`
-    uses, on any machine (no GPU needed), and report per kernel the shared memory it asks
-    for (bytes), its registers per thread and the bytes per thread it spills to local
-    memory (the stack frame)."""
+#: the optional inputs of each kernel (constexpr flags); all present by default
+KERNEL_FLAGS = {"forward": ("HAS_B_MH",), "backward": ("HAS_GRAD_HS", "HAS_GRAD_CS")}
+
+
+def compile_for(kernel: str, hidden_size: int, arch: int = 90, **flags: bool):
+    """Compile the ``'forward'`` or ``'backward'`` kernel for NVIDIA architecture ``arch``
+    (90: H100/H200, 80: A100) at ``hidden_size``, with the launch options and precision
+    :class:`TritonMLSTM` would use and the optional inputs ``flags`` (see
+    :data:`KERNEL_FLAGS`; omitted ones present), on any machine: no GPU is needed, Triton
+    ships ``ptxas``. Returns Triton's compiled kernel (``.asm['ptx']``, ``.metadata``...)."""
     if triton is None:
-        raise RuntimeError("resource_usage needs Triton: pip install -e '.[triton]'")
+        raise RuntimeError("compiling the kernels needs Triton: pip install -e '.[triton]'")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    function = {"forward": _forward_kernel, "backward": _backward_kernel}[kernel]
+    options = _launch(hidden_size)
+    constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
+                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC")}, "PRECISION": _precision}
+    signature = {arg: "*fp32" if arg.endswith("_ptr") else "i32" for arg in function.arg_names}
+    signature.update({arg: "constexpr" for arg in constants})
+    source = ASTSource(fn=function, signature=signature,
+                       constexprs={(function.arg_names.index(k),): v for k, v in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options={k: options[k] for k in ("num_warps", "num_stages", "enable_fp_fusion")})
+
+
+def resource_usage(hidden_size: int, arch: int = 90) -> dict[str, dict[str, int]]:
+    """Per kernel (:func:`compile_for`, every optional input present), the shared memory it
+    asks for (bytes), its registers per thread and the bytes per thread it spills to local
+    memory (its stack frame), read from the cubin with Triton's ``cuobjdump``."""
+    if triton is None:
+        raise RuntimeError("resource_usage needs Triton: pip install -e '.[triton]'")
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(cuobjdump):
         cuobjdump = shutil.which("cuobjdump")
     if cuobjdump is None:
         raise RuntimeError("resource_usage needs cuobjdump (shipped with Triton's NVIDIA backend)")
-    options = _launch(hidden_size)
-    flags = {"forward": dict(HAS_B_MH=True), "backward": dict(HAS_GRAD_HS=True, HAS_GRAD_CS=True)}
     usage = {}
-    for name, kernel in (("forward", _forward_kernel), ("backward", _backward_kernel)):
-        constants = {**flags[name], **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC")},
-                     "PRECISION": _precision}
-        signature = {arg: "*fp32" if arg.endswith("_ptr") else "i32" for arg in kernel.arg_names}
-        signature.update({arg: "constexpr" for arg in constants})
-        source = ASTSource(fn=kernel, signature=signature,
-                           constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                  options={k: options[k] for k in ("num_warps", "num_stages", "enable_fp_fusion")})
+    for kernel in KERNEL_FLAGS:
+        compiled = compile_for(kernel, hidden_size, arch)
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "kernel.cubin")
             with open(path, "wb") as f:
@@ -301,8 +314,8 @@ def resource_usage(hidden_size: int, arch: int = 90) -> dict[str, dict[str, int]
                                   text=True, check=True).stdout
         line = next(line for line in dump.splitlines() if "REG:" in line)
         fields = dict(field.split(":", 1) for field in line.split() if ":" in field)
-        usage[name] = {"shared": int(compiled.metadata.shared), "registers": int(fields["REG"]),
-                       "spilled": int(fields["STACK"])}
+        usage[kernel] = {"shared": int(compiled.metadata.shared), "registers": int(fields["REG"]),
+                         "spilled": int(fields["STACK"])}
     return usage
 
 
