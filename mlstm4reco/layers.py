@@ -353,7 +353,7 @@ def _layer_triton(cell, x_tm, h, c):
                              cell.weight_mh)
 
 
-#: (device, input size, hidden size, biases) -> None when the Triton kernels passed
+#: (device, input size, hidden size, bias, multiplicative bias) -> None when the kernels passed
 #: :func:`_check_triton` there, else why they did not; 'auto' then uses the fused path.
 _triton_verdicts: dict[tuple, str | None] = {}
 
@@ -362,9 +362,12 @@ def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
     """Run the Triton kernels once, forward and backward, on a small random problem (3
     steps, 19 sequences: a full tile and a partly masked one) with a copy of ``cell``'s
     weights, against the fused path: both state sequences and every input and parameter
-    gradient. None when every tensor agrees to 1e-3 of its largest value, else why not.
-    This is how 'auto' guards against kernels that fail, or build but compute wrongly, on
-    a device or Triton version the test suite never ran on."""
+    gradient, with the kernels' default products (tf32x3). None when every tensor agrees
+    to 1e-3 of its largest value, else why not. This is how 'auto' guards against kernels
+    that fail, or build but compute wrongly, on a device or Triton version the test suite
+    never ran on."""
+    from mlstm4reco.triton_mlstm import dot_precision
+
     generator = torch.Generator().manual_seed(0)
     H = cell.hidden_size
 
@@ -373,7 +376,7 @@ def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
 
     results = []
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), dot_precision("tf32x3"):
             x, h, c = randn(3, 19, cell.input_size), randn(19, H), randn(19, H)
             upstream = (randn(3, 19, H), randn(3, 19, H))
             for layer in (_layer_triton, MLSTM._layer_fused):
@@ -413,8 +416,8 @@ class MLSTM(nn.Module):
         :data:`~mlstm4reco.triton_mlstm.MAX_AUTO_HIDDEN`, T * B * 5H is below 2**31 and
         the kernels have matched the fused path on a small problem on that device (else
         ``'fused'``, with one warning saying why), ``'reference'`` with ``layer_norm``
-        (which only it implements), else ``'fused'``. All give the same numbers up to floating point
-        rounding. Under ``torch.autocast`` (mixed precision) every implementation runs
+        (which only it implements), else ``'fused'``. All give the same numbers up to
+        floating point rounding. Under ``torch.autocast`` (mixed precision) every implementation runs
         the recurrence in float32 and returns float32 states: the hand-written backward
         passes and the kernels are float32, and a long recurrence is where low precision
         compounds; the matmuls around the layer (embeddings, scoring, softmax) are the
@@ -550,8 +553,8 @@ class MLSTM(nn.Module):
     def _layer_triton_or_fused(cls, cell, x_tm, h, c):
         """'auto' on a GPU: the Triton kernels where they passed :func:`_check_triton` on
         this device for this shape of cell, else the fused path (one warning per verdict)."""
-        key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias_ih is not None,
-               cell.bias_mh is not None)
+        key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias is not None,
+               cell.multiplicative_bias)
         if key not in _triton_verdicts:
             _triton_verdicts[key] = _check_triton(cell, x_tm.device)
             if _triton_verdicts[key] is not None:
