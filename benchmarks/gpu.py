@@ -21,7 +21,6 @@ softmax part only with ``--softmax``; the targets are for a GPU).
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 
 import numpy as np
@@ -142,8 +141,9 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     print("Triton layer fwd+bwd under other launch options (defaults first), and the largest "
           "difference of its output from the defaults':")
     base = reference = None
-    grid = [{}, dict(num_stages=2)] + [dict(BLOCK_B=b, KC=k, num_warps=w)
-                                       for b, k, w in itertools.product((16, 32), (16, 32), (4, 8, 16))]
+    grid = [{}, dict(num_warps=4), dict(num_warps=16), dict(KC=32), dict(KC=32, num_warps=16),
+            dict(BLOCK_B=32), dict(BLOCK_B=32, num_warps=16)]
+    grid += [dict(options, K_STAGES=stages) for options in grid for stages in (2, 3)]  # prefetched chunks
     for options in grid:
         start = time.perf_counter()
         try:

@@ -101,12 +101,12 @@ if triton is not None:
     @triton.jit
     def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H,
                      TRANSPOSED: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     PRECISION: tl.constexpr, K_STAGES: tl.constexpr):
         """acc + A @ W (W transposed if TRANSPOSED) for this program's rows of A, an
         (rows, H) slab in global memory with row stride a_stride, and W an (H, H) matrix,
         KC columns of A (rows of W) at a time: the operands never sit whole in registers."""
         cols = tl.arange(0, BLOCK_H)
-        for k in tl.range(0, H, KC):
+        for k in tl.range(0, H, KC, num_stages=K_STAGES):
             ks = k + tl.arange(0, KC)
             k_ok = ks < H
             a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :],
@@ -126,7 +126,7 @@ if triton is not None:
         hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
         T, B, H,
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, K_STAGES: tl.constexpr,
     ):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, BLOCK_H)
@@ -144,19 +144,19 @@ if triton is not None:
             step = t * B * H + state
             mh = tl.zeros((BLOCK_B, BLOCK_H), tl.float32) + b_mh[None, :]
             mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H,
-                              True, BLOCK_H, KC, PRECISION)
+                              True, BLOCK_H, KC, PRECISION, K_STAGES)
             m = tl.load(xp_row, mask=mask, other=0.0) * mh
             tl.store(mh_ptr + step, mh, mask=mask)
             tl.store(ms_ptr + step, m, mask=mask)
             tl.debug_barrier()
             pre_i = _chunked_dot(tl.load(xp_row + H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr, H, True, BLOCK_H, KC, PRECISION)
+                                 row_ok, w_mh_ptr, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
             pre_f = _chunked_dot(tl.load(xp_row + 2 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr + H * H, H, True, BLOCK_H, KC, PRECISION)
+                                 row_ok, w_mh_ptr + H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
             pre_g = _chunked_dot(tl.load(xp_row + 3 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr + 2 * H * H, H, True, BLOCK_H, KC, PRECISION)
+                                 row_ok, w_mh_ptr + 2 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
             pre_o = _chunked_dot(tl.load(xp_row + 4 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr + 3 * H * H, H, True, BLOCK_H, KC, PRECISION)
+                                 row_ok, w_mh_ptr + 3 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
             i = _sigmoid(pre_i)
             f = _sigmoid(pre_f)
             g = _tanh(pre_g)
@@ -182,6 +182,7 @@ if triton is not None:
         T, B, H,
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+        K_STAGES: tl.constexpr,
     ):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, BLOCK_H)
@@ -215,21 +216,21 @@ if triton is not None:
             dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             for gate in tl.static_range(4):
                 dm = _chunked_dot(dm, grad_xp_t + (gate + 1) * H, 5 * H, rows, row_ok,
-                                  w_mh_ptr + gate * H * H, H, False, BLOCK_H, KC, PRECISION)
+                                  w_mh_ptr + gate * H * H, H, False, BLOCK_H, KC, PRECISION, K_STAGES)
             xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
             mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
             tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
             tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
             tl.debug_barrier()
             dh = _chunked_dot(tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32), grad_mh_ptr + t * B * H, H,
-                              rows, row_ok, w_hm_ptr, H, False, BLOCK_H, KC, PRECISION)
+                              rows, row_ok, w_hm_ptr, H, False, BLOCK_H, KC, PRECISION, K_STAGES)
             dc = dc * f
         tl.store(grad_h0_ptr + state, dh, mask=mask)
         tl.store(grad_c0_ptr + state, dc, mask=mask)
 
 
 _launch_overrides: dict[str, int] = {}
-TUNABLE = ("BLOCK_B", "KC", "num_warps", "num_stages")
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "num_warps", "num_stages")
 
 
 @contextlib.contextmanager
@@ -255,8 +256,9 @@ def _launch(H: int) -> dict:
     launch = dict(
         BLOCK_B=16,  # tl.dot's smallest tile; more tiles run side by side on more SMs
         BLOCK_H=block_h, KC=16,  # 32 spilled at H = 120 with Triton 3.6 (torch 2.11's)
+        K_STAGES=1,  # 2 or 3: the next weight chunk's copy to shared memory overlaps this one's product
         num_warps=4 if block_h <= 32 else 8 if block_h <= 128 else 16,  # no spills up to 128 on sm_90
-        num_stages=1,  # software pipelining would buffer the weight chunks in shared memory
+        num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
     launch.update(_launch_overrides)
@@ -283,7 +285,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, **flags: bool):
     function = {"forward": _forward_kernel, "backward": _backward_kernel}[kernel]
     options = _launch(hidden_size)
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC")}, "PRECISION": _precision}
+                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES")}, "PRECISION": _precision}
     signature = {arg: "*fp32" if arg.endswith("_ptr") else "i32" for arg in function.arg_names}
     signature.update({arg: "constexpr" for arg in constants})
     source = ASTSource(fn=function, signature=signature,

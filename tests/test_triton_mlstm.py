@@ -86,7 +86,7 @@ def test_triton_without_gate_bias_and_with_full_tiles():
 
 
 @kernels
-@pytest.mark.parametrize("launch", [{}, {"BLOCK_B": 32, "KC": 32}])
+@pytest.mark.parametrize("launch", [{}, {"BLOCK_B": 32, "KC": 32, "K_STAGES": 2}])
 def test_triton_over_several_chunks_and_tile_sizes(launch):
     """H = 40: the products take three chunks of 16 columns (default) or two of 32, the
     last partly masked; 19 sequences fill part of one tile of 32."""
