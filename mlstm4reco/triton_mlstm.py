@@ -14,13 +14,16 @@ program has just stored as an output anyway, is read back from global memory aft
 barrier, and the weights are re-read from the L1/L2 caches. Neither the weights nor a
 whole (BLOCK_B, H) x (H, H) product ever has to sit in registers, which is what the first
 version of these kernels did: compiled for an H100 it needed 664 KiB of shared memory
-(the limit is 227 KiB) and spilled 18 KB per thread. :func:`resource_usage` compiles the
-kernels for a GPU architecture without a GPU (Triton ships ``ptxas``) and reports shared
-memory, registers and spills; the test suite checks them for sm_90.
+(the limit is 227 KiB: it could not have launched) and spilled about 20 KB per thread.
+:func:`compile_for` compiles the kernels for a GPU architecture without a GPU (Triton
+ships ``ptxas``) and :func:`resource_usage` reports their shared memory, registers and
+spills; the test suite checks them for sm_90. :func:`launch_options` changes tile sizes
+and launch options, for tuning on a GPU (``benchmarks/gpu.py --sweep``).
 
 Matrix products run on tensor cores as ``tf32x3`` by default (three TF32 products that
 recover fp32 accuracy); ``with dot_precision('ieee'):`` gives plain fp32 FMA products and
-``'tf32'`` one TF32 product (faster, ~1e-3 relative error, like PyTorch's ``allow_tf32``).
+``'tf32'`` one TF32 product (faster; ~3e-4 relative error per product, like PyTorch's
+``allow_tf32``).
 With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors in Triton's interpreter:
 that is how the test suite checks their numbers on machines without a GPU
 (``MLSTM(..., implementation='triton')``).
