@@ -4,9 +4,9 @@ Skipped when Triton is not installed."""
 
 import os
 import re
-import warnings
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -50,6 +50,14 @@ def outputs_and_gradients(layer, implementation, x, hx, use_cells):
     return hidden, cells, x.grad, hx[0].grad, hx[1].grad, grads
 
 
+def assert_same(actual, expected):
+    """States, input gradients and every parameter gradient agree to fp32 tolerance."""
+    for got, want in zip(actual[:5], expected[:5]):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+    for name, want in expected[5].items():
+        torch.testing.assert_close(actual[5][name], want, rtol=2e-5, atol=2e-5, msg=name)
+
+
 # the interpreter computes every dot in fp32 whatever the precision: one is enough there
 PRECISIONS = ("tf32x3", "ieee") if DEVICE == "cuda" else ("tf32x3",)
 
@@ -67,10 +75,7 @@ def test_triton_equals_reference(multiplicative_bias, use_cells, precision):
     expected = outputs_and_gradients(layer, "reference", x, hx, use_cells)
     with triton_mlstm.dot_precision(precision):
         actual = outputs_and_gradients(layer, "triton", x, hx, use_cells)
-    for got, want in zip(actual[:5], expected[:5]):
-        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
-    for name, want in expected[5].items():
-        torch.testing.assert_close(actual[5][name], want, rtol=2e-5, atol=2e-5, msg=name)
+    assert_same(actual, expected)
 
 
 @kernels
@@ -97,10 +102,7 @@ def test_triton_over_several_chunks_and_tile_sizes(launch):
     expected = outputs_and_gradients(layer, "reference", x, hx, True)
     with triton_mlstm.launch_options(**launch):
         actual = outputs_and_gradients(layer, "triton", x, hx, True)
-    for got, want in zip(actual[:5], expected[:5]):
-        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
-    for name, want in expected[5].items():
-        torch.testing.assert_close(actual[5][name], want, rtol=2e-5, atol=2e-5, msg=name)
+    assert_same(actual, expected)
 
 
 def test_launch_options_are_checked_and_restored():
