@@ -130,8 +130,7 @@ def check_triton(device: torch.device) -> list[str]:
             continue
         results[precision] = [out.detach(), inputs.grad] + [p.grad.clone() for p in layer.parameters()]
     for precision in [p for p in triton_mlstm.PRECISIONS if p in results]:
-        worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-                    for a, b in zip(results[precision], results[None]))
+        worst = layers_module._largest_relative_difference(results[precision], results[None])
         print(f"triton ({precision}) vs fused, largest difference relative to each tensor's "
               f"largest value: {worst:.2e}")
     return [p for p in triton_mlstm.PRECISIONS if p in results]

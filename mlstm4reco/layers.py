@@ -358,6 +358,12 @@ def _layer_triton(cell, x_tm, h, c):
 _triton_verdicts: dict[tuple, str | None] = {}
 
 
+def _largest_relative_difference(actual, expected) -> float:
+    """The largest difference between paired tensors, relative to each expected tensor's
+    largest magnitude."""
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(actual, expected))
+
+
 def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
     """Run the Triton kernels once, forward and backward, on a small random problem (3
     steps, 19 sequences: a full tile and a partly masked one) with a copy of ``cell``'s
@@ -389,7 +395,7 @@ def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
                                + [p.grad for p in probe.parameters()])
     except Exception as error:  # noqa: BLE001 - any failure of the kernels is a verdict
         return f"{type(error).__name__}: {error}"
-    worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(*results))
+    worst = _largest_relative_difference(*results)
     if worst > 1e-3:
         return f"they differ from the fused path by {worst:.1e} of a tensor's largest value"
     return None
@@ -417,11 +423,11 @@ class MLSTM(nn.Module):
         the kernels have matched the fused path on a small problem on that device (else
         ``'fused'``, with one warning saying why), ``'reference'`` with ``layer_norm``
         (which only it implements), else ``'fused'``. All give the same numbers up to
-        floating point rounding. Under ``torch.autocast`` (mixed precision) every implementation runs
-        the recurrence in float32 and returns float32 states: the hand-written backward
-        passes and the kernels are float32, and a long recurrence is where low precision
-        compounds; the matmuls around the layer (embeddings, scoring, softmax) are the
-        ones autocast makes cheaper.
+        floating point rounding. Under ``torch.autocast`` (mixed precision) every
+        implementation runs the recurrence in float32 and returns float32 states: the
+        hand-written backward passes and the kernels are float32, and a long recurrence is
+        where low precision compounds; the matmuls around the layer (embeddings, scoring,
+        softmax) are the ones autocast makes cheaper.
 
     Shapes
     ------

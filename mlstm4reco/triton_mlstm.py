@@ -102,6 +102,15 @@ if triton is not None:
         return 2.0 * _sigmoid(2.0 * z) - 1.0
 
     @triton.jit
+    def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+        """This program's rows and the hidden columns, which rows exist, the mask of a
+        (rows, H) state and its offsets in a (B, H) slab."""
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        cols = tl.arange(0, BLOCK_H)
+        row_ok = rows < B
+        return rows, cols, row_ok, row_ok[:, None] & (cols < H)[None, :], rows[:, None] * H + cols[None, :]
+
+    @triton.jit
     def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H,
                      TRANSPOSED: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
                      PRECISION: tl.constexpr, K_STAGES: tl.constexpr):
@@ -131,11 +140,7 @@ if triton is not None:
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
         PRECISION: tl.constexpr, K_STAGES: tl.constexpr,
     ):
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        cols = tl.arange(0, BLOCK_H)
-        row_ok = rows < B
-        mask = row_ok[:, None] & (cols < H)[None, :]
-        state = rows[:, None] * H + cols[None, :]  # offsets of this tile in a (B, H) slab
+        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_H)
         c = tl.load(cs_ptr + state, mask=mask, other=0.0)
         b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_H,), tl.float32)
         # disable_licm: the weight chunks are the same at every step, and hoisted out of the
@@ -152,14 +157,15 @@ if triton is not None:
             tl.store(mh_ptr + step, mh, mask=mask)
             tl.store(ms_ptr + step, m, mask=mask)
             tl.debug_barrier()
-            pre_i = _chunked_dot(tl.load(xp_row + H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
-            pre_f = _chunked_dot(tl.load(xp_row + 2 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr + H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
-            pre_g = _chunked_dot(tl.load(xp_row + 3 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr + 2 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
-            pre_o = _chunked_dot(tl.load(xp_row + 4 * H, mask=mask, other=0.0), ms_ptr + t * B * H, H, rows,
-                                 row_ok, w_mh_ptr + 3 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+            ms_t = ms_ptr + t * B * H
+            pre_i = _chunked_dot(tl.load(xp_row + H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
+                                 w_mh_ptr, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+            pre_f = _chunked_dot(tl.load(xp_row + 2 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
+                                 w_mh_ptr + H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+            pre_g = _chunked_dot(tl.load(xp_row + 3 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
+                                 w_mh_ptr + 2 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+            pre_o = _chunked_dot(tl.load(xp_row + 4 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
+                                 w_mh_ptr + 3 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
             i = _sigmoid(pre_i)
             f = _sigmoid(pre_f)
             g = _tanh(pre_g)
@@ -187,11 +193,7 @@ if triton is not None:
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
         K_STAGES: tl.constexpr,
     ):
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        cols = tl.arange(0, BLOCK_H)
-        row_ok = rows < B
-        mask = row_ok[:, None] & (cols < H)[None, :]
-        state = rows[:, None] * H + cols[None, :]
+        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_H)
         dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
         dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
         for step in tl.range(T, disable_licm=True):
