@@ -152,9 +152,10 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     print("Triton layer fwd+bwd under other launch options (defaults first), and the largest "
           "difference of its output from the defaults':")
     base = reference = None
-    grid = [{}, dict(num_warps=4), dict(num_warps=16), dict(KC=32), dict(KC=32, num_warps=16),
-            dict(BLOCK_B=32), dict(BLOCK_B=32, num_warps=16)]
-    grid += [dict(options, K_STAGES=2) for options in grid]  # weight chunks prefetched one ahead
+    grid = [{}, dict(KC=64), dict(KC=16), dict(num_warps=8), dict(K_STAGES=2), dict(SPLIT=4), dict(SPLIT=2),
+            dict(SPLIT=4, num_warps=8), dict(BLOCK_B=32, SPLIT=4)]  # the defaults split 8 ways here
+    grid += [dict(SPLIT=1), dict(SPLIT=1, KC=32), dict(SPLIT=1, KC=32, num_warps=16),
+             dict(SPLIT=1, K_STAGES=2)]  # unsplit: each tile's program alone
     for options in grid:
         start = time.perf_counter()
         try:
@@ -190,16 +191,20 @@ def implementation_mrr(device: torch.device, epochs: int, data_dir,
               f"({seconds:.2f} s per epoch)", flush=True)
 
 
-def print_kernel_resources(hidden_size: int) -> None:
-    """Shared memory, registers and spills of the kernels compiled for sm_90 (no GPU needed)."""
-    try:
-        usage = triton_mlstm.resource_usage(hidden_size, arch=90)
-    except Exception as error:  # noqa: BLE001 - a report, not a requirement
-        print(f"note: cannot compile the Triton kernels for sm_90 here ({error})")
-        return
-    for kernel, resources in usage.items():
-        print(f"Triton {kernel} kernel for sm_90 at H={hidden_size}: {resources['shared']} B shared memory, "
-              f"{resources['registers']} registers, {resources['spilled']} B spilled per thread")
+def print_kernel_resources(hidden_size: int, batch: int = 240) -> None:
+    """Shared memory, registers and spills of the kernels compiled for sm_90 (no GPU
+    needed), with the hidden units split as for ``batch`` sequences on an H100/H200 (132
+    multiprocessors) and unsplit."""
+    for multiprocessors in (132, 0):
+        split = triton_mlstm._launch(hidden_size, batch, multiprocessors)["SPLIT"]
+        try:
+            usage = triton_mlstm.resource_usage(hidden_size, 90, batch, multiprocessors)
+        except Exception as error:  # noqa: BLE001 - a report, not a requirement
+            print(f"note: cannot compile the Triton kernels for sm_90 here ({error})")
+            return
+        for kernel, resources in usage.items():
+            print(f"Triton {kernel} kernel for sm_90 at H={hidden_size}, split {split}: {resources['shared']} B "
+                  f"shared memory, {resources['registers']} registers, {resources['spilled']} B spilled per thread")
 
 
 def main() -> None:

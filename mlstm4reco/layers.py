@@ -368,11 +368,13 @@ def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
     """Run the Triton kernels once, forward and backward, on a small random problem (3
     steps, 19 sequences: a full tile and a partly masked one) with a copy of ``cell``'s
     weights, against the fused path: both state sequences and every input and parameter
-    gradient, with the kernels' default products (tf32x3). None when every tensor agrees
+    gradient, with the kernels' default products (tf32x3), once with each program of the
+    grid on all hidden units and once with them split across programs as far as this GPU
+    allows (see :func:`mlstm4reco.triton_mlstm._split`). None when every tensor agrees
     to 1e-3 of its largest value, else why not. This is how 'auto' guards against kernels
     that fail, or build but compute wrongly, on a device or Triton version the test suite
     never ran on."""
-    from mlstm4reco.triton_mlstm import dot_precision
+    from mlstm4reco import triton_mlstm
 
     generator = torch.Generator().manual_seed(0)
     H = cell.hidden_size
@@ -380,24 +382,28 @@ def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
     def randn(*shape):
         return torch.randn(*shape, generator=generator).to(device)
 
-    results = []
+    def run(layer):
+        probe = copy.deepcopy(cell).to(device)
+        probe.zero_grad(set_to_none=True)
+        inputs = [t.clone().requires_grad_(True) for t in (x, h, c)]
+        states = layer(probe, *inputs)
+        torch.autograd.backward(states, upstream)
+        return [s.detach() for s in states] + [t.grad for t in inputs] + [p.grad for p in probe.parameters()]
+
+    x, h, c = randn(3, 19, cell.input_size), randn(19, H), randn(19, H)
+    upstream = (randn(3, 19, H), randn(3, 19, H))
     try:
-        with torch.inference_mode(False), torch.enable_grad(), dot_precision("tf32x3"):
-            x, h, c = randn(3, 19, cell.input_size), randn(19, H), randn(19, H)
-            upstream = (randn(3, 19, H), randn(3, 19, H))
-            for layer in (_layer_triton, MLSTM._layer_fused):
-                probe = copy.deepcopy(cell).to(device)
-                probe.zero_grad(set_to_none=True)
-                inputs = [t.clone().requires_grad_(True) for t in (x, h, c)]
-                states = layer(probe, *inputs)
-                torch.autograd.backward(states, upstream)
-                results.append([s.detach() for s in states] + [t.grad for t in inputs]
-                               + [p.grad for p in probe.parameters()])
+        split = triton_mlstm._launch(H, 19, triton_mlstm._multiprocessors(device))["SPLIT"]
+        with torch.inference_mode(False), torch.enable_grad(), triton_mlstm.dot_precision("tf32x3"):
+            expected = run(MLSTM._layer_fused)
+            for programs in sorted({1, split}):
+                with triton_mlstm.launch_options(SPLIT=programs):
+                    worst = _largest_relative_difference(run(_layer_triton), expected)
+                if worst > 1e-3:
+                    return (f"they differ from the fused path by {worst:.1e} of a tensor's largest value "
+                            f"(hidden units split across {programs} programs)")
     except Exception as error:  # noqa: BLE001 - any failure of the kernels is a verdict
         return f"{type(error).__name__}: {error}"
-    worst = _largest_relative_difference(*results)
-    if worst > 1e-3:
-        return f"they differ from the fused path by {worst:.1e} of a tensor's largest value"
     return None
 
 

@@ -8,6 +8,13 @@ running gradients (backward) in registers. What is not recurrent stays in PyTorc
 the fused path: the input projection of all steps before the kernel (one matmul) and,
 after the backward kernel, the weight gradients (one matmul each over all steps).
 
+On a GPU with multiprocessors to spare (15 tiles of 16 at batch 240 leave 117 of an H100's
+132 idle), each tile's hidden units are split across ``SPLIT`` programs (:func:`_split`):
+each computes its slice of m_t, the gates and h_t (backward: of the gradients) from the
+whole previous state, which all of them have written, and they meet at a barrier on a
+counter in global memory (:func:`_sync`) twice a step. The grid is launched cooperatively,
+so CUDA refuses it rather than let programs wait for others that are not resident.
+
 Each step's products with the recurrent weights are taken ``KC`` columns at a time
 (:func:`_chunked_dot`): the left operand (h_{t-1}, m_t, the gate gradients), which the
 program has just stored as an output anyway, is read back from global memory after a
@@ -102,27 +109,50 @@ if triton is not None:
         return 2.0 * _sigmoid(2.0 * z) - 1.0
 
     @triton.jit
-    def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-        """This program's rows and the hidden columns, which rows exist, the mask of a
-        (rows, H) state and its offsets in a (B, H) slab."""
+    def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
+        """This program's rows and its hidden columns (all of them, or its slice when the
+        hidden units are split across programs), which rows exist, the mask of a (rows,
+        columns) state and its offsets in a (B, H) slab."""
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        cols = tl.arange(0, BLOCK_H)
+        cols = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
         row_ok = rows < B
         return rows, cols, row_ok, row_ok[:, None] & (cols < H)[None, :], rows[:, None] * H + cols[None, :]
 
     @triton.jit
-    def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H,
-                     TRANSPOSED: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
-                     PRECISION: tl.constexpr, K_STAGES: tl.constexpr):
-        """acc + A @ W (W transposed if TRANSPOSED) for this program's rows of A, an
-        (rows, H) slab in global memory with row stride a_stride, and W an (H, H) matrix,
-        KC columns of A (rows of W) at a time: the operands never sit whole in registers."""
-        cols = tl.arange(0, BLOCK_H)
+    def _sync(count_ptr, arrivals, SPLIT: tl.constexpr):
+        """A barrier for the SPLIT programs of one tile of rows, after whose stores the
+        other programs read (then through L2: ``.cg`` loads). ``count_ptr`` is the tile's
+        zeroed counter, ``arrivals`` how many programs will have arrived once this barrier
+        is passed (SPLIT times its number). The programs must all be resident: the
+        kernels are launched as a cooperative grid, which CUDA refuses otherwise. The wait
+        gives up after 2**16 polls (tens of milliseconds; the programs
+        arrive within microseconds) rather than hang (the results are then wrong, which
+        :func:`mlstm4reco.layers._check_triton` catches)."""
+        tl.debug_barrier()  # the program's own threads: their stores are done
+        if SPLIT > 1:
+            tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+            polls = 0
+            while (seen < arrivals) & (polls < 65536):
+                seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+                polls += 1
+            tl.debug_barrier()
+
+    @triton.jit
+    def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H, cols,
+                     TRANSPOSED: tl.constexpr, KC: tl.constexpr,
+                     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+        """acc + A @ W[:, cols] (W transposed if TRANSPOSED) for this program's rows of A,
+        an (rows, H) slab in global memory with row stride a_stride, and W an (H, H)
+        matrix, KC columns of A (rows of W) at a time: the operands never sit whole in
+        registers. With SPLIT programs per tile, other programs wrote parts of A: it is
+        read from L2, past this multiprocessor's L1."""
         for k in tl.range(0, H, KC, num_stages=K_STAGES):
             ks = k + tl.arange(0, KC)
             k_ok = ks < H
             a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                        cache_modifier=".cg" if SPLIT > 1 else "")
             if TRANSPOSED:  # (k, j) -> W[j, k]
                 w = tl.load(w_ptr + cols[None, :] * H + ks[:, None],
                             mask=k_ok[:, None] & (cols < H)[None, :], other=0.0)
@@ -137,12 +167,15 @@ if triton is not None:
         xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,  # (T, B, 5H), (H, H), (H,), (4H, H)
         hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
         T, B, H,
+        sync_ptr,  # (tiles,) zeroed counters of _sync
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
-        PRECISION: tl.constexpr, K_STAGES: tl.constexpr,
+        PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr,
     ):
-        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_H)
+        BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+        count_ptr = sync_ptr + tl.program_id(0)
         c = tl.load(cs_ptr + state, mask=mask, other=0.0)
-        b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_H,), tl.float32)
+        b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_J,), tl.float32)
         # disable_licm: the weight chunks are the same at every step, and hoisted out of the
         # loop they would all be live at once, in registers (that spilled)
         for t in tl.range(T, disable_licm=True):
@@ -150,22 +183,22 @@ if triton is not None:
             # _chunked_dot: each barrier makes the tile's stores visible to all its threads
             xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :]
             step = t * B * H + state
-            mh = tl.zeros((BLOCK_B, BLOCK_H), tl.float32) + b_mh[None, :]
-            mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H,
-                              True, BLOCK_H, KC, PRECISION, K_STAGES)
+            mh = tl.zeros((BLOCK_B, BLOCK_J), tl.float32) + b_mh[None, :]
+            mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols,
+                              True, KC, PRECISION, K_STAGES, SPLIT)
             m = tl.load(xp_row, mask=mask, other=0.0) * mh
             tl.store(mh_ptr + step, mh, mask=mask)
             tl.store(ms_ptr + step, m, mask=mask)
-            tl.debug_barrier()
+            _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT)
             ms_t = ms_ptr + t * B * H
             pre_i = _chunked_dot(tl.load(xp_row + H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+                                 w_mh_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
             pre_f = _chunked_dot(tl.load(xp_row + 2 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr + H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+                                 w_mh_ptr + H * H, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
             pre_g = _chunked_dot(tl.load(xp_row + 3 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr + 2 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+                                 w_mh_ptr + 2 * H * H, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
             pre_o = _chunked_dot(tl.load(xp_row + 4 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr + 3 * H * H, H, True, BLOCK_H, KC, PRECISION, K_STAGES)
+                                 w_mh_ptr + 3 * H * H, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
             i = _sigmoid(pre_i)
             f = _sigmoid(pre_f)
             g = _tanh(pre_g)
@@ -181,7 +214,7 @@ if triton is not None:
             tl.store(act_row + H, f, mask=mask)
             tl.store(act_row + 2 * H, g, mask=mask)
             tl.store(act_row + 3 * H, o, mask=mask)
-            tl.debug_barrier()
+            _sync(count_ptr, (2 * t + 2) * SPLIT, SPLIT)
 
     @triton.jit
     def _backward_kernel(
@@ -189,13 +222,16 @@ if triton is not None:
         xp_ptr, acts_ptr, cs_ptr, tanh_cs_ptr, mh_ptr, w_hm_ptr, w_mh_ptr,
         grad_xp_ptr, grad_mh_ptr, grad_h0_ptr, grad_c0_ptr,  # (T, B, 5H), (T, B, H), (B, H) x2
         T, B, H,
+        sync_ptr,  # (tiles,) zeroed counters of _sync
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-        K_STAGES: tl.constexpr,
+        K_STAGES: tl.constexpr, SPLIT: tl.constexpr,
     ):
-        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_H)
-        dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+        count_ptr = sync_ptr + tl.program_id(0)
+        dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         for step in tl.range(T, disable_licm=True):
             t = T - 1 - step
             at = t * B * H + state
@@ -217,32 +253,32 @@ if triton is not None:
             tl.store(grad_row + 2 * H, dc * c_prev * f * (1.0 - f), mask=mask)
             tl.store(grad_row + 3 * H, dc * i * (1.0 - g * g), mask=mask)
             tl.store(grad_row + 4 * H, dh * tanh_c * o * (1.0 - o), mask=mask)
-            tl.debug_barrier()  # the gate gradients are read back, KC columns at a time
-            dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+            _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT)  # the gate gradients are read back
+            dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
             for gate in tl.static_range(4):
                 dm = _chunked_dot(dm, grad_xp_t + (gate + 1) * H, 5 * H, rows, row_ok,
-                                  w_mh_ptr + gate * H * H, H, False, BLOCK_H, KC, PRECISION, K_STAGES)
+                                  w_mh_ptr + gate * H * H, H, cols, False, KC, PRECISION, K_STAGES, SPLIT)
             xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
             mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
             tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
             tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
-            tl.debug_barrier()
-            dh = _chunked_dot(tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32), grad_mh_ptr + t * B * H, H,
-                              rows, row_ok, w_hm_ptr, H, False, BLOCK_H, KC, PRECISION, K_STAGES)
+            _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT)
+            dh = _chunked_dot(tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32), grad_mh_ptr + t * B * H, H,
+                              rows, row_ok, w_hm_ptr, H, cols, False, KC, PRECISION, K_STAGES, SPLIT)
             dc = dc * f
         tl.store(grad_h0_ptr + state, dh, mask=mask)
         tl.store(grad_c0_ptr + state, dc, mask=mask)
 
 
 _launch_overrides: dict[str, int] = {}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "num_warps", "num_stages")
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "num_warps", "num_stages")
 
 
 @contextlib.contextmanager
 def launch_options(**options: int):
     """Within the block, the kernels launch with these tile sizes and options (any of
     :data:`TUNABLE`; powers of two, at least 16 for BLOCK_B and KC, KC at most the padded
-    hidden size) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
+    hidden size, at least 16 hidden units per program of a SPLIT) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
     tunes with. A layer's backward uses its forward's options."""
     unknown = set(options) - set(TUNABLE)
     if unknown:
@@ -255,51 +291,97 @@ def launch_options(**options: int):
         _launch_overrides = previous
 
 
-def _launch(H: int) -> dict:
-    """The tile sizes and launch options of both kernels at hidden size H."""
+def _split(block_h: int, tiles: int, multiprocessors: int) -> int:
+    """How many programs share each tile's hidden units: the most (a power of two, at
+    least 16 units each) with which every program of the grid has a multiprocessor of its
+    own, so that all are resident at once (their barriers wait for each other)."""
+    split = 1
+    while block_h // (2 * split) >= 16 and tiles * 2 * split <= multiprocessors:
+        split *= 2
+    return split
+
+
+def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
+    """The tile sizes and launch options of both kernels at hidden size H for B sequences
+    on a GPU with ``multiprocessors`` multiprocessors (0: the hidden units unsplit), with
+    :func:`launch_options`' overrides; the defaults follow the tile and the split."""
     block_h = max(16, triton.next_power_of_2(H))
+    block_b = _launch_overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
+    split = _launch_overrides.get("SPLIT", _split(block_h, triton.cdiv(B, block_b), multiprocessors))
+    block_j = block_h // split  # each program's hidden units
     launch = dict(
-        BLOCK_B=16,  # tl.dot's smallest tile; more tiles run side by side on more SMs
-        BLOCK_H=block_h, KC=16,  # 32 spilled at H = 120 with Triton 3.6 (torch 2.11's)
+        BLOCK_B=block_b,
+        BLOCK_H=block_h,
+        # the products go KC columns of their left operand at a time: 16 (32 spilled at
+        # block_j = 128 with Triton 3.6, torch 2.11's), 32 for the narrower slices of a split
+        KC=32 if split > 1 and block_j <= 64 else 16,
         K_STAGES=1,  # 2 or 3: the next weight chunk's copy to shared memory overlaps this one's product
-        num_warps=4 if block_h <= 32 else 8 if block_h <= 128 else 16,  # no spills up to 128 on sm_90
+        SPLIT=split,  # programs per tile, each with BLOCK_H / SPLIT of the hidden units
+        num_warps=4 if block_j <= 32 else 8 if block_j <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
     launch.update(_launch_overrides)
     if launch["KC"] > block_h:
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
+    if block_j < 16:
+        raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
+    launch["launch_cooperative_grid"] = split > 1  # CUDA refuses a grid that is not all resident at once
     return launch
+
+
+def _run(kernel, launch: dict, B: int, device: torch.device, *args, **flags) -> None:
+    """Launch ``kernel`` over the tiles of B sequences (times the split of their hidden
+    units), with zeroed barrier counters, as ``launch`` says."""
+    tiles = triton.cdiv(B, launch["BLOCK_B"])
+    sync = torch.zeros(tiles, dtype=torch.int32, device=device)
+    options = dict(launch)
+    if not options.pop("launch_cooperative_grid"):  # the interpreter takes no such option
+        kernel[(tiles, options["SPLIT"])](*args, sync, **flags, **options)
+    else:
+        kernel[(tiles, options["SPLIT"])](*args, sync, **flags, **options, launch_cooperative_grid=True)
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """The GPU's multiprocessor count (0 on the CPU: the interpreter runs programs one by
+    one, so the hidden units are never split there)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
 #: the optional inputs of each kernel (constexpr flags); all present by default
 KERNEL_FLAGS = {"forward": ("HAS_B_MH",), "backward": ("HAS_GRAD_HS", "HAS_GRAD_CS")}
 
 
-def compile_for(kernel: str, hidden_size: int, arch: int = 90, **flags: bool):
+def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, multiprocessors: int = 0,
+                **flags: bool):
     """Compile the ``'forward'`` or ``'backward'`` kernel for NVIDIA architecture ``arch``
     (90: H100/H200, 80: A100) at ``hidden_size``, with the launch options and precision
-    :class:`TritonMLSTM` would use and the optional inputs ``flags`` (see
-    :data:`KERNEL_FLAGS`; omitted ones present), on any machine: no GPU is needed, Triton
-    ships ``ptxas``. Returns Triton's compiled kernel (``.asm['ptx']``, ``.metadata``...)."""
+    :class:`TritonMLSTM` would use for ``batch`` sequences on a GPU of ``multiprocessors``
+    multiprocessors (the defaults: hidden units unsplit) and the optional inputs ``flags``
+    (see :data:`KERNEL_FLAGS`; omitted ones present), on any machine: no GPU is needed,
+    Triton ships ``ptxas``. Returns Triton's compiled kernel (``.asm['ptx']``,
+    ``.metadata``...)."""
     if triton is None:
         raise RuntimeError("compiling the kernels needs Triton: pip install -e '.[triton]'")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     function = {"forward": _forward_kernel, "backward": _backward_kernel}[kernel]
-    options = _launch(hidden_size)
+    options = _launch(hidden_size, batch, multiprocessors)
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES")}, "PRECISION": _precision}
-    signature = {arg: "*fp32" if arg.endswith("_ptr") else "i32" for arg in function.arg_names}
+                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT")},
+                 "PRECISION": _precision}
+    signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
+                 for arg in function.arg_names}
     signature.update({arg: "constexpr" for arg in constants})
     source = ASTSource(fn=function, signature=signature,
                        constexprs={(function.arg_names.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options={k: options[k] for k in ("num_warps", "num_stages", "enable_fp_fusion")})
+    keys = ("num_warps", "num_stages", "enable_fp_fusion", "launch_cooperative_grid")
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={k: options[k] for k in keys})
 
 
-def resource_usage(hidden_size: int, arch: int = 90) -> dict[str, dict[str, int]]:
+def resource_usage(hidden_size: int, arch: int = 90, batch: int = 1,
+                   multiprocessors: int = 0) -> dict[str, dict[str, int]]:
     """Per kernel (:func:`compile_for`, every optional input present), the shared memory it
     asks for (bytes), its registers per thread and the bytes per thread it spills to local
     memory (its stack frame), read from the cubin with Triton's ``cuobjdump``."""
@@ -312,7 +394,7 @@ def resource_usage(hidden_size: int, arch: int = 90) -> dict[str, dict[str, int]
         raise RuntimeError("resource_usage needs cuobjdump (shipped with Triton's NVIDIA backend)")
     usage = {}
     for kernel in KERNEL_FLAGS:
-        compiled = compile_for(kernel, hidden_size, arch)
+        compiled = compile_for(kernel, hidden_size, arch, batch, multiprocessors)
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "kernel.cubin")
             with open(path, "wb") as f:
@@ -350,11 +432,9 @@ class TritonMLSTM(torch.autograd.Function):
         tanh_cs, mh, ms = (x.new_empty(T, B, H) for _ in range(3))
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
-        ctx.precision, ctx.launch = _precision, _launch(H)
-        launch = ctx.launch
-        _forward_kernel[(triton.cdiv(B, launch["BLOCK_B"]),)](
-            xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms, T, B, H,
-            HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision, **launch)
+        ctx.precision, ctx.launch = _precision, _launch(H, B, _multiprocessors(x.device))
+        _run(_forward_kernel, ctx.launch, B, x.device, xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms,
+             T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
         ctx.set_materialize_grads(False)
@@ -372,11 +452,9 @@ class TritonMLSTM(torch.autograd.Function):
         grad_h0, grad_c0 = xp.new_empty(B, H), xp.new_empty(B, H)
         grad_hs = grad_hs.contiguous() if grad_hs is not None else None
         grad_cs = grad_cs.contiguous() if grad_cs is not None else None
-        launch = ctx.launch
-        _backward_kernel[(triton.cdiv(B, launch["BLOCK_B"]),)](
-            grad_hs if grad_hs is not None else xp, grad_cs if grad_cs is not None else xp,
-            xp, acts, cs, tanh_cs, mh, w_hm, w_mh, grad_xp, grad_mh, grad_h0, grad_c0, T, B, H,
-            HAS_GRAD_HS=grad_hs is not None, HAS_GRAD_CS=grad_cs is not None,
-            PRECISION=ctx.precision, **launch)
+        _run(_backward_kernel, ctx.launch, B, xp.device,
+             grad_hs if grad_hs is not None else xp, grad_cs if grad_cs is not None else xp,
+             xp, acts, cs, tanh_cs, mh, w_hm, w_mh, grad_xp, grad_mh, grad_h0, grad_c0, T, B, H,
+             HAS_GRAD_HS=grad_hs is not None, HAS_GRAD_CS=grad_cs is not None, PRECISION=ctx.precision)
         return (*_input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias,
                                              grad_h0, grad_c0),)

@@ -34,7 +34,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b17 passed, 5 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b18 passed, 9 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -136,20 +136,52 @@ def test_auto_uses_triton_only_on_cuda_float32(monkeypatch):
 
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
 def test_kernels_fit_an_h100():
-    """Compiled for sm_90 (H100/H200) at the benchmark's hidden size, neither kernel asks for
-    more than the 227 KiB of shared memory a block may have, nor spills registers; at the
-    largest hidden size 'auto' takes (256) they still launch. The first version of the
-    kernels asked for 664 KiB and would not have launched at all."""
+    """Compiled for sm_90 (H100/H200, 132 multiprocessors) at the benchmark's hidden size,
+    neither kernel asks for more than the 227 KiB of shared memory a block may have, nor
+    spills registers, with the hidden units unsplit (a batch too large to split) or split
+    as for the benchmark's batch of 240; at the largest hidden size 'auto' takes (256) they
+    still launch. The first version of the kernels asked for 664 KiB and would not have
+    launched at all."""
     try:
-        usage = {H: triton_mlstm.resource_usage(H, arch=90) for H in (120, triton_mlstm.MAX_AUTO_HIDDEN)}
+        usage = {(H, batch): triton_mlstm.resource_usage(H, 90, batch, 132)
+                 for H in (120, triton_mlstm.MAX_AUTO_HIDDEN) for batch in (240, 10_000)}
     except (RuntimeError, FileNotFoundError, ImportError) as error:  # no ptxas / cuobjdump
         pytest.skip(f"cannot compile for sm_90 here: {error}")
-    for H, kernels_usage in usage.items():
+    assert triton_mlstm._launch(120, 240, 132)["SPLIT"] == 8 and triton_mlstm._launch(120, 10_000, 132)["SPLIT"] == 1
+    for (H, batch), kernels_usage in usage.items():
         for kernel, resources in kernels_usage.items():
             assert resources["shared"] <= 227 * 1024, (H, kernel, resources)
             assert resources["registers"] <= 255, (H, kernel, resources)
-            if H <= 128:
-                assert resources["spilled"] == 0, (H, kernel, resources)
+            if H <= 128 or batch == 240:
+                assert resources["spilled"] == 0, (H, batch, kernel, resources)
+
+
+def test_split_gives_every_program_a_multiprocessor():
+    """The hidden units are split across as many programs as keep at least 16 units each
+    and one multiprocessor per program of the grid (all resident: they wait for each
+    other), compared with a search over every split; unsplit without a GPU."""
+    for block_h in (16, 32, 64, 128, 256):
+        for tiles in (1, 2, 15, 16, 33, 66, 67, 132, 500):
+            for multiprocessors in (0, 1, 108, 132):
+                fits = [s for s in (2, 4, 8, 16, 32) if block_h // s >= 16 and tiles * s <= multiprocessors]
+                assert triton_mlstm._split(block_h, tiles, multiprocessors) == max([1] + fits)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="programs that wait for each other cannot run in the "
+                                             "interpreter, which runs them one after another")
+@pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
+def test_split_kernels_equal_reference(hidden, split):
+    """Hidden units split across programs that meet at a barrier twice a step: outputs and
+    every gradient as the reference path's, with a masked second tile and padded units."""
+    torch.manual_seed(3)
+    layer = MLSTM(7, hidden, batch_first=False).to(DEVICE)
+    x = torch.randn(5, 19, 7, device=DEVICE)
+    hx = (torch.randn(1, 19, hidden, device=DEVICE), torch.randn(1, 19, hidden, device=DEVICE))
+    expected = outputs_and_gradients(layer, "reference", x, hx, True)
+    with triton_mlstm.launch_options(SPLIT=split):
+        assert triton_mlstm._launch(hidden, 19, 132)["SPLIT"] == split
+        actual = outputs_and_gradients(layer, "triton", x, hx, True)
+    assert_same(actual, expected)
 
 
 def test_dot_precision_is_checked_and_restored():
