@@ -139,28 +139,66 @@ if triton is not None:
             tl.debug_barrier()
 
     @triton.jit
+    def _chunk(a_ptr, a_stride, rows, row_ok, w_ptr, H, cols, k, TRANSPOSED: tl.constexpr,
+               KC: tl.constexpr, SPLIT: tl.constexpr):
+        """Columns k..k+KC of this program's rows of A, an (rows, H) slab in global memory
+        with row stride a_stride, and rows k..k+KC of W[:, cols] (of W transposed if
+        TRANSPOSED), W an (H, H) matrix. With SPLIT programs per tile, other programs
+        wrote parts of A: it is read from L2, past this multiprocessor's L1."""
+        ks = k + tl.arange(0, KC)
+        k_ok = ks < H
+        a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
+        if TRANSPOSED:  # (k, j) -> W[j, k]
+            w = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=k_ok[:, None] & (cols < H)[None, :],
+                        other=0.0)
+        else:  # (k, j) -> W[k, j]
+            w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=k_ok[:, None] & (cols < H)[None, :],
+                        other=0.0)
+        return a, w
+
+    @triton.jit
     def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H, cols,
                      TRANSPOSED: tl.constexpr, KC: tl.constexpr,
                      PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
-        """acc + A @ W[:, cols] (W transposed if TRANSPOSED) for this program's rows of A,
-        an (rows, H) slab in global memory with row stride a_stride, and W an (H, H)
-        matrix, KC columns of A (rows of W) at a time: the operands never sit whole in
-        registers. With SPLIT programs per tile, other programs wrote parts of A: it is
-        read from L2, past this multiprocessor's L1."""
+        """acc + A @ W[:, cols] (W transposed if TRANSPOSED), KC columns of A (rows of W)
+        at a time (:func:`_chunk`): the operands never sit whole in registers."""
         for k in tl.range(0, H, KC, num_stages=K_STAGES):
-            ks = k + tl.arange(0, KC)
-            k_ok = ks < H
-            a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-                        cache_modifier=".cg" if SPLIT > 1 else "")
-            if TRANSPOSED:  # (k, j) -> W[j, k]
-                w = tl.load(w_ptr + cols[None, :] * H + ks[:, None],
-                            mask=k_ok[:, None] & (cols < H)[None, :], other=0.0)
-            else:  # (k, j) -> W[k, j]
-                w = tl.load(w_ptr + ks[:, None] * H + cols[None, :],
-                            mask=k_ok[:, None] & (cols < H)[None, :], other=0.0)
+            a, w = _chunk(a_ptr, a_stride, rows, row_ok, w_ptr, H, cols, k, TRANSPOSED, KC, SPLIT)
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
         return acc
+
+    @triton.jit
+    def _gate_dots(pre_i, pre_f, pre_g, pre_o, a_ptr, rows, row_ok, w_ptr, H, cols,
+                   KC: tl.constexpr, PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+        """The four gates' pre-activations plus M @ W_gate^T[:, cols], for M this program's
+        rows of an (rows, H) slab and W the (4H, H) stack of the gates' weights: each chunk
+        of M is read once for all four gates (it comes from L2; the weights from L1)."""
+        for k in tl.range(0, H, KC, num_stages=K_STAGES):
+            a, w = _chunk(a_ptr, H, rows, row_ok, w_ptr, H, cols, k, True, KC, SPLIT)
+            pre_i = tl.dot(a, w, pre_i, input_precision=PRECISION)
+            _, w = _chunk(a_ptr, H, rows, row_ok, w_ptr + H * H, H, cols, k, True, KC, 1)
+            pre_f = tl.dot(a, w, pre_f, input_precision=PRECISION)
+            _, w = _chunk(a_ptr, H, rows, row_ok, w_ptr + 2 * H * H, H, cols, k, True, KC, 1)
+            pre_g = tl.dot(a, w, pre_g, input_precision=PRECISION)
+            _, w = _chunk(a_ptr, H, rows, row_ok, w_ptr + 3 * H * H, H, cols, k, True, KC, 1)
+            pre_o = tl.dot(a, w, pre_o, input_precision=PRECISION)
+        return pre_i, pre_f, pre_g, pre_o
+
+    @triton.jit
+    def _gate_gradient_dot(dm, g_ptr, rows, row_ok, w_ptr, H, cols,
+                           KC: tl.constexpr, PRECISION: tl.constexpr, K_STAGES: tl.constexpr,
+                           SPLIT: tl.constexpr):
+        """dm + sum over the gates of dGate @ W_gate[:, cols], dGate this program's rows of
+        the gate's (rows, H) block of a (rows, 5H) slab (g_ptr: the first gate's block),
+        W the (4H, H) stack: the four gates' chunks are loaded together, so that their
+        reads from L2 overlap."""
+        for k in tl.range(0, H, KC, num_stages=K_STAGES):
+            for gate in tl.static_range(4):
+                a, w = _chunk(g_ptr + gate * H, 5 * H, rows, row_ok, w_ptr + gate * H * H, H, cols, k, False,
+                              KC, SPLIT)
+                dm = tl.dot(a, w, dm, input_precision=PRECISION)
+        return dm
 
     @triton.jit
     def _forward_kernel(
@@ -191,14 +229,10 @@ if triton is not None:
             tl.store(ms_ptr + step, m, mask=mask)
             _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT)
             ms_t = ms_ptr + t * B * H
-            pre_i = _chunked_dot(tl.load(xp_row + H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
-            pre_f = _chunked_dot(tl.load(xp_row + 2 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr + H * H, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
-            pre_g = _chunked_dot(tl.load(xp_row + 3 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr + 2 * H * H, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
-            pre_o = _chunked_dot(tl.load(xp_row + 4 * H, mask=mask, other=0.0), ms_t, H, rows, row_ok,
-                                 w_mh_ptr + 3 * H * H, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
+            pre_i, pre_f, pre_g, pre_o = _gate_dots(
+                tl.load(xp_row + H, mask=mask, other=0.0), tl.load(xp_row + 2 * H, mask=mask, other=0.0),
+                tl.load(xp_row + 3 * H, mask=mask, other=0.0), tl.load(xp_row + 4 * H, mask=mask, other=0.0),
+                ms_t, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES, SPLIT)
             i = _sigmoid(pre_i)
             f = _sigmoid(pre_f)
             g = _tanh(pre_g)
@@ -255,9 +289,8 @@ if triton is not None:
             tl.store(grad_row + 4 * H, dh * tanh_c * o * (1.0 - o), mask=mask)
             _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT)  # the gate gradients are read back
             dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-            for gate in tl.static_range(4):
-                dm = _chunked_dot(dm, grad_xp_t + (gate + 1) * H, 5 * H, rows, row_ok,
-                                  w_mh_ptr + gate * H * H, H, cols, False, KC, PRECISION, K_STAGES, SPLIT)
+            dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
+                                    SPLIT)
             xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
             mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
             tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
