@@ -152,10 +152,9 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     print("Triton layer fwd+bwd under other launch options (defaults first), and the largest "
           "difference of its output from the defaults':")
     base = reference = None
-    grid = [{}, dict(KC=16), dict(KC=64), dict(num_warps=8), dict(KC=64, num_warps=8), dict(K_STAGES=2),
-            dict(K_STAGES=2, num_warps=8), dict(SPLIT=4), dict(SPLIT=4, num_warps=8), dict(SPLIT=2),
-            dict(BLOCK_B=32, SPLIT=4)]  # the defaults split 8 ways here
-    grid += [dict(SPLIT=1), dict(SPLIT=1, KC=32), dict(SPLIT=1, K_STAGES=2)]  # each tile's program alone
+    grid = [{}, dict(K_STAGES=1), dict(K_STAGES=3), dict(KC=16), dict(KC=64), dict(num_warps=8),
+            dict(SPLIT=4), dict(SPLIT=2)]  # the defaults split 8 ways here
+    grid += [dict(SPLIT=1), dict(SPLIT=1, KC=32), dict(SPLIT=1, K_STAGES=1)]  # each tile's program alone
     for options in grid:
         start = time.perf_counter()
         try:

@@ -348,7 +348,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
         # the products go KC columns of their left operand at a time: 16 (32 spilled at
         # block_j = 128 with Triton 3.6, torch 2.11's), 32 for the narrower slices of a split
         KC=32 if split > 1 and block_j <= 64 else 16,
-        K_STAGES=1,  # 2 or 3: the next weight chunk's copy to shared memory overlaps this one's product
+        K_STAGES=2,  # the next chunk is loaded while this one is multiplied (H200: 0.82x the time of 1)
         SPLIT=split,  # programs per tile, each with BLOCK_H / SPLIT of the hidden units
         num_warps=4 if block_j <= 32 else 8 if block_j <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
