@@ -260,7 +260,8 @@ def versions() -> dict:
 
     return dict(mlstm4reco=mlstm4reco.__version__, torch=torch.__version__,
                 numpy=np.__version__, hyperopt=hyperopt.__version__,
-                python=platform.python_version())
+                python=platform.python_version(),
+                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
 # ---------------------------------------------------------------------------- records

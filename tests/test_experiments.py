@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 import yaml
 
@@ -67,6 +68,7 @@ def test_search_end_to_end(tmp_path, dataset, capsys):
         assert 0 < record["valid_mrr"] <= 1 and 0 < record["test_mrr"] <= 1
         assert record["seed"] == 72 and record["device"] == "cpu" and record["seconds"] > 0
         assert record["versions"]["torch"] and record["versions"]["hyperopt"]
+        assert record["versions"]["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
         assert 1 <= record["arguments"]["n_iter"] <= 2 and record["arguments"]["embedding_dim"] in (8, 16)
     summary = (out / "summary.md").read_text()
     best = max(records, key=lambda r: r["valid_mrr"])
