@@ -139,33 +139,34 @@ if triton is not None:
             tl.debug_barrier()
 
     @triton.jit
-    def _chunk(a_ptr, a_stride, rows, row_ok, w_ptr, H, cols, k, TRANSPOSED: tl.constexpr,
-               KC: tl.constexpr, SPLIT: tl.constexpr):
-        """Columns k..k+KC of this program's rows of A, an (rows, H) slab in global memory
-        with row stride a_stride, and rows k..k+KC of W[:, cols] (of W transposed if
-        TRANSPOSED), W an (H, H) matrix. With SPLIT programs per tile, other programs
-        wrote parts of A: it is read from L2, past this multiprocessor's L1."""
-        ks = k + tl.arange(0, KC)
-        k_ok = ks < H
-        a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
+    def _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr):
+        """Columns ks of this program's rows of A, an (rows, H) slab in global memory with
+        row stride a_stride. With SPLIT programs per tile, other programs wrote parts of
+        A: it is read from L2, past this multiprocessor's L1."""
+        return tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                       other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
+
+    @triton.jit
+    def _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
+        """Rows ks of W[:, cols] (of W transposed if TRANSPOSED), W an (H, H) matrix."""
         if TRANSPOSED:  # (k, j) -> W[j, k]
-            w = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=k_ok[:, None] & (cols < H)[None, :],
-                        other=0.0)
+            return tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=k_ok[:, None] & (cols < H)[None, :],
+                           other=0.0)
         else:  # (k, j) -> W[k, j]
-            w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=k_ok[:, None] & (cols < H)[None, :],
-                        other=0.0)
-        return a, w
+            return tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=k_ok[:, None] & (cols < H)[None, :],
+                           other=0.0)
 
     @triton.jit
     def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H, cols,
                      TRANSPOSED: tl.constexpr, KC: tl.constexpr,
                      PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
         """acc + A @ W[:, cols] (W transposed if TRANSPOSED), KC columns of A (rows of W)
-        at a time (:func:`_chunk`): the operands never sit whole in registers."""
+        at a time: the operands never sit whole in registers."""
         for k in tl.range(0, H, KC, num_stages=K_STAGES):
-            a, w = _chunk(a_ptr, a_stride, rows, row_ok, w_ptr, H, cols, k, TRANSPOSED, KC, SPLIT)
-            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+            ks = k + tl.arange(0, KC)
+            k_ok = ks < H
+            a = _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT)
+            acc = tl.dot(a, _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED), acc, input_precision=PRECISION)
         return acc
 
     @triton.jit
@@ -175,14 +176,15 @@ if triton is not None:
         rows of an (rows, H) slab and W the (4H, H) stack of the gates' weights: each chunk
         of M is read once for all four gates (it comes from L2; the weights from L1)."""
         for k in tl.range(0, H, KC, num_stages=K_STAGES):
-            a, w = _chunk(a_ptr, H, rows, row_ok, w_ptr, H, cols, k, True, KC, SPLIT)
-            pre_i = tl.dot(a, w, pre_i, input_precision=PRECISION)
-            _, w = _chunk(a_ptr, H, rows, row_ok, w_ptr + H * H, H, cols, k, True, KC, 1)
-            pre_f = tl.dot(a, w, pre_f, input_precision=PRECISION)
-            _, w = _chunk(a_ptr, H, rows, row_ok, w_ptr + 2 * H * H, H, cols, k, True, KC, 1)
-            pre_g = tl.dot(a, w, pre_g, input_precision=PRECISION)
-            _, w = _chunk(a_ptr, H, rows, row_ok, w_ptr + 3 * H * H, H, cols, k, True, KC, 1)
-            pre_o = tl.dot(a, w, pre_o, input_precision=PRECISION)
+            ks = k + tl.arange(0, KC)
+            k_ok = ks < H
+            a = _a_chunk(a_ptr, H, rows, row_ok, ks, k_ok, SPLIT)
+            pre_i = tl.dot(a, _w_chunk(w_ptr, H, cols, ks, k_ok, True), pre_i, input_precision=PRECISION)
+            pre_f = tl.dot(a, _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, True), pre_f, input_precision=PRECISION)
+            pre_g = tl.dot(a, _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, True), pre_g,
+                           input_precision=PRECISION)
+            pre_o = tl.dot(a, _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, True), pre_o,
+                           input_precision=PRECISION)
         return pre_i, pre_f, pre_g, pre_o
 
     @triton.jit
@@ -194,10 +196,12 @@ if triton is not None:
         W the (4H, H) stack: the four gates' chunks are loaded together, so that their
         reads from L2 overlap."""
         for k in tl.range(0, H, KC, num_stages=K_STAGES):
+            ks = k + tl.arange(0, KC)
+            k_ok = ks < H
             for gate in tl.static_range(4):
-                a, w = _chunk(g_ptr + gate * H, 5 * H, rows, row_ok, w_ptr + gate * H * H, H, cols, k, False,
-                              KC, SPLIT)
-                dm = tl.dot(a, w, dm, input_precision=PRECISION)
+                a = _a_chunk(g_ptr + gate * H, 5 * H, rows, row_ok, ks, k_ok, SPLIT)
+                dm = tl.dot(a, _w_chunk(w_ptr + gate * H * H, H, cols, ks, k_ok, False), dm,
+                            input_precision=PRECISION)
         return dm
 
     @triton.jit
@@ -310,12 +314,21 @@ TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "num_warps", "num_stages")
 @contextlib.contextmanager
 def launch_options(**options: int):
     """Within the block, the kernels launch with these tile sizes and options (any of
-    :data:`TUNABLE`; powers of two, at least 16 for BLOCK_B and KC, KC at most the padded
-    hidden size, at least 16 hidden units per program of a SPLIT) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
-    tunes with. A layer's backward uses its forward's options."""
+    :data:`TUNABLE`: BLOCK_B, KC, SPLIT and num_warps powers of two, at least 16 for
+    BLOCK_B and KC, KC at most the padded hidden size, at least 16 hidden units per program
+    of a SPLIT; K_STAGES and num_stages at least 1) in place of :func:`_launch`'s: the
+    hook ``benchmarks/gpu.py --sweep`` tunes with. A layer's backward uses its forward's
+    options."""
     unknown = set(options) - set(TUNABLE)
     if unknown:
         raise ValueError(f"launch_options takes {TUNABLE}, got {sorted(unknown)}")
+    for name, value in options.items():
+        smallest = 16 if name in ("BLOCK_B", "KC") else 1
+        power_of_two = name in ("BLOCK_B", "KC", "SPLIT", "num_warps")
+        if (not isinstance(value, int) or isinstance(value, bool) or value < smallest
+                or (power_of_two and value & (value - 1))):
+            kind = "a power of two" if power_of_two else "an integer"
+            raise ValueError(f"launch_options: {name} must be {kind} of at least {smallest}, got {value!r}")
     global _launch_overrides
     previous, _launch_overrides = _launch_overrides, {**_launch_overrides, **options}
     try:

@@ -109,6 +109,17 @@ def test_launch_options_are_checked_and_restored():
     with pytest.raises(ValueError, match="'BLOCK_H'"):
         with triton_mlstm.launch_options(BLOCK_H=64):
             pass
+    for bad in (dict(SPLIT=3), dict(KC=8), dict(BLOCK_B=48), dict(num_warps=0), dict(K_STAGES=0),
+                dict(SPLIT=2.0), dict(SPLIT=True)):
+        (name, value), = bad.items()
+        with pytest.raises(ValueError, match=f"{name} must be .* got {value!r}"):
+            with triton_mlstm.launch_options(**bad):
+                pass
+    with triton_mlstm.launch_options(SPLIT=4, K_STAGES=3):  # valid ones pass
+        assert triton_mlstm._launch(120)["SPLIT"] == 4 and triton_mlstm._launch(120)["K_STAGES"] == 3
+    with pytest.raises(ValueError, match="SPLIT=4 leaves fewer than 16 of the 32 padded hidden units"):
+        with triton_mlstm.launch_options(SPLIT=4):
+            triton_mlstm._launch(20)
     default = triton_mlstm._launch(120)
     with triton_mlstm.launch_options(KC=64):
         with pytest.raises(ValueError, match="KC=64 is wider than the padded hidden size 32"):
