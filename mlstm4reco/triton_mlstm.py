@@ -125,8 +125,8 @@ if triton is not None:
         zeroed counter, ``arrivals`` how many programs will have arrived once this barrier
         is passed (SPLIT times its number). The programs must all be resident: the
         kernels are launched as a cooperative grid, which CUDA refuses otherwise. The wait
-        gives up after 2**16 polls (tens of milliseconds; the programs
-        arrive within microseconds) rather than hang (the results are then wrong, which
+        gives up after 2**16 polls (tens of milliseconds; the programs arrive within
+        microseconds) rather than hang (the results are then wrong, which
         :func:`mlstm4reco.layers._check_triton` catches)."""
         tl.debug_barrier()  # the program's own threads: their stores are done
         if SPLIT > 1:
