@@ -382,10 +382,9 @@ def _run(kernel, launch: dict, B: int, device: torch.device, *args, **flags) -> 
     tiles = triton.cdiv(B, launch["BLOCK_B"])
     sync = torch.zeros(tiles, dtype=torch.int32, device=device)
     options = dict(launch)
-    if not options.pop("launch_cooperative_grid"):  # the interpreter takes no such option
-        kernel[(tiles, options["SPLIT"])](*args, sync, **flags, **options)
-    else:
-        kernel[(tiles, options["SPLIT"])](*args, sync, **flags, **options, launch_cooperative_grid=True)
+    if not options["launch_cooperative_grid"]:
+        del options["launch_cooperative_grid"]  # the interpreter takes no such option
+    kernel[(tiles, options["SPLIT"])](*args, sync, **flags, **options)
 
 
 def _multiprocessors(device: torch.device) -> int:
