@@ -15,7 +15,9 @@ Triton kernels and with the fused path (same seed, ``--mrr-epochs``); then the f
 training of issue 8 in float32 and in bfloat16 (``precision='bfloat16'``): epoch times, and
 the validation/test MRR each precision reaches with the same seed and epochs; last, with
 ``--sweep``, the Triton layer's time under other tile sizes and launch options (each one
-compiles). The issue's targets come first, so that a run cut short still has them. It also
+compiles; :data:`SWEEP`), or with ``--sweep-only`` the kernels' resources and check and
+then the sweep alone. The issue's targets come first, so that a run cut short still has
+them. It also
 runs on the CPU (slowly, the softmax part only with ``--softmax``; the targets are for a
 GPU).
 """
@@ -136,39 +138,73 @@ def check_triton(device: torch.device) -> list[str]:
     return [p for p in triton_mlstm.PRECISIONS if p in results]
 
 
+#: the sweep's configurations, the defaults first: launch options (triton_mlstm.launch_options),
+#: the products' precision, and what the configuration tells
+SWEEP = [
+    ({}, "tf32x3", "defaults"),
+    (dict(WAIT=0), "tf32x3", "the programs do not wait at the barriers: wrong results, the barriers' cost"),
+    (dict(BARRIERS=1), "tf32x3", "one barrier a step (m_t whole in each program; dm summed from partials)"),
+    (dict(BARRIERS=1, WAIT=0), "tf32x3", "one barrier a step, not waiting: wrong results"),
+    (dict(BARRIERS=1, KC=32), "tf32x3", "one barrier, wider chunks (spills a little)"),
+    (dict(BARRIERS=1, num_warps=4), "tf32x3", "one barrier, fewer warps"),
+    (dict(BARRIERS=1, K_STAGES=1), "tf32x3", "one barrier, no prefetch"),
+    (dict(BARRIERS=1, K_STAGES=3), "tf32x3", "one barrier, two chunks ahead"),
+    (dict(BARRIERS=1, SPLIT=4), "tf32x3", "one barrier, 4 programs a tile (less redundant work)"),
+    (dict(BARRIERS=1, SPLIT=2), "tf32x3", "one barrier, 2 programs a tile"),
+    (dict(BARRIERS=1), "tf32", "one barrier, one TF32 product (the redundant product cheaper)"),
+    ({}, "tf32", "one TF32 product"),
+    (dict(K_STAGES=1), "tf32x3", "no prefetch (plain loads instead of asynchronous copies)"),
+    (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),
+]
+
+
 def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
                          dim: int = 120) -> None:
-    """Forward+backward of the Triton layer at the benchmark's shape under other tile sizes
-    and launch options (triton_mlstm.launch_options), against the defaults: for tuning."""
+    """Forward+backward and forward-only time of the Triton layer at the benchmark's shape
+    in each configuration of :data:`SWEEP`, against the defaults and cuDNN's LSTM measured
+    in the same run, with the largest difference of the output and the input gradient
+    from the fused path's (relative to their largest value): for tuning."""
     torch.manual_seed(0)
-    layer = MLSTM(dim, dim, implementation="triton").to(device)
+    layer = MLSTM(dim, dim).to(device)
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, dim, device=device)
 
-    def step():
-        out, _ = layer(x)
+    def step(module):
+        x.grad = None
+        out, _ = module(x)
         out.backward(grad)
+        return out.detach(), x.grad
 
-    print("Triton layer fwd+bwd under other launch options (defaults first), and the largest "
-          "difference of its output from the defaults':")
-    base = reference = None
-    grid = [{}, dict(K_STAGES=1), dict(K_STAGES=3), dict(KC=16), dict(KC=64), dict(num_warps=8),
-            dict(SPLIT=4), dict(SPLIT=2)]  # the defaults split 8 ways here
-    grid += [dict(SPLIT=1), dict(SPLIT=1, KC=32), dict(SPLIT=1, K_STAGES=1)]  # each tile's program alone
-    for options in grid:
+    def forward(module):
+        with torch.no_grad():
+            module(x)
+
+    lstm = nn.LSTM(dim, dim, batch_first=True).to(device)
+    lstm_both, lstm_fwd = (median_seconds(lambda: step(lstm), device, repeats),
+                           median_seconds(lambda: forward(lstm), device, repeats))
+    layer.implementation = "fused"
+    expected = step(layer)
+    layer.implementation = "triton"
+    print(f"Triton layer under other launch options (nn.LSTM here: fwd+bwd {lstm_both * 1e3:.2f} ms, "
+          f"fwd {lstm_fwd * 1e3:.2f} ms); difference: of the output and x.grad from the fused path's")
+    print(f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'fwd ms':>7} {'/LSTM':>6} {'difference':>10}  "
+          f"configuration")
+    base = None
+    for options, precision, meaning in SWEEP:
         start = time.perf_counter()
+        label = f"{options or 'defaults'} {precision}: {meaning}"
         try:
-            with triton_mlstm.launch_options(**options):
-                seconds = median_seconds(step, device, repeats)
-                with torch.no_grad():
-                    out = layer(x)[0]
+            with triton_mlstm.launch_options(**options), triton_mlstm.dot_precision(precision):
+                both = median_seconds(lambda: step(layer), device, repeats)
+                fwd = median_seconds(lambda: forward(layer), device, repeats)
+                got = step(layer)
         except Exception as error:  # noqa: BLE001 - a configuration that does not build
-            print(f"  {options or 'defaults'}: failed ({type(error).__name__}: {str(error)[:80]})")
+            print(f"  failed ({type(error).__name__}: {str(error)[:120]}): {label}", flush=True)
             continue
-        base, reference = base or seconds, reference if reference is not None else out
-        print(f"  {options or 'defaults'}: {seconds * 1e3:.2f} ms ({seconds / base:.2f}x; "
-              f"{time.perf_counter() - start:.0f} s with compiling), "
-              f"difference {float((out - reference).abs().max()):.1e}", flush=True)
+        base = base or both
+        worst = layers_module._largest_relative_difference(got, expected)
+        print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
+              f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def implementation_mrr(device: torch.device, epochs: int, data_dir,
@@ -216,6 +252,8 @@ def main() -> None:
     parser.add_argument("--mrr-epochs", type=int, default=12,
                         help="epochs of the MRR checks (triton vs fused; float32 vs bfloat16)")
     parser.add_argument("--sweep", action="store_true", help="time the Triton layer under other launch options")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only the kernels' resources, their check against the fused path and the sweep")
     parser.add_argument("--no-mrr", action="store_true",
                         help="leave out the trainings to MRR (triton vs fused, float32 vs bfloat16): a quick run")
     args = parser.parse_args()
@@ -238,6 +276,10 @@ def main() -> None:
             layers[name] = WithPrecision(MLSTM(120, 120, implementation="triton"), precision)
     else:
         print("note: the Triton kernels need a CUDA device and Triton: not timed here")
+    if args.sweep_only:
+        if working:
+            sweep_launch_options(device, args.repeats)
+        return
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
     compare_layers(layers, device, args.repeats, 240, 100, 120)
     training_benchmark(device, args.epochs, args.data_dir)

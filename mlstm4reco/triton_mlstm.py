@@ -14,6 +14,10 @@ each computes its slice of m_t, the gates and h_t (backward: of the gradients) f
 whole previous state, which all of them have written, and they meet at a barrier on a
 counter in global memory (:func:`_sync`) twice a step. The grid is launched cooperatively,
 so CUDA refuses it rather than let programs wait for others that are not resident.
+``launch_options(BARRIERS=1)`` takes the variant with one barrier a step
+(:func:`_forward_one_barrier_kernel`: every program of a tile computes all of m_t;
+:func:`_backward_one_barrier_kernel`: the gradient of m_t summed from each program's
+partial product), untimed so far: the defaults are the kernels measured fastest.
 
 Each step's products with the recurrent weights are taken ``KC`` columns at a time
 (:func:`_chunked_dot`): the left operand (h_{t-1}, m_t, the gate gradients), which the
@@ -119,7 +123,7 @@ if triton is not None:
         return rows, cols, row_ok, row_ok[:, None] & (cols < H)[None, :], rows[:, None] * H + cols[None, :]
 
     @triton.jit
-    def _sync(count_ptr, arrivals, SPLIT: tl.constexpr):
+    def _sync(count_ptr, arrivals, SPLIT: tl.constexpr, WAIT: tl.constexpr):
         """A barrier for the SPLIT programs of one tile of rows, after whose stores the
         other programs read (then through L2: ``.cg`` loads). ``count_ptr`` is the tile's
         zeroed counter, ``arrivals`` how many programs will have arrived once this barrier
@@ -127,9 +131,10 @@ if triton is not None:
         kernels are launched as a cooperative grid, which CUDA refuses otherwise. The wait
         gives up after 2**16 polls (tens of milliseconds; the programs arrive within
         microseconds) rather than hang (the results are then wrong, which
-        :func:`mlstm4reco.layers._check_triton` catches)."""
+        :func:`mlstm4reco.layers._check_triton` catches). Without WAIT the programs do not
+        wait for each other (wrong results: for timing what the barriers cost)."""
         tl.debug_barrier()  # the program's own threads: their stores are done
-        if SPLIT > 1:
+        if SPLIT > 1 and WAIT:
             tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
             seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
             polls = 0
@@ -142,7 +147,12 @@ if triton is not None:
     def _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr):
         """Columns ks of this program's rows of A, an (rows, H) slab in global memory with
         row stride a_stride. With SPLIT programs per tile, other programs wrote parts of
-        A: it is read from L2, past this multiprocessor's L1."""
+        A: a plain load reads it from L2, past this multiprocessor's L1 (``.cg``). In a
+        pipelined loop (K_STAGES > 1) Triton turns the load into a 4-byte asynchronous copy,
+        which can only be ``.ca`` (through L1); that is correct too, as any load after the
+        barrier is: by the PTX memory model, the acquire in :func:`_sync` followed by the
+        block's ``bar.sync`` makes the other programs' writes visible to all its threads
+        (as after CUDA's grid.sync)."""
         return tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
                        other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
 
@@ -205,13 +215,65 @@ if triton is not None:
         return dm
 
     @triton.jit
+    def _cell(pre_i, pre_f, pre_g, pre_o, c_prev):
+        """One LSTM cell update from the gates' pre-activations: the gates i, f, g, o, the
+        cell state c, tanh(c) and the hidden state h."""
+        i = _sigmoid(pre_i)
+        f = _sigmoid(pre_f)
+        g = _tanh(pre_g)
+        o = _sigmoid(pre_o)
+        c = f * c_prev + i * g
+        tanh_c = _tanh(c)
+        return i, f, g, o, c, tanh_c, o * tanh_c
+
+    @triton.jit
+    def _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev):
+        """:func:`_cell` backwards: from the gradients of h and c (dc: from later steps),
+        the gradient of c with h's share added, and those of the four pre-activations."""
+        dc += dh * o * (1.0 - tanh_c * tanh_c)
+        return dc, dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g), \
+            dh * tanh_c * o * (1.0 - o)
+
+    @triton.jit
+    def _step_gradients(dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask,
+                        state, HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr):
+        """The backward kernels' step t up to the gate gradients: the gradients of h_t and
+        c_t from later steps (dh, dc) plus the upstream ones, through :func:`_gate_gradients`
+        with the forward's saved gates, tanh c_t and c_{t-1}. Returns dc, the four gate
+        gradients and the forget gate (which carries dc on to step t - 1)."""
+        at = t * B * H + state
+        if HAS_GRAD_HS:
+            dh += tl.load(grad_hs_ptr + at, mask=mask, other=0.0)
+        if HAS_GRAD_CS:
+            dc += tl.load(grad_cs_ptr + at, mask=mask, other=0.0)
+        i, f, g, o = _load_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, mask)
+        tanh_c = tl.load(tanh_cs_ptr + at, mask=mask, other=0.0)
+        c_prev = tl.load(cs_ptr + at, mask=mask, other=0.0)  # cs[t] = c_{t-1}
+        dc, d_i, d_f, d_g, d_o = _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev)
+        return dc, d_i, d_f, d_g, d_o, f
+
+    @triton.jit
+    def _store_gates(ptr, gap, a, b, c, d, mask):
+        """a, b, c, d to ptr, ptr + gap, ptr + 2 gap, ptr + 3 gap (the gates' blocks of a row)."""
+        tl.store(ptr, a, mask=mask)
+        tl.store(ptr + gap, b, mask=mask)
+        tl.store(ptr + 2 * gap, c, mask=mask)
+        tl.store(ptr + 3 * gap, d, mask=mask)
+
+    @triton.jit
+    def _load_gates(ptr, gap, mask):
+        """What :func:`_store_gates` stored."""
+        return (tl.load(ptr, mask=mask, other=0.0), tl.load(ptr + gap, mask=mask, other=0.0),
+                tl.load(ptr + 2 * gap, mask=mask, other=0.0), tl.load(ptr + 3 * gap, mask=mask, other=0.0))
+
+    @triton.jit
     def _forward_kernel(
         xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,  # (T, B, 5H), (H, H), (H,), (4H, H)
         hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
         T, B, H,
         sync_ptr,  # (tiles,) zeroed counters of _sync
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
-        PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr,
+        PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     ):
         BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
         rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
@@ -231,28 +293,17 @@ if triton is not None:
             m = tl.load(xp_row, mask=mask, other=0.0) * mh
             tl.store(mh_ptr + step, mh, mask=mask)
             tl.store(ms_ptr + step, m, mask=mask)
-            _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT)
+            _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT, WAIT)
             ms_t = ms_ptr + t * B * H
-            pre_i, pre_f, pre_g, pre_o = _gate_dots(
-                tl.load(xp_row + H, mask=mask, other=0.0), tl.load(xp_row + 2 * H, mask=mask, other=0.0),
-                tl.load(xp_row + 3 * H, mask=mask, other=0.0), tl.load(xp_row + 4 * H, mask=mask, other=0.0),
-                ms_t, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES, SPLIT)
-            i = _sigmoid(pre_i)
-            f = _sigmoid(pre_f)
-            g = _tanh(pre_g)
-            o = _sigmoid(pre_o)
-            c = f * c + i * g
-            tanh_c = _tanh(c)
-            h = o * tanh_c
+            x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
+            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
+                                                    KC, PRECISION, K_STAGES, SPLIT)
+            i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
             tl.store(hs_ptr + B * H + step, h, mask=mask)
             tl.store(cs_ptr + B * H + step, c, mask=mask)
             tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
-            act_row = acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :]
-            tl.store(act_row, i, mask=mask)
-            tl.store(act_row + H, f, mask=mask)
-            tl.store(act_row + 2 * H, g, mask=mask)
-            tl.store(act_row + 3 * H, o, mask=mask)
-            _sync(count_ptr, (2 * t + 2) * SPLIT, SPLIT)
+            _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
+            _sync(count_ptr, (2 * t + 2) * SPLIT, SPLIT, WAIT)
 
     @triton.jit
     def _backward_kernel(
@@ -263,7 +314,7 @@ if triton is not None:
         sync_ptr,  # (tiles,) zeroed counters of _sync
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-        K_STAGES: tl.constexpr, SPLIT: tl.constexpr,
+        K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     ):
         BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
         rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
@@ -272,34 +323,22 @@ if triton is not None:
         dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         for step in tl.range(T, disable_licm=True):
             t = T - 1 - step
-            at = t * B * H + state
-            if HAS_GRAD_HS:
-                dh += tl.load(grad_hs_ptr + at, mask=mask, other=0.0)
-            if HAS_GRAD_CS:
-                dc += tl.load(grad_cs_ptr + at, mask=mask, other=0.0)
-            act_row = acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :]
-            i = tl.load(act_row, mask=mask, other=0.0)
-            f = tl.load(act_row + H, mask=mask, other=0.0)
-            g = tl.load(act_row + 2 * H, mask=mask, other=0.0)
-            o = tl.load(act_row + 3 * H, mask=mask, other=0.0)
-            tanh_c = tl.load(tanh_cs_ptr + at, mask=mask, other=0.0)
-            c_prev = tl.load(cs_ptr + at, mask=mask, other=0.0)  # cs[t] = c_{t-1}
-            dc += dh * o * (1.0 - tanh_c * tanh_c)
+            dc, d_i, d_f, d_g, d_o, f = _step_gradients(
+                dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
+                HAS_GRAD_HS, HAS_GRAD_CS)
             grad_xp_t = grad_xp_ptr + t * B * 5 * H
             grad_row = grad_xp_t + rows[:, None] * 5 * H + cols[None, :]
-            tl.store(grad_row + H, dc * g * i * (1.0 - i), mask=mask)
-            tl.store(grad_row + 2 * H, dc * c_prev * f * (1.0 - f), mask=mask)
-            tl.store(grad_row + 3 * H, dc * i * (1.0 - g * g), mask=mask)
-            tl.store(grad_row + 4 * H, dh * tanh_c * o * (1.0 - o), mask=mask)
-            _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT)  # the gate gradients are read back
+            _store_gates(grad_row + H, H, d_i, d_f, d_g, d_o, mask)
+            _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
             dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
             dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
                                     SPLIT)
             xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
+            at = t * B * H + state
             mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
             tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
             tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
-            _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT)
+            _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
             dh = _chunked_dot(tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32), grad_mh_ptr + t * B * H, H,
                               rows, row_ok, w_hm_ptr, H, cols, False, KC, PRECISION, K_STAGES, SPLIT)
             dc = dc * f
@@ -307,8 +346,135 @@ if triton is not None:
         tl.store(grad_c0_ptr + state, dc, mask=mask)
 
 
+    @triton.jit
+    def _all_units(rows, row_ok, H, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr):
+        """All hidden units, the mask of a (rows, all units) state, the part of it that
+        is this program's slice (its columns of the split), and its offsets in a (B, H)
+        slab."""
+        units = tl.arange(0, BLOCK_H)
+        full = row_ok[:, None] & (units < H)[None, :]
+        mine = full & (units // BLOCK_J == tl.program_id(1))[None, :]
+        return units, full, mine, rows[:, None] * H + units[None, :]
+
+    @triton.jit
+    def _forward_one_barrier_kernel(
+        xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,
+        hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,
+        T, B, H,
+        sync_ptr,
+        own_ptr,  # (SPLIT, B, H): each program's copy of m_t
+        HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
+        PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+    ):
+        """:func:`_forward_kernel` with one barrier a step, not two: each of a tile's
+        programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
+        with W_hm done SPLIT times over, and reads it back from its own copy (through L1)
+        for its slice of the gates; only h_t goes to the other programs, and what they
+        never read (c_t, tanh c_t, the gates) is stored after the barrier."""
+        BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+        units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
+        count_ptr = sync_ptr + tl.program_id(0)
+        own_m = own_ptr + tl.program_id(1) * B * H
+        c = tl.load(cs_ptr + state, mask=mask, other=0.0)
+        b_mh = tl.load(b_mh_ptr + units, mask=units < H, other=0.0) if HAS_B_MH else \
+            tl.zeros((BLOCK_H,), tl.float32)
+        for t in tl.range(T, disable_licm=True):
+            xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+            mh = tl.zeros((BLOCK_B, BLOCK_H), tl.float32) + b_mh[None, :]
+            mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, units,
+                              True, KC, PRECISION, K_STAGES, SPLIT)
+            m = tl.load(xp_row + units[None, :], mask=full, other=0.0) * mh
+            tl.store(own_m + all_state, m, mask=full)
+            tl.store(mh_ptr + t * B * H + all_state, mh, mask=mine)
+            tl.store(ms_ptr + t * B * H + all_state, m, mask=mine)
+            tl.debug_barrier()  # the program's own copy of m_t is written
+            x_i, x_f, x_g, x_o = _load_gates(xp_row + H + cols[None, :], H, mask)
+            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, own_m, rows, row_ok, w_mh_ptr, H, cols,
+                                                    KC, PRECISION, K_STAGES, 1)  # 1: own writes, via L1
+            i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
+            step = t * B * H + state
+            tl.store(hs_ptr + B * H + step, h, mask=mask)
+            _sync(count_ptr, (t + 1) * SPLIT, SPLIT, WAIT)
+            tl.store(cs_ptr + B * H + step, c, mask=mask)
+            tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
+            _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
+
+    @triton.jit
+    def _backward_one_barrier_kernel(
+        grad_hs_ptr, grad_cs_ptr,
+        xp_ptr, acts_ptr, cs_ptr, tanh_cs_ptr, mh_ptr, w_hm_ptr, w_mh_ptr,
+        grad_xp_ptr, grad_mh_ptr, grad_h0_ptr, grad_c0_ptr,
+        T, B, H,
+        sync_ptr,
+        partial_ptr,  # (2, SPLIT, B, H): each program's share of dm, by the step's parity
+        HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+        K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+    ):
+        """:func:`_backward_kernel` with one barrier a step, not two. The gradient of m_t,
+        dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
+        inner dimension) instead of over its columns: each program multiplies its own
+        slice of the gate gradients, which it has just computed, by its rows of the
+        weights and stores the (rows, all units) partial sum, KC units at a time; after
+        the barrier, each adds up the SPLIT partial sums (in a fixed order), KC units at a
+        time, and takes its slice of dh_{t-1} from them. The partial sums alternate
+        between two buffers, so that a program a step ahead never overwrites what a slower
+        one still reads; the gate gradients, which no other program reads, are stored
+        after the barrier."""
+        BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+        rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+        col_ok = cols < H
+        count_ptr = sync_ptr + tl.program_id(0)
+        dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        for step in tl.range(T, disable_licm=True):
+            t = T - 1 - step
+            dc, d_i, d_f, d_g, d_o, f = _step_gradients(
+                dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
+                HAS_GRAD_HS, HAS_GRAD_CS)
+            parts = partial_ptr + (step % 2) * SPLIT * B * H
+            for n in tl.range(0, H, KC):  # units n.. of this program's partial sum
+                ns = n + tl.arange(0, KC)
+                n_ok = ns < H
+                part = tl.dot(d_i, _w_chunk(w_mh_ptr, H, ns, cols, col_ok, False),
+                              tl.zeros((BLOCK_B, KC), dtype=tl.float32), input_precision=PRECISION)
+                part = tl.dot(d_f, _w_chunk(w_mh_ptr + H * H, H, ns, cols, col_ok, False), part,
+                              input_precision=PRECISION)
+                part = tl.dot(d_g, _w_chunk(w_mh_ptr + 2 * H * H, H, ns, cols, col_ok, False), part,
+                              input_precision=PRECISION)
+                part = tl.dot(d_o, _w_chunk(w_mh_ptr + 3 * H * H, H, ns, cols, col_ok, False), part,
+                              input_precision=PRECISION)
+                tl.store(parts + tl.program_id(1) * B * H + rows[:, None] * H + ns[None, :], part,
+                         mask=row_ok[:, None] & n_ok[None, :])
+            _sync(count_ptr, (step + 1) * SPLIT, SPLIT, WAIT)
+            grad_xp_row = grad_xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+            xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+            dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+            for n in tl.range(0, H, KC, num_stages=K_STAGES):
+                ns = n + tl.arange(0, KC)
+                n_ok = ns < H
+                ok = row_ok[:, None] & n_ok[None, :]
+                dm = tl.zeros((BLOCK_B, KC), dtype=tl.float32)
+                for program in tl.static_range(SPLIT):
+                    dm += tl.load(parts + program * B * H + rows[:, None] * H + ns[None, :], mask=ok, other=0.0,
+                                  cache_modifier=".cg" if SPLIT > 1 else "")
+                d_mh = dm * tl.load(xp_row + ns[None, :], mask=ok, other=0.0)
+                dh = tl.dot(d_mh, _w_chunk(w_hm_ptr, H, cols, ns, n_ok, False), dh, input_precision=PRECISION)
+                mine = ok & (ns // BLOCK_J == tl.program_id(1))[None, :]
+                d_xm = dm * tl.load(mh_ptr + t * B * H + rows[:, None] * H + ns[None, :], mask=mine, other=0.0)
+                tl.store(grad_xp_row + ns[None, :], d_xm, mask=mine)  # d loss / d (W_mx x_t + b_mx)
+                tl.store(grad_mh_ptr + t * B * H + rows[:, None] * H + ns[None, :], d_mh, mask=mine)
+            _store_gates(grad_xp_row + H + cols[None, :], H, d_i, d_f, d_g, d_o, mask)
+            dc = dc * f
+        tl.store(grad_h0_ptr + state, dh, mask=mask)
+        tl.store(grad_c0_ptr + state, dc, mask=mask)
+
+
 _launch_overrides: dict[str, int] = {}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "num_warps", "num_stages")
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "num_warps", "num_stages")
+#: the options that take one of a few values
+CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1)}
 
 
 @contextlib.contextmanager
@@ -316,13 +482,20 @@ def launch_options(**options: int):
     """Within the block, the kernels launch with these tile sizes and options (any of
     :data:`TUNABLE`: BLOCK_B, KC, SPLIT and num_warps powers of two, at least 16 for
     BLOCK_B and KC, KC at most the padded hidden size, at least 16 hidden units per program
-    of a SPLIT; K_STAGES and num_stages at least 1) in place of :func:`_launch`'s: the
-    hook ``benchmarks/gpu.py --sweep`` tunes with. A layer's backward uses its forward's
-    options."""
+    of a SPLIT; K_STAGES and num_stages at least 1; BARRIERS 2 or 1, the kernels' barriers
+    a step when the hidden units are split (1: :func:`_forward_one_barrier_kernel` and
+    :func:`_backward_one_barrier_kernel`); WAIT 1, or 0 for programs that do not wait for
+    each other at the barriers, which gives wrong results and is there to time what the
+    barriers cost) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
+    tunes with. A layer's backward uses its forward's options."""
     unknown = set(options) - set(TUNABLE)
     if unknown:
         raise ValueError(f"launch_options takes {TUNABLE}, got {sorted(unknown)}")
     for name, value in options.items():
+        if name in CHOICES:
+            if value not in CHOICES[name] or isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"launch_options: {name} must be one of {CHOICES[name]}, got {value!r}")
+            continue
         smallest = 16 if name in ("BLOCK_B", "KC") else 1
         power_of_two = name in ("BLOCK_B", "KC", "SPLIT", "num_warps")
         if (not isinstance(value, int) or isinstance(value, bool) or value < smallest
@@ -355,15 +528,20 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
     block_b = _launch_overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
     split = _launch_overrides.get("SPLIT", _split(block_h, triton.cdiv(B, block_b), multiprocessors))
     block_j = block_h // split  # each program's hidden units
+    barriers = _launch_overrides.get("BARRIERS", 2)
+    widest = block_h if barriers == 1 else block_j  # one barrier: the forward's m_t is whole in each program
     launch = dict(
         BLOCK_B=block_b,
         BLOCK_H=block_h,
         # the products go KC columns of their left operand at a time: 16 (32 spilled at
         # block_j = 128 with Triton 3.6, torch 2.11's), 32 for the narrower slices of a split
-        KC=32 if split > 1 and block_j <= 64 else 16,
+        # (but 16 with one barrier: 32 spills there, on sm_90 with Triton 3.6 and 3.9)
+        KC=32 if split > 1 and block_j <= 64 and barriers == 2 else 16,
         K_STAGES=2,  # the next chunk is loaded while this one is multiplied (H200: 0.82x the time of 1)
         SPLIT=split,  # programs per tile, each with BLOCK_H / SPLIT of the hidden units
-        num_warps=4 if block_j <= 32 else 8 if block_j <= 128 else 16,  # no spills on sm_90 up to 128
+        BARRIERS=barriers,  # a step (2: _forward_kernel and _backward_kernel)
+        WAIT=1,  # at the barriers (0: for timing only)
+        num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
@@ -376,15 +554,27 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
     return launch
 
 
-def _run(kernel, launch: dict, B: int, device: torch.device, *args, **flags) -> None:
-    """Launch ``kernel`` over the tiles of B sequences (times the split of their hidden
-    units), with zeroed barrier counters, as ``launch`` says."""
+def _kernel(name: str, barriers: int):
+    """The ``'forward'`` or ``'backward'`` kernel with ``barriers`` barriers a step."""
+    return {("forward", 2): _forward_kernel, ("backward", 2): _backward_kernel,
+            ("forward", 1): _forward_one_barrier_kernel, ("backward", 1): _backward_one_barrier_kernel}[
+        name, barriers]
+
+
+def _run(name: str, launch: dict, B: int, H: int, device: torch.device, *args, **flags) -> None:
+    """Launch the ``'forward'`` or ``'backward'`` kernel (:func:`_kernel`) over the tiles
+    of B sequences (times the split of their hidden units), with zeroed barrier counters
+    and, for the one-barrier backward, the buffers of its partial sums, as ``launch``
+    says."""
     tiles = triton.cdiv(B, launch["BLOCK_B"])
-    sync = torch.zeros(tiles, dtype=torch.int32, device=device)
+    extra = [torch.zeros(tiles, dtype=torch.int32, device=device)]
     options = dict(launch)
+    barriers = options.pop("BARRIERS")
+    if barriers == 1:  # the forward's copies of m_t, the backward's partial sums of dm
+        extra.append(torch.empty(*(() if name == "forward" else (2,)), options["SPLIT"], B, H, device=device))
     if not options["launch_cooperative_grid"]:
         del options["launch_cooperative_grid"]  # the interpreter takes no such option
-    kernel[(tiles, options["SPLIT"])](*args, sync, **flags, **options)
+    _kernel(name, barriers)[(tiles, options["SPLIT"])](*args, *extra, **flags, **options)
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -411,10 +601,10 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    function = {"forward": _forward_kernel, "backward": _backward_kernel}[kernel]
     options = _launch(hidden_size, batch, multiprocessors)
+    function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT")},
+                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT")},
                  "PRECISION": _precision}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}
@@ -478,7 +668,7 @@ class TritonMLSTM(torch.autograd.Function):
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
         ctx.precision, ctx.launch = _precision, _launch(H, B, _multiprocessors(x.device))
-        _run(_forward_kernel, ctx.launch, B, x.device, xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms,
+        _run("forward", ctx.launch, B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms,
              T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
@@ -497,7 +687,7 @@ class TritonMLSTM(torch.autograd.Function):
         grad_h0, grad_c0 = xp.new_empty(B, H), xp.new_empty(B, H)
         grad_hs = grad_hs.contiguous() if grad_hs is not None else None
         grad_cs = grad_cs.contiguous() if grad_cs is not None else None
-        _run(_backward_kernel, ctx.launch, B, xp.device,
+        _run("backward", ctx.launch, B, H, xp.device,
              grad_hs if grad_hs is not None else xp, grad_cs if grad_cs is not None else xp,
              xp, acts, cs, tanh_cs, mh, w_hm, w_mh, grad_xp, grad_mh, grad_h0, grad_c0, T, B, H,
              HAS_GRAD_HS=grad_hs is not None, HAS_GRAD_CS=grad_cs is not None, PRECISION=ctx.precision)

@@ -34,7 +34,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b19 passed, 9 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b25 passed, 19 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -66,14 +66,17 @@ PRECISIONS = ("tf32x3", "ieee") if DEVICE == "cuda" else ("tf32x3",)
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("use_cells", [True, False])
-def test_triton_equals_reference(multiplicative_bias, use_cells, precision):
+@pytest.mark.parametrize("barriers", [2, 1])
+def test_triton_equals_reference(multiplicative_bias, use_cells, precision, barriers):
+    """Both kernels of both kinds (two barriers a step, or one; unsplit here, so no
+    program waits for another) with every optional input present or absent."""
     torch.manual_seed(0)
     # 19 sequences: two tiles of 16, the second partly masked; H = 12 pads to 16
     layer = MLSTM(5, 12, num_layers=2, multiplicative_bias=multiplicative_bias, batch_first=False).to(DEVICE)
     x = torch.randn(4, 19, 5, device=DEVICE)
     hx = (torch.randn(2, 19, 12, device=DEVICE), torch.randn(2, 19, 12, device=DEVICE))
     expected = outputs_and_gradients(layer, "reference", x, hx, use_cells)
-    with triton_mlstm.dot_precision(precision):
+    with triton_mlstm.dot_precision(precision), triton_mlstm.launch_options(BARRIERS=barriers):
         actual = outputs_and_gradients(layer, "triton", x, hx, use_cells)
     assert_same(actual, expected)
 
@@ -91,11 +94,13 @@ def test_triton_without_gate_bias_and_with_full_tiles():
 
 
 @kernels
-@pytest.mark.parametrize("launch", [{}, {"K_STAGES": 1}, {"BLOCK_B": 32, "KC": 32, "K_STAGES": 3}])
+@pytest.mark.parametrize("launch", [{}, {"K_STAGES": 1}, {"BLOCK_B": 32, "KC": 32, "K_STAGES": 3},
+                                    {"BARRIERS": 1}, {"BARRIERS": 1, "BLOCK_B": 32, "KC": 32, "K_STAGES": 1}])
 def test_triton_over_several_chunks_and_tile_sizes(launch):
     """H = 40: the products take three chunks of 16 columns (default, the next chunk
     prefetched; or not) or two of 32, the last partly masked; 19 sequences fill part of
-    one tile of 32."""
+    one tile of 32. The same for the one-barrier kernels, whose loops over chunks of
+    the hidden units differ."""
     torch.manual_seed(2)
     layer = MLSTM(6, 40, batch_first=False).to(DEVICE)
     x = torch.randn(3, 19, 6, device=DEVICE)
@@ -111,13 +116,15 @@ def test_launch_options_are_checked_and_restored():
         with triton_mlstm.launch_options(BLOCK_H=64):
             pass
     for bad in (dict(SPLIT=3), dict(KC=8), dict(BLOCK_B=48), dict(num_warps=0), dict(K_STAGES=0),
-                dict(SPLIT=2.0), dict(SPLIT=True)):
+                dict(SPLIT=2.0), dict(SPLIT=True), dict(BARRIERS=3), dict(BARRIERS=True), dict(WAIT=2),
+                dict(WAIT=1.0)):
         (name, value), = bad.items()
-        with pytest.raises(ValueError, match=f"{name} must be .* got {value!r}"):
+        with pytest.raises(ValueError, match=rf"{name} must be .* got {re.escape(repr(value))}"):
             with triton_mlstm.launch_options(**bad):
                 pass
-    with triton_mlstm.launch_options(SPLIT=4, K_STAGES=3):  # valid ones pass
-        assert triton_mlstm._launch(120)["SPLIT"] == 4 and triton_mlstm._launch(120)["K_STAGES"] == 3
+    with triton_mlstm.launch_options(SPLIT=4, K_STAGES=3, BARRIERS=1, WAIT=0):  # valid ones pass
+        assert {k: triton_mlstm._launch(120)[k] for k in ("SPLIT", "K_STAGES", "BARRIERS", "WAIT")} == \
+            dict(SPLIT=4, K_STAGES=3, BARRIERS=1, WAIT=0)
     with pytest.raises(ValueError, match="SPLIT=4 leaves fewer than 16 of the 32 padded hidden units"):
         with triton_mlstm.launch_options(SPLIT=4):
             triton_mlstm._launch(20)
@@ -156,12 +163,15 @@ def test_kernels_fit_an_h100():
     the largest one 'auto' takes (256). The first version of the kernels asked for 664 KiB
     and spilled about 20 KB per thread."""
     try:
-        usage = {(H, batch): triton_mlstm.resource_usage(H, 90, batch, 132)
+        usage = {(H, batch, 2): triton_mlstm.resource_usage(H, 90, batch, 132)
                  for H in (120, triton_mlstm.MAX_AUTO_HIDDEN) for batch in (240, 10_000)}
+        with triton_mlstm.launch_options(BARRIERS=1):  # the one-barrier kernels, split
+            usage.update({(H, 240, 1): triton_mlstm.resource_usage(H, 90, 240, 132)
+                          for H in (120, triton_mlstm.MAX_AUTO_HIDDEN)})
     except (RuntimeError, FileNotFoundError, ImportError) as error:  # no ptxas / cuobjdump
         pytest.skip(f"cannot compile for sm_90 here: {error}")
     assert triton_mlstm._launch(120, 240, 132)["SPLIT"] == 8 and triton_mlstm._launch(120, 10_000, 132)["SPLIT"] == 1
-    for (H, batch), kernels_usage in usage.items():
+    for (H, batch, _), kernels_usage in usage.items():
         for kernel, resources in kernels_usage.items():
             assert resources["shared"] <= 227 * 1024, (H, kernel, resources)
             assert resources["registers"] <= 255, (H, kernel, resources)
@@ -183,15 +193,17 @@ def test_split_gives_every_program_a_multiprocessor():
 @pytest.mark.skipif(DEVICE != "cuda", reason="programs that wait for each other cannot run in the "
                                              "interpreter, which runs them one after another")
 @pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
-def test_split_kernels_equal_reference(hidden, split):
-    """Hidden units split across programs that meet at a barrier twice a step: outputs and
-    every gradient as the reference path's, with a masked second tile and padded units."""
+@pytest.mark.parametrize("barriers", [2, 1])
+def test_split_kernels_equal_reference(hidden, split, barriers):
+    """Hidden units split across programs that meet at a barrier twice a step (or once):
+    outputs and every gradient as the reference path's, with a masked second tile and
+    padded units."""
     torch.manual_seed(3)
     layer = MLSTM(7, hidden, batch_first=False).to(DEVICE)
     x = torch.randn(5, 19, 7, device=DEVICE)
     hx = (torch.randn(1, 19, hidden, device=DEVICE), torch.randn(1, 19, hidden, device=DEVICE))
     expected = outputs_and_gradients(layer, "reference", x, hx, True)
-    with triton_mlstm.launch_options(SPLIT=split):
+    with triton_mlstm.launch_options(SPLIT=split, BARRIERS=barriers):
         assert triton_mlstm._launch(hidden, 19, 132)["SPLIT"] == split
         actual = outputs_and_gradients(layer, "triton", x, hx, True)
     assert_same(actual, expected)
@@ -286,12 +298,18 @@ def test_kernels_index_with_int32_only_where_it_reaches():
 @pytest.mark.parametrize("kernel, flags", [("forward", {"HAS_B_MH": False}),
                                            ("backward", {"HAS_GRAD_HS": False}),
                                            ("backward", {"HAS_GRAD_CS": False})])
-def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags):
+@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}])
+def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     """The interpreter runs every branch as Python; here each variant (an optional input
-    absent) goes through Triton's GPU compiler down to sm_90 machine code, within the
-    shared memory a block may have."""
+    absent; one barrier a step; the timing-only barrier that does not wait) goes through
+    Triton's GPU compiler down to sm_90 machine code, split as for 32 sequences on an
+    H100, within the shared memory a block may have."""
     try:
-        compiled = triton_mlstm.compile_for(kernel, 16, arch=90, **flags)
+        with triton_mlstm.launch_options(**launch):
+            compiled = triton_mlstm.compile_for(kernel, 32, 90, 32, 132, **flags)
     except (RuntimeError, FileNotFoundError, ImportError) as error:
         pytest.skip(f"cannot compile for sm_90 here: {error}")
     assert compiled.asm["cubin"] and compiled.metadata.shared <= 227 * 1024
+    ptx = compiled.asm["ptx"]
+    barrier = re.search(r"red\.global\.gpu\.release\.add", ptx) and re.search(r"ld\.global\.gpu\.acquire", ptx)
+    assert bool(barrier) == (launch.get("WAIT", 1) == 1), "the programs wait at the barriers unless WAIT=0"
