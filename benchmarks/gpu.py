@@ -152,6 +152,8 @@ SWEEP = [
     (dict(BARRIERS=1, SPLIT=4), "tf32x3", "one barrier, 4 programs a tile (less redundant work)"),
     (dict(BARRIERS=1, SPLIT=2), "tf32x3", "one barrier, 2 programs a tile"),
     (dict(BARRIERS=1), "tf32", "one barrier, one TF32 product (the redundant product cheaper)"),
+    (dict(STATIC_H=1), "tf32x3", "H compiled in: 16-byte copies and vector loads at H = 120"),
+    (dict(BARRIERS=1, STATIC_H=1), "tf32x3", "one barrier, H compiled in"),
     ({}, "tf32", "one TF32 product"),
     (dict(K_STAGES=1), "tf32x3", "no prefetch (plain loads instead of asynchronous copies)"),
     (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),

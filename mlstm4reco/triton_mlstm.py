@@ -148,8 +148,10 @@ if triton is not None:
         """Columns ks of this program's rows of A, an (rows, H) slab in global memory with
         row stride a_stride. With SPLIT programs per tile, other programs wrote parts of
         A: a plain load reads it from L2, past this multiprocessor's L1 (``.cg``). In a
-        pipelined loop (K_STAGES > 1) Triton turns the load into a 4-byte asynchronous copy,
-        which can only be ``.ca`` (through L1); that is correct too, as any load after the
+        pipelined loop (K_STAGES > 1) Triton turns the load into an asynchronous copy: of
+        16 bytes and ``.cg`` where the compiler knows rows of H floats are 16-byte aligned
+        (H a multiple of 16, or compiled in: STATIC_H), else of 4 bytes, which can only be
+        ``.ca`` (through L1). That is correct too, as any load after the
         barrier is: by the PTX memory model, the acquire in :func:`_sync` followed by the
         block's ``bar.sync`` makes the other programs' writes visible to all its threads
         (as after CUDA's grid.sync)."""
@@ -274,7 +276,10 @@ if triton is not None:
         sync_ptr,  # (tiles,) zeroed counters of _sync
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
         PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+        STATIC_H: tl.constexpr,
     ):
+        if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+            H = STATIC_H
         BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
         rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
         count_ptr = sync_ptr + tl.program_id(0)
@@ -315,7 +320,10 @@ if triton is not None:
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
         K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+        STATIC_H: tl.constexpr,
     ):
+        if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+            H = STATIC_H
         BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
         rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
         count_ptr = sync_ptr + tl.program_id(0)
@@ -365,12 +373,15 @@ if triton is not None:
         own_ptr,  # (SPLIT, B, H): each program's copy of m_t
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
         PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+        STATIC_H: tl.constexpr,
     ):
         """:func:`_forward_kernel` with one barrier a step, not two: each of a tile's
         programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
         with W_hm done SPLIT times over, and reads it back from its own copy (through L1)
         for its slice of the gates; only h_t goes to the other programs, and what they
         never read (c_t, tanh c_t, the gates) is stored after the barrier."""
+        if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+            H = STATIC_H
         BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
         rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
         units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
@@ -411,6 +422,7 @@ if triton is not None:
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
         K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+        STATIC_H: tl.constexpr,
     ):
         """:func:`_backward_kernel` with one barrier a step, not two. The gradient of m_t,
         dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
@@ -422,6 +434,8 @@ if triton is not None:
         between two buffers, so that a program a step ahead never overwrites what a slower
         one still reads; the gate gradients, which no other program reads, are stored
         after the barrier."""
+        if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+            H = STATIC_H
         BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
         rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
         col_ok = cols < H
@@ -472,9 +486,9 @@ if triton is not None:
 
 
 _launch_overrides: dict[str, int] = {}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "num_warps", "num_stages")
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "num_warps", "num_stages")
 #: the options that take one of a few values
-CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1)}
+CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1)}
 
 
 @contextlib.contextmanager
@@ -486,7 +500,9 @@ def launch_options(**options: int):
     a step when the hidden units are split (1: :func:`_forward_one_barrier_kernel` and
     :func:`_backward_one_barrier_kernel`); WAIT 1, or 0 for programs that do not wait for
     each other at the barriers, which gives wrong results and is there to time what the
-    barriers cost) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
+    barriers cost; STATIC_H 0, or 1 to compile the hidden size into the kernels, one
+    compilation per size, so that Triton knows rows of H floats keep 16-byte alignment
+    and loads and stores them 16 bytes at a time) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
     tunes with. A layer's backward uses its forward's options."""
     unknown = set(options) - set(TUNABLE)
     if unknown:
@@ -541,11 +557,13 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
         SPLIT=split,  # programs per tile, each with BLOCK_H / SPLIT of the hidden units
         BARRIERS=barriers,  # a step (2: _forward_kernel and _backward_kernel)
         WAIT=1,  # at the barriers (0: for timing only)
+        STATIC_H=0,  # H a kernel argument (with launch_options(STATIC_H=1): H, compiled in)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
     launch.update(_launch_overrides)
+    launch["STATIC_H"] = H if launch["STATIC_H"] else 0  # the kernels' constant: the size itself
     if launch["KC"] > block_h:
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
     if block_j < 16:
@@ -594,8 +612,10 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     :class:`TritonMLSTM` would use for ``batch`` sequences on a GPU of ``multiprocessors``
     multiprocessors (the defaults: hidden units unsplit) and the optional inputs ``flags``
     (see :data:`KERNEL_FLAGS`; omitted ones present), on any machine: no GPU is needed,
-    Triton ships ``ptxas``. Returns Triton's compiled kernel (``.asm['ptx']``,
-    ``.metadata``...)."""
+    Triton ships ``ptxas``. Specialised as Triton's launcher would specialise it: every
+    pointer 16-byte aligned (as PyTorch allocates), B and H known to be multiples of 16
+    where they are (the number of steps is not). Returns Triton's compiled kernel
+    (``.asm['ptx']``, ``.metadata``...)."""
     if triton is None:
         raise RuntimeError("compiling the kernels needs Triton: pip install -e '.[triton]'")
     from triton.backends.compiler import GPUTarget
@@ -604,12 +624,15 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     options = _launch(hidden_size, batch, multiprocessors)
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT")},
+                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H")},
                  "PRECISION": _precision}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}
     signature.update({arg: "constexpr" for arg in constants})
-    source = ASTSource(fn=function, signature=signature,
+    multiple_of_16 = {"B": batch % 16 == 0, "H": hidden_size % 16 == 0}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(function.arg_names)
+               if arg.endswith("_ptr") or multiple_of_16.get(arg, False)}
+    source = ASTSource(fn=function, signature=signature, attrs=aligned,
                        constexprs={(function.arg_names.index(k),): v for k, v in constants.items()})
     keys = ("num_warps", "num_stages", "enable_fp_fusion", "launch_cooperative_grid")
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={k: options[k] for k in keys})
