@@ -154,6 +154,10 @@ SWEEP = [
     (dict(BARRIERS=1), "tf32", "one barrier, one TF32 product (the redundant product cheaper)"),
     (dict(STATIC_H=1), "tf32x3", "H compiled in: 16-byte copies and vector loads at H = 120"),
     (dict(BARRIERS=1, STATIC_H=1), "tf32x3", "one barrier, H compiled in"),
+    (dict(RESIDENT=1), "tf32x3", "weights loaded once (shared memory), one product a step"),
+    (dict(RESIDENT=1, STATIC_H=1), "tf32x3", "weights loaded once, H compiled in"),
+    (dict(RESIDENT=1, STATIC_H=1, num_warps=8), "tf32x3", "weights loaded once, H compiled in, 8 warps"),
+    (dict(RESIDENT=1, STATIC_H=1), "tf32", "weights loaded once, H compiled in, one TF32 product"),
     ({}, "tf32", "one TF32 product"),
     (dict(K_STAGES=1), "tf32x3", "no prefetch (plain loads instead of asynchronous copies)"),
     (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),
@@ -191,7 +195,7 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
           f"fwd {lstm_fwd * 1e3:.2f} ms); difference: of the output and x.grad from the fused path's")
     print(f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'fwd ms':>7} {'/LSTM':>6} {'difference':>10}  "
           f"configuration")
-    base = None
+    base, timed = None, []
     for options, precision, meaning in SWEEP:
         start = time.perf_counter()
         label = f"{options or 'defaults'} {precision}: {meaning}"
@@ -207,6 +211,12 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         worst = layers_module._largest_relative_difference(got, expected)
         print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
               f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)", flush=True)
+        if options.get("WAIT", 1) and worst <= 1e-3:  # what 'auto' would accept
+            timed.append((both, options, precision))
+    if timed:
+        both, options, precision = min(timed, key=lambda entry: entry[0])
+        print(f"fastest that agrees with fused to 1e-3: {options or 'defaults'} {precision}, {both * 1e3:.2f} ms, "
+              f"{both / lstm_both:.2f}x nn.LSTM")
 
 
 def implementation_mrr(device: torch.device, epochs: int, data_dir,

@@ -169,6 +169,16 @@ if triton is not None:
                            other=0.0)
 
     @triton.jit
+    def _gate_weights(w_ptr, H, cols, units, TRANSPOSED: tl.constexpr):
+        """All rows (units) of the four gates' W[:, cols] (transposed if TRANSPOSED), W the
+        (4H, H) stack of the gates' weights: :func:`_w_chunk` for each gate."""
+        unit_ok = units < H
+        return (_w_chunk(w_ptr, H, cols, units, unit_ok, TRANSPOSED),
+                _w_chunk(w_ptr + H * H, H, cols, units, unit_ok, TRANSPOSED),
+                _w_chunk(w_ptr + 2 * H * H, H, cols, units, unit_ok, TRANSPOSED),
+                _w_chunk(w_ptr + 3 * H * H, H, cols, units, unit_ok, TRANSPOSED))
+
+    @triton.jit
     def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H, cols,
                      TRANSPOSED: tl.constexpr, KC: tl.constexpr,
                      PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
@@ -276,7 +286,7 @@ if triton is not None:
         sync_ptr,  # (tiles,) zeroed counters of _sync
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
         PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-        STATIC_H: tl.constexpr,
+        STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
     ):
         if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
             H = STATIC_H
@@ -285,6 +295,10 @@ if triton is not None:
         count_ptr = sync_ptr + tl.program_id(0)
         c = tl.load(cs_ptr + state, mask=mask, other=0.0)
         b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_J,), tl.float32)
+        if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
+            units = tl.arange(0, BLOCK_H)
+            w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, True)
+            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, True)
         # disable_licm: the weight chunks are the same at every step, and hoisted out of the
         # loop they would all be live at once, in registers (that spilled)
         for t in tl.range(T, disable_licm=True):
@@ -293,16 +307,27 @@ if triton is not None:
             xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :]
             step = t * B * H + state
             mh = tl.zeros((BLOCK_B, BLOCK_J), tl.float32) + b_mh[None, :]
-            mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols,
-                              True, KC, PRECISION, K_STAGES, SPLIT)
+            if RESIDENT:
+                h_prev = _a_chunk(hs_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT)
+                mh = tl.dot(h_prev, w_hm, mh, input_precision=PRECISION)
+            else:
+                mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols,
+                                  True, KC, PRECISION, K_STAGES, SPLIT)
             m = tl.load(xp_row, mask=mask, other=0.0) * mh
             tl.store(mh_ptr + step, mh, mask=mask)
             tl.store(ms_ptr + step, m, mask=mask)
             _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT, WAIT)
             ms_t = ms_ptr + t * B * H
             x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
-            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
-                                                    KC, PRECISION, K_STAGES, SPLIT)
+            if RESIDENT:
+                m_all = _a_chunk(ms_t, H, rows, row_ok, units, units < H, SPLIT)
+                pre_i = tl.dot(m_all, w_i, x_i, input_precision=PRECISION)
+                pre_f = tl.dot(m_all, w_f, x_f, input_precision=PRECISION)
+                pre_g = tl.dot(m_all, w_g, x_g, input_precision=PRECISION)
+                pre_o = tl.dot(m_all, w_o, x_o, input_precision=PRECISION)
+            else:
+                pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
+                                                        KC, PRECISION, K_STAGES, SPLIT)
             i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
             tl.store(hs_ptr + B * H + step, h, mask=mask)
             tl.store(cs_ptr + B * H + step, c, mask=mask)
@@ -320,7 +345,7 @@ if triton is not None:
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
         K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-        STATIC_H: tl.constexpr,
+        STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
     ):
         if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
             H = STATIC_H
@@ -329,6 +354,10 @@ if triton is not None:
         count_ptr = sync_ptr + tl.program_id(0)
         dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
+            units = tl.arange(0, BLOCK_H)
+            w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
+            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, False)
         for step in tl.range(T, disable_licm=True):
             t = T - 1 - step
             dc, d_i, d_f, d_g, d_o, f = _step_gradients(
@@ -339,16 +368,33 @@ if triton is not None:
             _store_gates(grad_row + H, H, d_i, d_f, d_g, d_o, mask)
             _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
             dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-            dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
-                                    SPLIT)
+            if RESIDENT:
+                unit_ok = units < H
+                g_row = grad_xp_t + H
+                dm = tl.dot(_a_chunk(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_i, dm,
+                            input_precision=PRECISION)
+                dm = tl.dot(_a_chunk(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_f, dm,
+                            input_precision=PRECISION)
+                dm = tl.dot(_a_chunk(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_g, dm,
+                            input_precision=PRECISION)
+                dm = tl.dot(_a_chunk(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_o, dm,
+                            input_precision=PRECISION)
+            else:
+                dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
+                                        SPLIT)
             xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
             at = t * B * H + state
             mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
             tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
             tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
             _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
-            dh = _chunked_dot(tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32), grad_mh_ptr + t * B * H, H,
-                              rows, row_ok, w_hm_ptr, H, cols, False, KC, PRECISION, K_STAGES, SPLIT)
+            dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+            if RESIDENT:
+                dh = tl.dot(_a_chunk(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT), w_hm, dh,
+                            input_precision=PRECISION)
+            else:
+                dh = _chunked_dot(dh, grad_mh_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols, False, KC,
+                                  PRECISION, K_STAGES, SPLIT)
             dc = dc * f
         tl.store(grad_h0_ptr + state, dh, mask=mask)
         tl.store(grad_c0_ptr + state, dc, mask=mask)
@@ -486,9 +532,10 @@ if triton is not None:
 
 
 _launch_overrides: dict[str, int] = {}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "num_warps", "num_stages")
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "num_warps",
+           "num_stages")
 #: the options that take one of a few values
-CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1)}
+CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1)}
 
 
 @contextlib.contextmanager
@@ -502,7 +549,11 @@ def launch_options(**options: int):
     each other at the barriers, which gives wrong results and is there to time what the
     barriers cost; STATIC_H 0, or 1 to compile the hidden size into the kernels, one
     compilation per size, so that Triton knows rows of H floats keep 16-byte alignment
-    and loads and stores them 16 bytes at a time) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
+    and loads and stores them 16 bytes at a time; RESIDENT 0, or 1 for two-barrier kernels
+    that load each program's columns of the weights once, before the first step (Triton
+    keeps them in shared memory: 5 x BLOCK_H x BLOCK_H / SPLIT floats, which must fit),
+    and take each step's products in one piece instead of KC rows at a time) in place of
+    :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
     tunes with. A layer's backward uses its forward's options."""
     unknown = set(options) - set(TUNABLE)
     if unknown:
@@ -558,6 +609,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
         BARRIERS=barriers,  # a step (2: _forward_kernel and _backward_kernel)
         WAIT=1,  # at the barriers (0: for timing only)
         STATIC_H=0,  # H a kernel argument (with launch_options(STATIC_H=1): H, compiled in)
+        RESIDENT=0,  # the weights re-read at each step, KC rows at a time (1: loaded once; two barriers)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
@@ -568,6 +620,8 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
     if block_j < 16:
         raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
+    if launch["RESIDENT"] and barriers == 1:
+        raise ValueError("RESIDENT=1 is an option of the two-barrier kernels, not of BARRIERS=1")
     launch["launch_cooperative_grid"] = split > 1  # CUDA refuses a grid that is not all resident at once
     return launch
 
@@ -588,6 +642,8 @@ def _run(name: str, launch: dict, B: int, H: int, device: torch.device, *args, *
     extra = [torch.zeros(tiles, dtype=torch.int32, device=device)]
     options = dict(launch)
     barriers = options.pop("BARRIERS")
+    if barriers == 1:
+        del options["RESIDENT"]  # the two-barrier kernels' option
     if barriers == 1:  # the forward's copies of m_t, the backward's partial sums of dm
         extra.append(torch.empty(*(() if name == "forward" else (2,)), options["SPLIT"], B, H, device=device))
     if not options["launch_cooperative_grid"]:
@@ -624,7 +680,8 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     options = _launch(hidden_size, batch, multiprocessors)
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H")},
+                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
+                                             "RESIDENT") if k in function.arg_names},
                  "PRECISION": _precision}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}

@@ -34,7 +34,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b27 passed, 20 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b32 passed, 20 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -66,17 +66,18 @@ PRECISIONS = ("tf32x3", "ieee") if DEVICE == "cuda" else ("tf32x3",)
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("use_cells", [True, False])
-@pytest.mark.parametrize("barriers", [2, 1])
-def test_triton_equals_reference(multiplicative_bias, use_cells, precision, barriers):
-    """Both kernels of both kinds (two barriers a step, or one; unsplit here, so no
-    program waits for another) with every optional input present or absent."""
+@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"RESIDENT": 1}])
+def test_triton_equals_reference(multiplicative_bias, use_cells, precision, variant):
+    """Both kernels of each kind (two barriers a step, or one, or two with the weights
+    loaded once; unsplit here, so no program waits for another) with every optional input
+    present or absent."""
     torch.manual_seed(0)
     # 19 sequences: two tiles of 16, the second partly masked; H = 12 pads to 16
     layer = MLSTM(5, 12, num_layers=2, multiplicative_bias=multiplicative_bias, batch_first=False).to(DEVICE)
     x = torch.randn(4, 19, 5, device=DEVICE)
     hx = (torch.randn(2, 19, 12, device=DEVICE), torch.randn(2, 19, 12, device=DEVICE))
     expected = outputs_and_gradients(layer, "reference", x, hx, use_cells)
-    with triton_mlstm.dot_precision(precision), triton_mlstm.launch_options(BARRIERS=barriers):
+    with triton_mlstm.dot_precision(precision), triton_mlstm.launch_options(**variant):
         actual = outputs_and_gradients(layer, "triton", x, hx, use_cells)
     assert_same(actual, expected)
 
@@ -96,12 +97,12 @@ def test_triton_without_gate_bias_and_with_full_tiles():
 @kernels
 @pytest.mark.parametrize("launch", [{}, {"K_STAGES": 1}, {"BLOCK_B": 32, "KC": 32, "K_STAGES": 3},
                                     {"BARRIERS": 1}, {"BARRIERS": 1, "BLOCK_B": 32, "KC": 32, "K_STAGES": 1},
-                                    {"STATIC_H": 1}, {"STATIC_H": 1, "BARRIERS": 1}])
+                                    {"STATIC_H": 1}, {"STATIC_H": 1, "BARRIERS": 1}, {"RESIDENT": 1, "STATIC_H": 1}])
 def test_triton_over_several_chunks_and_tile_sizes(launch):
     """H = 40: the products take three chunks of 16 columns (default, the next chunk
     prefetched; or not) or two of 32, the last partly masked; 19 sequences fill part of
     one tile of 32. The same for the one-barrier kernels, whose loops over chunks of
-    the hidden units differ, and with H compiled in."""
+    the hidden units differ, with H compiled in, and with the weights loaded once."""
     torch.manual_seed(2)
     layer = MLSTM(6, 40, batch_first=False).to(DEVICE)
     x = torch.randn(3, 19, 6, device=DEVICE)
@@ -126,6 +127,9 @@ def test_launch_options_are_checked_and_restored():
     with triton_mlstm.launch_options(SPLIT=4, K_STAGES=3, BARRIERS=1, WAIT=0):  # valid ones pass
         assert {k: triton_mlstm._launch(120)[k] for k in ("SPLIT", "K_STAGES", "BARRIERS", "WAIT")} == \
             dict(SPLIT=4, K_STAGES=3, BARRIERS=1, WAIT=0)
+    with pytest.raises(ValueError, match="RESIDENT=1 is an option of the two-barrier kernels"):
+        with triton_mlstm.launch_options(RESIDENT=1, BARRIERS=1):
+            triton_mlstm._launch(120)
     with pytest.raises(ValueError, match="SPLIT=4 leaves fewer than 16 of the 32 padded hidden units"):
         with triton_mlstm.launch_options(SPLIT=4):
             triton_mlstm._launch(20)
@@ -171,6 +175,8 @@ def test_kernels_fit_an_h100():
             with triton_mlstm.launch_options(**options):
                 for H in (120, triton_mlstm.MAX_AUTO_HIDDEN):
                     usage[H, batch, str(options)] = triton_mlstm.resource_usage(H, 90, batch, 132)
+        with triton_mlstm.launch_options(RESIDENT=1, STATIC_H=1):  # weights in shared memory: H = 120 only
+            usage[120, 240, "resident"] = triton_mlstm.resource_usage(120, 90, 240, 132)
     except (RuntimeError, FileNotFoundError, ImportError) as error:  # no ptxas / cuobjdump
         pytest.skip(f"cannot compile for sm_90 here: {error}")
     assert triton_mlstm._launch(120, 240, 132)["SPLIT"] == 8 and triton_mlstm._launch(120, 10_000, 132)["SPLIT"] == 1
