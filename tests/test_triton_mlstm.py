@@ -2,10 +2,16 @@
 (TRITON_INTERPRET=1, tiny sizes) against the reference path; on a GPU, compiled.
 Skipped when Triton is not installed."""
 
+import contextlib
+import inspect
 import os
+import random
 import re
 import subprocess
 import sys
+import threading
+import time
+import types
 import warnings
 
 import pytest
@@ -34,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b32 passed, 28 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b40 passed, 28 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -199,8 +205,8 @@ def test_split_gives_every_program_a_multiprocessor():
                 assert triton_mlstm._split(block_h, tiles, multiprocessors) == max([1] + fits)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="programs that wait for each other cannot run in the "
-                                             "interpreter, which runs them one after another")
+@pytest.mark.skipif(DEVICE != "cuda", reason="compiled on a GPU; in the interpreter, "
+                                             "test_split_kernels_in_the_interpreter")
 @pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
 @pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1},
                                      {"RESIDENT": 1, "STATIC_H": 1}])
@@ -215,6 +221,97 @@ def test_split_kernels_equal_reference(hidden, split, variant):
     expected = outputs_and_gradients(layer, "reference", x, hx, True)
     with triton_mlstm.launch_options(SPLIT=split, **variant):
         assert triton_mlstm._launch(hidden, 19, 132)["SPLIT"] == split
+        actual = outputs_and_gradients(layer, "triton", x, hx, True)
+    assert_same(actual, expected)
+
+
+@contextlib.contextmanager
+def programs_at_once():
+    """Triton's interpreter runs a grid's programs one after another, so programs that
+    wait for each other at a barrier (the split kernels) would wait in vain. Within this
+    block it collects the grid's programs as it goes through them and, at the last,
+    runs them all at once, each in a thread of its own with its own program id (threads
+    take turns under the GIL; the barrier's counter is a real atomic in the interpreter,
+    and every program sees the others' stores at once, as after a barrier on a GPU)."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    if not all(callable(getattr(builder, name, None)) for name in ("set_grid_idx", "set_grid_dim")):
+        pytest.skip("this Triton's interpreter is not the one programs_at_once knows")
+    ids = threading.local()
+
+    class ThreadedBuilder(type(builder)):
+        grid_idx = property(lambda self: getattr(ids, "grid_idx", None),
+                            lambda self, value: setattr(ids, "grid_idx", value))
+
+        def create_masked_load(self, *args, **kwargs):  # some programs' loads lag: races show
+            if getattr(ids, "lag", None) is not None and ids.lag.random() < 0.1:
+                time.sleep(0.05)
+            return super().create_masked_load(*args, **kwargs)
+
+    original_call = interpreter.GridExecutor.__call__
+
+    def call(executor, *args, **kwargs):
+        kernel, programs, errors = executor.fn, [], []
+
+        def run(grid_idx, kwargs_):
+            ids.grid_idx = grid_idx
+            ids.lag = random.Random(str(grid_idx)) if sum(grid_idx) % 2 else None
+            try:
+                kernel(**kwargs_)
+            except BaseException as error:  # noqa: BLE001 - raised in the caller's thread below
+                errors.append(error)
+
+        def run_all():
+            threads = [threading.Thread(target=run, args=program) for program in programs]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0]
+
+        def collect(**kwargs_):
+            programs.append((builder.grid_idx, kwargs_))
+            if builder.grid_idx == tuple(n - 1 for n in builder.grid_dim):  # the last: run them all
+                run_all()
+
+        # the interpreter reads the kernel's signature and its module's globals (triton.language)
+        stand_in = types.FunctionType(collect.__code__, kernel.__globals__, kernel.__name__, None, collect.__closure__)
+        stand_in.__signature__ = inspect.signature(kernel)
+        executor.fn = stand_in
+        try:
+            return original_call(executor, *args, **kwargs)
+        finally:
+            executor.fn = kernel
+
+    previous_class, switch = builder.__class__, sys.getswitchinterval()
+    builder.__class__ = ThreadedBuilder
+    interpreter.GridExecutor.__call__ = call
+    sys.setswitchinterval(1e-4)  # waiting programs give the others their turn sooner
+    try:
+        yield
+    finally:
+        interpreter.GridExecutor.__call__ = original_call
+        builder.__class__ = previous_class
+        sys.setswitchinterval(switch)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs the split kernels' programs as threads in Triton's interpreter")
+@pytest.mark.parametrize("split", [2, 4])
+@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1},
+                                     {"RESIDENT": 1, "STATIC_H": 1}])
+def test_split_kernels_in_the_interpreter(split, variant):
+    """The split kernels (hidden units across programs that meet at barriers) on the CPU,
+    their programs run at once as threads (:func:`programs_at_once`): outputs and every
+    gradient as the reference path's; 19 sequences, two tiles, the second partly masked;
+    H = 40 pads to 64 (the last program's units partly padding)."""
+    torch.manual_seed(5)
+    layer = MLSTM(6, 40, batch_first=False)
+    x = torch.randn(3, 19, 6)
+    hx = (torch.randn(1, 19, 40), torch.randn(1, 19, 40))
+    expected = outputs_and_gradients(layer, "reference", x, hx, True)
+    with programs_at_once(), triton_mlstm.launch_options(SPLIT=split, **variant):
         actual = outputs_and_gradients(layer, "triton", x, hx, True)
     assert_same(actual, expected)
 
