@@ -158,6 +158,8 @@ SWEEP = [
     (dict(RESIDENT=1, STATIC_H=1), "tf32x3", "weights loaded once, H compiled in"),
     (dict(RESIDENT=1, STATIC_H=1, num_warps=8), "tf32x3", "weights loaded once, H compiled in, 8 warps"),
     (dict(RESIDENT=1, STATIC_H=1), "tf32", "weights loaded once, H compiled in, one TF32 product"),
+    (dict(BARRIERS=1, RESIDENT=1, STATIC_H=1), "tf32", "one barrier, weights loaded once, one TF32 product"),
+    (dict(BARRIERS=1, RESIDENT=1, STATIC_H=1, SPLIT=4), "tf32x3", "one barrier, weights loaded once, split 4"),
     ({}, "tf32", "one TF32 product"),
     (dict(K_STAGES=1), "tf32x3", "no prefetch (plain loads instead of asynchronous copies)"),
     (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),

@@ -169,14 +169,42 @@ if triton is not None:
                            other=0.0)
 
     @triton.jit
-    def _gate_weights(w_ptr, H, cols, units, TRANSPOSED: tl.constexpr):
-        """All rows (units) of the four gates' W[:, cols] (transposed if TRANSPOSED), W the
+    def _gate_weights(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
+        """Rows ks of each of the four gates' W[:, cols] (transposed if TRANSPOSED), W the
         (4H, H) stack of the gates' weights: :func:`_w_chunk` for each gate."""
-        unit_ok = units < H
-        return (_w_chunk(w_ptr, H, cols, units, unit_ok, TRANSPOSED),
-                _w_chunk(w_ptr + H * H, H, cols, units, unit_ok, TRANSPOSED),
-                _w_chunk(w_ptr + 2 * H * H, H, cols, units, unit_ok, TRANSPOSED),
-                _w_chunk(w_ptr + 3 * H * H, H, cols, units, unit_ok, TRANSPOSED))
+        return (_w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED),
+                _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, TRANSPOSED),
+                _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, TRANSPOSED),
+                _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, TRANSPOSED))
+
+    @triton.jit
+    def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B: tl.constexpr,
+                        BLOCK_H: tl.constexpr, RESIDENT: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+                        K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+        """b_mh + h_{t-1} @ W_hm^T[:, cols], h_{t-1} this program's rows of hs_t: in one
+        product from w_hm, W_hm^T[:, cols] loaded before the first step (RESIDENT), or
+        reading W_hm KC rows at a time (:func:`_chunked_dot`)."""
+        mh = tl.zeros((BLOCK_B, cols.shape[0]), tl.float32) + b_mh[None, :]
+        if RESIDENT:
+            units = tl.arange(0, BLOCK_H)
+            mh = tl.dot(_a_chunk(hs_t, H, rows, row_ok, units, units < H, SPLIT), w_hm, mh, input_precision=PRECISION)
+        else:
+            mh = _chunked_dot(mh, hs_t, H, rows, row_ok, w_hm_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
+        return mh
+
+    @triton.jit
+    def _gate_products(a, w_i, w_f, w_g, w_o, pre_i, pre_f, pre_g, pre_o, PRECISION: tl.constexpr):
+        """pre_gate + a @ w_gate for each of the four gates."""
+        return (tl.dot(a, w_i, pre_i, input_precision=PRECISION), tl.dot(a, w_f, pre_f, input_precision=PRECISION),
+                tl.dot(a, w_g, pre_g, input_precision=PRECISION), tl.dot(a, w_o, pre_o, input_precision=PRECISION))
+
+    @triton.jit
+    def _summed_gate_products(a_i, a_f, a_g, a_o, w_i, w_f, w_g, w_o, acc, PRECISION: tl.constexpr):
+        """acc + the sum over the four gates of a_gate @ w_gate."""
+        acc = tl.dot(a_i, w_i, acc, input_precision=PRECISION)
+        acc = tl.dot(a_f, w_f, acc, input_precision=PRECISION)
+        acc = tl.dot(a_g, w_g, acc, input_precision=PRECISION)
+        return tl.dot(a_o, w_o, acc, input_precision=PRECISION)
 
     @triton.jit
     def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H, cols,
@@ -295,10 +323,11 @@ if triton is not None:
         count_ptr = sync_ptr + tl.program_id(0)
         c = tl.load(cs_ptr + state, mask=mask, other=0.0)
         b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_J,), tl.float32)
-        if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
-            units = tl.arange(0, BLOCK_H)
+        units = tl.arange(0, BLOCK_H)
+        w_hm = w_hm_ptr  # the product reads its weights, KC rows at a time (_chunked_dot)...
+        if RESIDENT:  # ... or they are this program's columns of them, loaded once (into shared memory)
             w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, True)
-            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, True)
+            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
         # disable_licm: the weight chunks are the same at every step, and hoisted out of the
         # loop they would all be live at once, in registers (that spilled)
         for t in tl.range(T, disable_licm=True):
@@ -306,13 +335,8 @@ if triton is not None:
             # _chunked_dot: each barrier makes the tile's stores visible to all its threads
             xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :]
             step = t * B * H + state
-            mh = tl.zeros((BLOCK_B, BLOCK_J), tl.float32) + b_mh[None, :]
-            if RESIDENT:
-                h_prev = _a_chunk(hs_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT)
-                mh = tl.dot(h_prev, w_hm, mh, input_precision=PRECISION)
-            else:
-                mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols,
-                                  True, KC, PRECISION, K_STAGES, SPLIT)
+            mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B, BLOCK_H,
+                                 RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
             m = tl.load(xp_row, mask=mask, other=0.0) * mh
             tl.store(mh_ptr + step, mh, mask=mask)
             tl.store(ms_ptr + step, m, mask=mask)
@@ -320,11 +344,8 @@ if triton is not None:
             ms_t = ms_ptr + t * B * H
             x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
             if RESIDENT:
-                m_all = _a_chunk(ms_t, H, rows, row_ok, units, units < H, SPLIT)
-                pre_i = tl.dot(m_all, w_i, x_i, input_precision=PRECISION)
-                pre_f = tl.dot(m_all, w_f, x_f, input_precision=PRECISION)
-                pre_g = tl.dot(m_all, w_g, x_g, input_precision=PRECISION)
-                pre_o = tl.dot(m_all, w_o, x_o, input_precision=PRECISION)
+                pre_i, pre_f, pre_g, pre_o = _gate_products(_a_chunk(ms_t, H, rows, row_ok, units, units < H, SPLIT),
+                                                            w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
             else:
                 pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
                                                         KC, PRECISION, K_STAGES, SPLIT)
@@ -357,7 +378,7 @@ if triton is not None:
         if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
             units = tl.arange(0, BLOCK_H)
             w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
-            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, False)
+            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
         for step in tl.range(T, disable_licm=True):
             t = T - 1 - step
             dc, d_i, d_f, d_g, d_o, f = _step_gradients(
@@ -419,7 +440,7 @@ if triton is not None:
         own_ptr,  # (SPLIT, B, H): each program's copy of m_t
         HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
         PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-        STATIC_H: tl.constexpr,
+        STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
     ):
         """:func:`_forward_kernel` with one barrier a step, not two: each of a tile's
         programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
@@ -436,19 +457,25 @@ if triton is not None:
         c = tl.load(cs_ptr + state, mask=mask, other=0.0)
         b_mh = tl.load(b_mh_ptr + units, mask=units < H, other=0.0) if HAS_B_MH else \
             tl.zeros((BLOCK_H,), tl.float32)
+        w_hm = w_hm_ptr  # the product reads its weights, KC rows at a time (_chunked_dot)...
+        if RESIDENT:  # ... or all of W_hm and this program's columns of the gates' are loaded once
+            w_hm = _w_chunk(w_hm_ptr, H, units, units, units < H, True)
+            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
         for t in tl.range(T, disable_licm=True):
             xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
-            mh = tl.zeros((BLOCK_B, BLOCK_H), tl.float32) + b_mh[None, :]
-            mh = _chunked_dot(mh, hs_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, units,
-                              True, KC, PRECISION, K_STAGES, SPLIT)
+            mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, units, BLOCK_B, BLOCK_H,
+                                 RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
             m = tl.load(xp_row + units[None, :], mask=full, other=0.0) * mh
-            tl.store(own_m + all_state, m, mask=full)
             tl.store(mh_ptr + t * B * H + all_state, mh, mask=mine)
             tl.store(ms_ptr + t * B * H + all_state, m, mask=mine)
-            tl.debug_barrier()  # the program's own copy of m_t is written
             x_i, x_f, x_g, x_o = _load_gates(xp_row + H + cols[None, :], H, mask)
-            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, own_m, rows, row_ok, w_mh_ptr, H, cols,
-                                                    KC, PRECISION, K_STAGES, 1)  # 1: own writes, via L1
+            if RESIDENT:  # m_t straight from registers
+                pre_i, pre_f, pre_g, pre_o = _gate_products(m, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
+            else:
+                tl.store(own_m + all_state, m, mask=full)
+                tl.debug_barrier()  # the program's own copy of m_t is written
+                pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, own_m, rows, row_ok, w_mh_ptr, H, cols,
+                                                        KC, PRECISION, K_STAGES, 1)  # 1: own writes, via L1
             i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
             step = t * B * H + state
             tl.store(hs_ptr + B * H + step, h, mask=mask)
@@ -456,6 +483,31 @@ if triton is not None:
             tl.store(cs_ptr + B * H + step, c, mask=mask)
             tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
             _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
+
+    @triton.jit
+    def _summed_partials_dot(parts, xp_row, mh_t, grad_xp_row, grad_mh_t, rows, row_ok, cols, w_hm_ptr, B, H,
+                             BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KC: tl.constexpr,
+                             PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+        """:func:`_backward_one_barrier_kernel` after its barrier, KC units at a time: dm
+        summed from the SPLIT programs' partial sums (in a fixed order), the gradients of
+        m_t's two factors, stored for this program's units, and its columns of dh_{t-1},
+        which it returns."""
+        dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        for n in tl.range(0, H, KC, num_stages=K_STAGES):
+            ns = n + tl.arange(0, KC)
+            n_ok = ns < H
+            ok = row_ok[:, None] & n_ok[None, :]
+            at = rows[:, None] * H + ns[None, :]
+            dm = tl.zeros((BLOCK_B, KC), dtype=tl.float32)
+            for program in tl.static_range(SPLIT):
+                dm += tl.load(parts + program * B * H + at, mask=ok, other=0.0,
+                              cache_modifier=".cg" if SPLIT > 1 else "")
+            d_mh = dm * tl.load(xp_row + ns[None, :], mask=ok, other=0.0)
+            dh = tl.dot(d_mh, _w_chunk(w_hm_ptr, H, cols, ns, n_ok, False), dh, input_precision=PRECISION)
+            mine = ok & (ns // BLOCK_J == tl.program_id(1))[None, :]
+            tl.store(grad_xp_row + ns[None, :], dm * tl.load(mh_t + at, mask=mine, other=0.0), mask=mine)  # d/d xm
+            tl.store(grad_mh_t + at, d_mh, mask=mine)
+        return dh
 
     @triton.jit
     def _backward_one_barrier_kernel(
@@ -468,7 +520,7 @@ if triton is not None:
         HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
         K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-        STATIC_H: tl.constexpr,
+        STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
     ):
         """:func:`_backward_kernel` with one barrier a step, not two. The gradient of m_t,
         dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
@@ -488,43 +540,45 @@ if triton is not None:
         count_ptr = sync_ptr + tl.program_id(0)
         dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        if RESIDENT:  # the gates' weights in this program's rows, W_hm in its columns, loaded once
+            units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
+            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, units, cols, col_ok, False)
+            w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
         for step in tl.range(T, disable_licm=True):
             t = T - 1 - step
             dc, d_i, d_f, d_g, d_o, f = _step_gradients(
                 dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
                 HAS_GRAD_HS, HAS_GRAD_CS)
             parts = partial_ptr + (step % 2) * SPLIT * B * H
-            for n in tl.range(0, H, KC):  # units n.. of this program's partial sum
-                ns = n + tl.arange(0, KC)
-                n_ok = ns < H
-                part = tl.dot(d_i, _w_chunk(w_mh_ptr, H, ns, cols, col_ok, False),
-                              tl.zeros((BLOCK_B, KC), dtype=tl.float32), input_precision=PRECISION)
-                part = tl.dot(d_f, _w_chunk(w_mh_ptr + H * H, H, ns, cols, col_ok, False), part,
-                              input_precision=PRECISION)
-                part = tl.dot(d_g, _w_chunk(w_mh_ptr + 2 * H * H, H, ns, cols, col_ok, False), part,
-                              input_precision=PRECISION)
-                part = tl.dot(d_o, _w_chunk(w_mh_ptr + 3 * H * H, H, ns, cols, col_ok, False), part,
-                              input_precision=PRECISION)
-                tl.store(parts + tl.program_id(1) * B * H + rows[:, None] * H + ns[None, :], part,
-                         mask=row_ok[:, None] & n_ok[None, :])
+            if RESIDENT:
+                part = _summed_gate_products(d_i, d_f, d_g, d_o, w_i, w_f, w_g, w_o,
+                                             tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32), PRECISION)
+                tl.store(parts + tl.program_id(1) * B * H + all_state, part, mask=full)
+            else:
+                for n in tl.range(0, H, KC):  # units n.. of this program's partial sum
+                    ns = n + tl.arange(0, KC)
+                    p_i, p_f, p_g, p_o = _gate_weights(w_mh_ptr, H, ns, cols, col_ok, False)
+                    part = _summed_gate_products(d_i, d_f, d_g, d_o, p_i, p_f, p_g, p_o,
+                                                 tl.zeros((BLOCK_B, KC), dtype=tl.float32), PRECISION)
+                    tl.store(parts + tl.program_id(1) * B * H + rows[:, None] * H + ns[None, :], part,
+                             mask=row_ok[:, None] & (ns < H)[None, :])
             _sync(count_ptr, (step + 1) * SPLIT, SPLIT, WAIT)
             grad_xp_row = grad_xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
             xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
-            dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-            for n in tl.range(0, H, KC, num_stages=K_STAGES):
-                ns = n + tl.arange(0, KC)
-                n_ok = ns < H
-                ok = row_ok[:, None] & n_ok[None, :]
-                dm = tl.zeros((BLOCK_B, KC), dtype=tl.float32)
+            if RESIDENT:
+                dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
                 for program in tl.static_range(SPLIT):
-                    dm += tl.load(parts + program * B * H + rows[:, None] * H + ns[None, :], mask=ok, other=0.0,
+                    dm += tl.load(parts + program * B * H + all_state, mask=full, other=0.0,
                                   cache_modifier=".cg" if SPLIT > 1 else "")
-                d_mh = dm * tl.load(xp_row + ns[None, :], mask=ok, other=0.0)
-                dh = tl.dot(d_mh, _w_chunk(w_hm_ptr, H, cols, ns, n_ok, False), dh, input_precision=PRECISION)
-                mine = ok & (ns // BLOCK_J == tl.program_id(1))[None, :]
-                d_xm = dm * tl.load(mh_ptr + t * B * H + rows[:, None] * H + ns[None, :], mask=mine, other=0.0)
-                tl.store(grad_xp_row + ns[None, :], d_xm, mask=mine)  # d loss / d (W_mx x_t + b_mx)
-                tl.store(grad_mh_ptr + t * B * H + rows[:, None] * H + ns[None, :], d_mh, mask=mine)
+                d_mh = dm * tl.load(xp_row + units[None, :], mask=full, other=0.0)
+                dh = tl.dot(d_mh, w_hm, tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32), input_precision=PRECISION)
+                d_xm = dm * tl.load(mh_ptr + t * B * H + all_state, mask=mine, other=0.0)
+                tl.store(grad_xp_row + units[None, :], d_xm, mask=mine)  # d loss / d (W_mx x_t + b_mx)
+                tl.store(grad_mh_ptr + t * B * H + all_state, d_mh, mask=mine)
+            else:
+                dh = _summed_partials_dot(parts, xp_row, mh_ptr + t * B * H, grad_xp_row, grad_mh_ptr + t * B * H,
+                                          rows, row_ok, cols, w_hm_ptr, B, H, BLOCK_B, BLOCK_J, KC, PRECISION,
+                                          K_STAGES, SPLIT)
             _store_gates(grad_xp_row + H + cols[None, :], H, d_i, d_f, d_g, d_o, mask)
             dc = dc * f
         tl.store(grad_h0_ptr + state, dh, mask=mask)
@@ -549,11 +603,11 @@ def launch_options(**options: int):
     each other at the barriers, which gives wrong results and is there to time what the
     barriers cost; STATIC_H 0, or 1 to compile the hidden size into the kernels, one
     compilation per size, so that Triton knows rows of H floats keep 16-byte alignment
-    and loads and stores them 16 bytes at a time; RESIDENT 0, or 1 for two-barrier kernels
-    that load each program's columns of the weights once, before the first step (Triton
-    keeps them in shared memory: 5 x BLOCK_H x BLOCK_H / SPLIT floats, which must fit),
-    and take each step's products in one piece instead of KC rows at a time) in place of
-    :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
+    and loads and stores them 16 bytes at a time; RESIDENT 0, or 1 for kernels that load
+    the weights each program needs once, before the first step (Triton keeps them in
+    shared memory, which they must fit: 5 x BLOCK_H x BLOCK_H / SPLIT floats, with one
+    barrier BLOCK_H x BLOCK_H more in the forward), and take each step's products in one
+    piece instead of KC rows at a time) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
     tunes with. A layer's backward uses its forward's options."""
     unknown = set(options) - set(TUNABLE)
     if unknown:
@@ -609,7 +663,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
         BARRIERS=barriers,  # a step (2: _forward_kernel and _backward_kernel)
         WAIT=1,  # at the barriers (0: for timing only)
         STATIC_H=0,  # H a kernel argument (with launch_options(STATIC_H=1): H, compiled in)
-        RESIDENT=0,  # the weights re-read at each step, KC rows at a time (1: loaded once; two barriers)
+        RESIDENT=0,  # the weights re-read at each step, KC rows at a time (1: loaded once)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
@@ -620,8 +674,6 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
     if block_j < 16:
         raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
-    if launch["RESIDENT"] and barriers == 1:
-        raise ValueError("RESIDENT=1 is an option of the two-barrier kernels, not of BARRIERS=1")
     launch["launch_cooperative_grid"] = split > 1  # CUDA refuses a grid that is not all resident at once
     return launch
 
@@ -642,8 +694,6 @@ def _run(name: str, launch: dict, B: int, H: int, device: torch.device, *args, *
     extra = [torch.zeros(tiles, dtype=torch.int32, device=device)]
     options = dict(launch)
     barriers = options.pop("BARRIERS")
-    if barriers == 1:
-        del options["RESIDENT"]  # the two-barrier kernels' option
     if barriers == 1:  # the forward's copies of m_t, the backward's partial sums of dm
         extra.append(torch.empty(*(() if name == "forward" else (2,)), options["SPLIT"], B, H, device=device))
     if not options["launch_cooperative_grid"]:
@@ -681,7 +731,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
-                                             "RESIDENT") if k in function.arg_names},
+                                             "RESIDENT")},
                  "PRECISION": _precision}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}
