@@ -293,6 +293,8 @@ def main() -> None:
     if args.sweep_only:
         if working:
             sweep_launch_options(device, args.repeats)
+        else:
+            print("note: --sweep-only: nothing to sweep without the kernels on a GPU")
         return
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
     compare_layers(layers, device, args.repeats, 240, 100, 120)

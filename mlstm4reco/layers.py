@@ -564,9 +564,13 @@ class MLSTM(nn.Module):
     @classmethod
     def _layer_triton_or_fused(cls, cell, x_tm, h, c):
         """'auto' on a GPU: the Triton kernels where they passed :func:`_check_triton` on
-        this device for this shape of cell, else the fused path (one warning per verdict)."""
+        this device for this shape of cell under the launch options in force
+        (:func:`mlstm4reco.triton_mlstm.launch_options`), else the fused path (one warning
+        per verdict)."""
+        from mlstm4reco import triton_mlstm
+
         key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias is not None,
-               cell.multiplicative_bias)
+               cell.multiplicative_bias, tuple(sorted(triton_mlstm._launch_overrides.items())))
         if key not in _triton_verdicts:
             _triton_verdicts[key] = _check_triton(cell, x_tm.device)
             if _triton_verdicts[key] is not None:

@@ -396,7 +396,11 @@ def test_auto_uses_kernels_that_pass_their_check(monkeypatch):
         warnings.simplefilter("error")
         MLSTM._layer_triton_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
         MLSTM._layer_triton_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
-    assert calls == [(3, 19, 5), (4, 7, 5), (4, 7, 5)]  # the check's problem once, then each call
+        assert calls == [(3, 19, 5), (4, 7, 5), (4, 7, 5)]  # the check's problem once, then each call
+        with triton_mlstm.launch_options(BARRIERS=1):  # other kernels: checked before their first use
+            MLSTM._layer_triton_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
+        MLSTM._layer_triton_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
+    assert calls[3:] == [(3, 19, 5), (4, 7, 5), (4, 7, 5)]
 
 
 def test_kernels_index_with_int32_only_where_it_reaches():
