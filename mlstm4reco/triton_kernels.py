@@ -1,0 +1,534 @@
+"""The Triton kernels of :mod:`mlstm4reco.triton_mlstm`, the mLSTM's GPU path: the
+forward and the backward recurrence of one layer, each one persistent kernel.
+
+One program per tile of ``BLOCK_B`` sequences walks through all T steps, keeping the cell
+state (forward) or the running gradients (backward) in registers; the input projection of
+all steps comes in precomputed (``xp``: (T, B, 5H)), and the weight gradients are taken
+after the backward kernel, in PyTorch. Each tile's hidden units may be split across
+``SPLIT`` programs: each computes its slice of m_t, the gates and h_t (backward: of the
+gradients) from the whole previous state, which all of them have written, and they meet
+at a barrier on a counter in global memory (:func:`_sync`) twice a step
+(:func:`forward_kernel`, :func:`backward_kernel`). The grid must then be all resident
+(the launcher uses a cooperative launch).
+
+Each step's products with the recurrent weights are taken ``KC`` columns at a time
+(:func:`_chunked_dot`): the left operand (h_{t-1}, m_t, the gate gradients), which the
+program has just stored as an output anyway, is read back from global memory after a
+barrier, and the weights are re-read from the L1/L2 caches. Neither the weights nor a
+whole (BLOCK_B, H) x (H, H) product ever has to sit in registers, which is what the first
+version of these kernels did: compiled for an H100 it needed 664 KiB of shared memory
+(the limit is 227 KiB: it could not have launched) and spilled about 20 KB per thread.
+
+Variants, chosen by constexpr arguments (the launcher's ``launch_options``):
+:func:`forward_one_barrier_kernel` and :func:`backward_one_barrier_kernel` meet once a
+step (every program of a tile computes all of m_t; the gradient of m_t is summed from each
+program's partial product); ``RESIDENT`` loads the weights each program needs once,
+before the first step; ``STATIC_H`` compiles the hidden size in; ``WAIT=0`` (timing only)
+does not wait at the barriers.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _tanh(z):
+    return 2.0 * _sigmoid(2.0 * z) - 1.0
+
+
+@triton.jit
+def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
+    """This program's rows and its hidden columns (all of them, or its slice when the
+    hidden units are split across programs), which rows exist, the mask of a (rows,
+    columns) state and its offsets in a (B, H) slab."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    row_ok = rows < B
+    return rows, cols, row_ok, row_ok[:, None] & (cols < H)[None, :], rows[:, None] * H + cols[None, :]
+
+
+@triton.jit
+def _sync(count_ptr, arrivals, SPLIT: tl.constexpr, WAIT: tl.constexpr):
+    """A barrier for the SPLIT programs of one tile of rows, after whose stores the
+    other programs read (then through L2: ``.cg`` loads). ``count_ptr`` is the tile's
+    zeroed counter, ``arrivals`` how many programs will have arrived once this barrier
+    is passed (SPLIT times its number). The programs must all be resident: the
+    kernels are launched as a cooperative grid, which CUDA refuses otherwise. The wait
+    gives up after 2**16 polls (tens of milliseconds; the programs arrive within
+    microseconds) rather than hang (the results are then wrong, which
+    :func:`mlstm4reco.layers._check_triton` catches). Without WAIT the programs do not
+    wait for each other (wrong results: for timing what the barriers cost)."""
+    tl.debug_barrier()  # the program's own threads: their stores are done
+    if SPLIT > 1 and WAIT:
+        tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+        polls = 0
+        while (seen < arrivals) & (polls < 65536):
+            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+            polls += 1
+        tl.debug_barrier()
+
+
+@triton.jit
+def _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr):
+    """Columns ks of this program's rows of A, an (rows, H) slab in global memory with
+    row stride a_stride. With SPLIT programs per tile, other programs wrote parts of
+    A: a plain load reads it from L2, past this multiprocessor's L1 (``.cg``). In a
+    pipelined loop (K_STAGES > 1) Triton turns the load into an asynchronous copy: of
+    16 bytes and ``.cg`` where the compiler knows rows of H floats are 16-byte aligned
+    (H a multiple of 16, or compiled in: STATIC_H), else of 4 bytes, which can only be
+    ``.ca`` (through L1). That is correct too, as any load after the
+    barrier is: by the PTX memory model, the acquire in :func:`_sync` followed by the
+    block's ``bar.sync`` makes the other programs' writes visible to all its threads
+    (as after CUDA's grid.sync)."""
+    return tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                   other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
+
+
+@triton.jit
+def _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
+    """Rows ks of W[:, cols] (of W transposed if TRANSPOSED), W an (H, H) matrix."""
+    if TRANSPOSED:  # (k, j) -> W[j, k]
+        return tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=k_ok[:, None] & (cols < H)[None, :],
+                       other=0.0)
+    else:  # (k, j) -> W[k, j]
+        return tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=k_ok[:, None] & (cols < H)[None, :],
+                       other=0.0)
+
+
+@triton.jit
+def _gate_weights(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
+    """Rows ks of each of the four gates' W[:, cols] (transposed if TRANSPOSED), W the
+    (4H, H) stack of the gates' weights: :func:`_w_chunk` for each gate."""
+    return (_w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED),
+            _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, TRANSPOSED),
+            _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, TRANSPOSED),
+            _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, TRANSPOSED))
+
+
+@triton.jit
+def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B: tl.constexpr,
+                    BLOCK_H: tl.constexpr, RESIDENT: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+                    K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+    """b_mh + h_{t-1} @ W_hm^T[:, cols], h_{t-1} this program's rows of hs_t: in one
+    product from w_hm, W_hm^T[:, cols] loaded before the first step (RESIDENT), or
+    reading W_hm KC rows at a time (:func:`_chunked_dot`)."""
+    mh = tl.zeros((BLOCK_B, cols.shape[0]), tl.float32) + b_mh[None, :]
+    if RESIDENT:
+        units = tl.arange(0, BLOCK_H)
+        mh = tl.dot(_a_chunk(hs_t, H, rows, row_ok, units, units < H, SPLIT), w_hm, mh, input_precision=PRECISION)
+    else:
+        mh = _chunked_dot(mh, hs_t, H, rows, row_ok, w_hm_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
+    return mh
+
+
+@triton.jit
+def _gate_products(a, w_i, w_f, w_g, w_o, pre_i, pre_f, pre_g, pre_o, PRECISION: tl.constexpr):
+    """pre_gate + a @ w_gate for each of the four gates."""
+    return (tl.dot(a, w_i, pre_i, input_precision=PRECISION), tl.dot(a, w_f, pre_f, input_precision=PRECISION),
+            tl.dot(a, w_g, pre_g, input_precision=PRECISION), tl.dot(a, w_o, pre_o, input_precision=PRECISION))
+
+
+@triton.jit
+def _summed_gate_products(a_i, a_f, a_g, a_o, w_i, w_f, w_g, w_o, acc, PRECISION: tl.constexpr):
+    """acc + the sum over the four gates of a_gate @ w_gate."""
+    acc = tl.dot(a_i, w_i, acc, input_precision=PRECISION)
+    acc = tl.dot(a_f, w_f, acc, input_precision=PRECISION)
+    acc = tl.dot(a_g, w_g, acc, input_precision=PRECISION)
+    return tl.dot(a_o, w_o, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H, cols,
+                 TRANSPOSED: tl.constexpr, KC: tl.constexpr,
+                 PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+    """acc + A @ W[:, cols] (W transposed if TRANSPOSED), KC columns of A (rows of W)
+    at a time: the operands never sit whole in registers."""
+    for k in tl.range(0, H, KC, num_stages=K_STAGES):
+        ks = k + tl.arange(0, KC)
+        k_ok = ks < H
+        a = _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT)
+        acc = tl.dot(a, _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _gate_dots(pre_i, pre_f, pre_g, pre_o, a_ptr, rows, row_ok, w_ptr, H, cols,
+               KC: tl.constexpr, PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+    """The four gates' pre-activations plus M @ W_gate^T[:, cols], for M this program's
+    rows of an (rows, H) slab and W the (4H, H) stack of the gates' weights: each chunk
+    of M is read once for all four gates (it comes from L2; the weights from L1)."""
+    for k in tl.range(0, H, KC, num_stages=K_STAGES):
+        ks = k + tl.arange(0, KC)
+        k_ok = ks < H
+        a = _a_chunk(a_ptr, H, rows, row_ok, ks, k_ok, SPLIT)
+        pre_i = tl.dot(a, _w_chunk(w_ptr, H, cols, ks, k_ok, True), pre_i, input_precision=PRECISION)
+        pre_f = tl.dot(a, _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, True), pre_f, input_precision=PRECISION)
+        pre_g = tl.dot(a, _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, True), pre_g,
+                       input_precision=PRECISION)
+        pre_o = tl.dot(a, _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, True), pre_o,
+                       input_precision=PRECISION)
+    return pre_i, pre_f, pre_g, pre_o
+
+
+@triton.jit
+def _gate_gradient_dot(dm, g_ptr, rows, row_ok, w_ptr, H, cols,
+                       KC: tl.constexpr, PRECISION: tl.constexpr, K_STAGES: tl.constexpr,
+                       SPLIT: tl.constexpr):
+    """dm + sum over the gates of dGate @ W_gate[:, cols], dGate this program's rows of
+    the gate's (rows, H) block of a (rows, 5H) slab (g_ptr: the first gate's block),
+    W the (4H, H) stack: the four gates' chunks are loaded together, so that their
+    reads from L2 overlap."""
+    for k in tl.range(0, H, KC, num_stages=K_STAGES):
+        ks = k + tl.arange(0, KC)
+        k_ok = ks < H
+        for gate in tl.static_range(4):
+            a = _a_chunk(g_ptr + gate * H, 5 * H, rows, row_ok, ks, k_ok, SPLIT)
+            dm = tl.dot(a, _w_chunk(w_ptr + gate * H * H, H, cols, ks, k_ok, False), dm,
+                        input_precision=PRECISION)
+    return dm
+
+
+@triton.jit
+def _cell(pre_i, pre_f, pre_g, pre_o, c_prev):
+    """One LSTM cell update from the gates' pre-activations: the gates i, f, g, o, the
+    cell state c, tanh(c) and the hidden state h."""
+    i = _sigmoid(pre_i)
+    f = _sigmoid(pre_f)
+    g = _tanh(pre_g)
+    o = _sigmoid(pre_o)
+    c = f * c_prev + i * g
+    tanh_c = _tanh(c)
+    return i, f, g, o, c, tanh_c, o * tanh_c
+
+
+@triton.jit
+def _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev):
+    """:func:`_cell` backwards: from the gradients of h and c (dc: from later steps),
+    the gradient of c with h's share added, and those of the four pre-activations."""
+    dc += dh * o * (1.0 - tanh_c * tanh_c)
+    return dc, dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g), \
+        dh * tanh_c * o * (1.0 - o)
+
+
+@triton.jit
+def _step_gradients(dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask,
+                    state, HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr):
+    """The backward kernels' step t up to the gate gradients: the gradients of h_t and
+    c_t from later steps (dh, dc) plus the upstream ones, through :func:`_gate_gradients`
+    with the forward's saved gates, tanh c_t and c_{t-1}. Returns dc, the four gate
+    gradients and the forget gate (which carries dc on to step t - 1)."""
+    at = t * B * H + state
+    if HAS_GRAD_HS:
+        dh += tl.load(grad_hs_ptr + at, mask=mask, other=0.0)
+    if HAS_GRAD_CS:
+        dc += tl.load(grad_cs_ptr + at, mask=mask, other=0.0)
+    i, f, g, o = _load_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, mask)
+    tanh_c = tl.load(tanh_cs_ptr + at, mask=mask, other=0.0)
+    c_prev = tl.load(cs_ptr + at, mask=mask, other=0.0)  # cs[t] = c_{t-1}
+    dc, d_i, d_f, d_g, d_o = _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev)
+    return dc, d_i, d_f, d_g, d_o, f
+
+
+@triton.jit
+def _store_gates(ptr, gap, a, b, c, d, mask):
+    """a, b, c, d to ptr, ptr + gap, ptr + 2 gap, ptr + 3 gap (the gates' blocks of a row)."""
+    tl.store(ptr, a, mask=mask)
+    tl.store(ptr + gap, b, mask=mask)
+    tl.store(ptr + 2 * gap, c, mask=mask)
+    tl.store(ptr + 3 * gap, d, mask=mask)
+
+
+@triton.jit
+def _load_gates(ptr, gap, mask):
+    """What :func:`_store_gates` stored."""
+    return (tl.load(ptr, mask=mask, other=0.0), tl.load(ptr + gap, mask=mask, other=0.0),
+            tl.load(ptr + 2 * gap, mask=mask, other=0.0), tl.load(ptr + 3 * gap, mask=mask, other=0.0))
+
+
+@triton.jit
+def forward_kernel(
+    xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,  # (T, B, 5H), (H, H), (H,), (4H, H)
+    hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
+    T, B, H,
+    sync_ptr,  # (tiles,) zeroed counters of _sync
+    HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
+    PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+):
+    if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+        H = STATIC_H
+    BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+    count_ptr = sync_ptr + tl.program_id(0)
+    c = tl.load(cs_ptr + state, mask=mask, other=0.0)
+    b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_J,), tl.float32)
+    units = tl.arange(0, BLOCK_H)
+    w_hm = w_hm_ptr  # the product reads its weights, KC rows at a time (_chunked_dot)...
+    if RESIDENT:  # ... or they are this program's columns of them, loaded once (into shared memory)
+        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, True)
+        w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
+    # disable_licm: the weight chunks are the same at every step, and hoisted out of the
+    # loop they would all be live at once, in registers (that spilled)
+    for t in tl.range(T, disable_licm=True):
+        # h_{t-1} and m_t are read back from global memory, KC columns at a time, by
+        # _chunked_dot: each barrier makes the tile's stores visible to all its threads
+        xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :]
+        step = t * B * H + state
+        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B, BLOCK_H,
+                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
+        m = tl.load(xp_row, mask=mask, other=0.0) * mh
+        tl.store(mh_ptr + step, mh, mask=mask)
+        tl.store(ms_ptr + step, m, mask=mask)
+        _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT, WAIT)
+        ms_t = ms_ptr + t * B * H
+        x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
+        if RESIDENT:
+            pre_i, pre_f, pre_g, pre_o = _gate_products(_a_chunk(ms_t, H, rows, row_ok, units, units < H, SPLIT),
+                                                        w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
+        else:
+            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
+                                                    KC, PRECISION, K_STAGES, SPLIT)
+        i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
+        tl.store(hs_ptr + B * H + step, h, mask=mask)
+        tl.store(cs_ptr + B * H + step, c, mask=mask)
+        tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
+        _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
+        _sync(count_ptr, (2 * t + 2) * SPLIT, SPLIT, WAIT)
+
+
+@triton.jit
+def backward_kernel(
+    grad_hs_ptr, grad_cs_ptr,  # (T, B, H) each, when present
+    xp_ptr, acts_ptr, cs_ptr, tanh_cs_ptr, mh_ptr, w_hm_ptr, w_mh_ptr,
+    grad_xp_ptr, grad_mh_ptr, grad_h0_ptr, grad_c0_ptr,  # (T, B, 5H), (T, B, H), (B, H) x2
+    T, B, H,
+    sync_ptr,  # (tiles,) zeroed counters of _sync
+    HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+):
+    if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+        H = STATIC_H
+    BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+    count_ptr = sync_ptr + tl.program_id(0)
+    dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+    dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+    if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
+        units = tl.arange(0, BLOCK_H)
+        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
+        w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
+    for step in tl.range(T, disable_licm=True):
+        t = T - 1 - step
+        dc, d_i, d_f, d_g, d_o, f = _step_gradients(
+            dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
+            HAS_GRAD_HS, HAS_GRAD_CS)
+        grad_xp_t = grad_xp_ptr + t * B * 5 * H
+        grad_row = grad_xp_t + rows[:, None] * 5 * H + cols[None, :]
+        _store_gates(grad_row + H, H, d_i, d_f, d_g, d_o, mask)
+        _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
+        dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        if RESIDENT:
+            unit_ok = units < H
+            g_row = grad_xp_t + H
+            dm = tl.dot(_a_chunk(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_i, dm,
+                        input_precision=PRECISION)
+            dm = tl.dot(_a_chunk(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_f, dm,
+                        input_precision=PRECISION)
+            dm = tl.dot(_a_chunk(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_g, dm,
+                        input_precision=PRECISION)
+            dm = tl.dot(_a_chunk(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_o, dm,
+                        input_precision=PRECISION)
+        else:
+            dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
+                                    SPLIT)
+        xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
+        at = t * B * H + state
+        mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
+        tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
+        tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
+        _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
+        dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+        if RESIDENT:
+            dh = tl.dot(_a_chunk(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT), w_hm, dh,
+                        input_precision=PRECISION)
+        else:
+            dh = _chunked_dot(dh, grad_mh_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols, False, KC,
+                              PRECISION, K_STAGES, SPLIT)
+        dc = dc * f
+    tl.store(grad_h0_ptr + state, dh, mask=mask)
+    tl.store(grad_c0_ptr + state, dc, mask=mask)
+
+
+@triton.jit
+def _all_units(rows, row_ok, H, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr):
+    """All hidden units, the mask of a (rows, all units) state, the part of it that
+    is this program's slice (its columns of the split), and its offsets in a (B, H)
+    slab."""
+    units = tl.arange(0, BLOCK_H)
+    full = row_ok[:, None] & (units < H)[None, :]
+    mine = full & (units // BLOCK_J == tl.program_id(1))[None, :]
+    return units, full, mine, rows[:, None] * H + units[None, :]
+
+
+@triton.jit
+def forward_one_barrier_kernel(
+    xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,
+    hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,
+    T, B, H,
+    sync_ptr,
+    own_ptr,  # (SPLIT, B, H): each program's copy of m_t
+    HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
+    PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+):
+    """:func:`forward_kernel` with one barrier a step, not two: each of a tile's
+    programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
+    with W_hm done SPLIT times over, and reads it back from its own copy (through L1)
+    for its slice of the gates; only h_t goes to the other programs, and what they
+    never read (c_t, tanh c_t, the gates) is stored after the barrier."""
+    if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+        H = STATIC_H
+    BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+    units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
+    count_ptr = sync_ptr + tl.program_id(0)
+    own_m = own_ptr + tl.program_id(1) * B * H
+    c = tl.load(cs_ptr + state, mask=mask, other=0.0)
+    b_mh = tl.load(b_mh_ptr + units, mask=units < H, other=0.0) if HAS_B_MH else \
+        tl.zeros((BLOCK_H,), tl.float32)
+    w_hm = w_hm_ptr  # the product reads its weights, KC rows at a time (_chunked_dot)...
+    if RESIDENT:  # ... or all of W_hm and this program's columns of the gates' are loaded once
+        w_hm = _w_chunk(w_hm_ptr, H, units, units, units < H, True)
+        w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
+    for t in tl.range(T, disable_licm=True):
+        xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, units, BLOCK_B, BLOCK_H,
+                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
+        m = tl.load(xp_row + units[None, :], mask=full, other=0.0) * mh
+        tl.store(mh_ptr + t * B * H + all_state, mh, mask=mine)
+        tl.store(ms_ptr + t * B * H + all_state, m, mask=mine)
+        x_i, x_f, x_g, x_o = _load_gates(xp_row + H + cols[None, :], H, mask)
+        if RESIDENT:  # m_t straight from registers
+            pre_i, pre_f, pre_g, pre_o = _gate_products(m, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
+        else:
+            tl.store(own_m + all_state, m, mask=full)
+            tl.debug_barrier()  # the program's own copy of m_t is written
+            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, own_m, rows, row_ok, w_mh_ptr, H, cols,
+                                                    KC, PRECISION, K_STAGES, 1)  # 1: own writes, via L1
+        i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
+        step = t * B * H + state
+        tl.store(hs_ptr + B * H + step, h, mask=mask)
+        _sync(count_ptr, (t + 1) * SPLIT, SPLIT, WAIT)
+        tl.store(cs_ptr + B * H + step, c, mask=mask)
+        tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
+        _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
+
+
+@triton.jit
+def _summed_partials_dot(parts, xp_row, mh_t, grad_xp_row, grad_mh_t, rows, row_ok, cols, w_hm_ptr, B, H,
+                         BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KC: tl.constexpr,
+                         PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+    """:func:`backward_one_barrier_kernel` after its barrier, KC units at a time: dm
+    summed from the SPLIT programs' partial sums (in a fixed order), the gradients of
+    m_t's two factors, stored for this program's units, and its columns of dh_{t-1},
+    which it returns."""
+    dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+    for n in tl.range(0, H, KC, num_stages=K_STAGES):
+        ns = n + tl.arange(0, KC)
+        n_ok = ns < H
+        ok = row_ok[:, None] & n_ok[None, :]
+        at = rows[:, None] * H + ns[None, :]
+        dm = tl.zeros((BLOCK_B, KC), dtype=tl.float32)
+        for program in tl.static_range(SPLIT):
+            dm += tl.load(parts + program * B * H + at, mask=ok, other=0.0,
+                          cache_modifier=".cg" if SPLIT > 1 else "")
+        d_mh = dm * tl.load(xp_row + ns[None, :], mask=ok, other=0.0)
+        dh = tl.dot(d_mh, _w_chunk(w_hm_ptr, H, cols, ns, n_ok, False), dh, input_precision=PRECISION)
+        mine = ok & (ns // BLOCK_J == tl.program_id(1))[None, :]
+        tl.store(grad_xp_row + ns[None, :], dm * tl.load(mh_t + at, mask=mine, other=0.0), mask=mine)  # d/d xm
+        tl.store(grad_mh_t + at, d_mh, mask=mine)
+    return dh
+
+
+@triton.jit
+def backward_one_barrier_kernel(
+    grad_hs_ptr, grad_cs_ptr,
+    xp_ptr, acts_ptr, cs_ptr, tanh_cs_ptr, mh_ptr, w_hm_ptr, w_mh_ptr,
+    grad_xp_ptr, grad_mh_ptr, grad_h0_ptr, grad_c0_ptr,
+    T, B, H,
+    sync_ptr,
+    partial_ptr,  # (2, SPLIT, B, H): each program's share of dm, by the step's parity
+    HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+):
+    """:func:`backward_kernel` with one barrier a step, not two. The gradient of m_t,
+    dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
+    inner dimension) instead of over its columns: each program multiplies its own
+    slice of the gate gradients, which it has just computed, by its rows of the
+    weights and stores the (rows, all units) partial sum, KC units at a time; after
+    the barrier, each adds up the SPLIT partial sums (in a fixed order), KC units at a
+    time, and takes its slice of dh_{t-1} from them. The partial sums alternate
+    between two buffers, so that a program a step ahead never overwrites what a slower
+    one still reads; the gate gradients, which no other program reads, are stored
+    after the barrier."""
+    if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
+        H = STATIC_H
+    BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
+    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+    col_ok = cols < H
+    count_ptr = sync_ptr + tl.program_id(0)
+    dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+    dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+    if RESIDENT:  # the gates' weights in this program's rows, W_hm in its columns, loaded once
+        units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
+        w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, units, cols, col_ok, False)
+        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
+    for step in tl.range(T, disable_licm=True):
+        t = T - 1 - step
+        dc, d_i, d_f, d_g, d_o, f = _step_gradients(
+            dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
+            HAS_GRAD_HS, HAS_GRAD_CS)
+        parts = partial_ptr + (step % 2) * SPLIT * B * H
+        if RESIDENT:
+            part = _summed_gate_products(d_i, d_f, d_g, d_o, w_i, w_f, w_g, w_o,
+                                         tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32), PRECISION)
+            tl.store(parts + tl.program_id(1) * B * H + all_state, part, mask=full)
+        else:
+            for n in tl.range(0, H, KC):  # units n.. of this program's partial sum
+                ns = n + tl.arange(0, KC)
+                p_i, p_f, p_g, p_o = _gate_weights(w_mh_ptr, H, ns, cols, col_ok, False)
+                part = _summed_gate_products(d_i, d_f, d_g, d_o, p_i, p_f, p_g, p_o,
+                                             tl.zeros((BLOCK_B, KC), dtype=tl.float32), PRECISION)
+                tl.store(parts + tl.program_id(1) * B * H + rows[:, None] * H + ns[None, :], part,
+                         mask=row_ok[:, None] & (ns < H)[None, :])
+        _sync(count_ptr, (step + 1) * SPLIT, SPLIT, WAIT)
+        grad_xp_row = grad_xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+        xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+        if RESIDENT:
+            dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+            for program in tl.static_range(SPLIT):
+                dm += tl.load(parts + program * B * H + all_state, mask=full, other=0.0,
+                              cache_modifier=".cg" if SPLIT > 1 else "")
+            d_mh = dm * tl.load(xp_row + units[None, :], mask=full, other=0.0)
+            dh = tl.dot(d_mh, w_hm, tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32), input_precision=PRECISION)
+            d_xm = dm * tl.load(mh_ptr + t * B * H + all_state, mask=mine, other=0.0)
+            tl.store(grad_xp_row + units[None, :], d_xm, mask=mine)  # d loss / d (W_mx x_t + b_mx)
+            tl.store(grad_mh_ptr + t * B * H + all_state, d_mh, mask=mine)
+        else:
+            dh = _summed_partials_dot(parts, xp_row, mh_ptr + t * B * H, grad_xp_row, grad_mh_ptr + t * B * H,
+                                      rows, row_ok, cols, w_hm_ptr, B, H, BLOCK_B, BLOCK_J, KC, PRECISION,
+                                      K_STAGES, SPLIT)
+        _store_gates(grad_xp_row + H + cols[None, :], H, d_i, d_f, d_g, d_o, mask)
+        dc = dc * f
+    tl.store(grad_h0_ptr + state, dh, mask=mask)
+    tl.store(grad_c0_ptr + state, dc, mask=mask)
