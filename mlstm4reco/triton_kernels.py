@@ -42,14 +42,15 @@ def _tanh(z):
 
 
 @triton.jit
-def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
+def _tile(B, H, sync_ptr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
     """This program's rows and its hidden columns (all of them, or its slice when the
     hidden units are split across programs), which rows exist, the mask of a (rows,
-    columns) state and its offsets in a (B, H) slab."""
+    columns) state, its offsets in a (B, H) slab, and its tile's barrier counter."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
     row_ok = rows < B
-    return rows, cols, row_ok, row_ok[:, None] & (cols < H)[None, :], rows[:, None] * H + cols[None, :]
+    return (rows, cols, row_ok, row_ok[:, None] & (cols < H)[None, :], rows[:, None] * H + cols[None, :],
+            sync_ptr + tl.program_id(0))
 
 
 @triton.jit
@@ -264,8 +265,7 @@ def forward_kernel(
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
-    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
-    count_ptr = sync_ptr + tl.program_id(0)
+    rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     c = tl.load(cs_ptr + state, mask=mask, other=0.0)
     b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_J,), tl.float32)
     units = tl.arange(0, BLOCK_H)
@@ -317,8 +317,7 @@ def backward_kernel(
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
-    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
-    count_ptr = sync_ptr + tl.program_id(0)
+    rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
     dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
     if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
@@ -397,9 +396,8 @@ def forward_one_barrier_kernel(
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
-    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+    rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
-    count_ptr = sync_ptr + tl.program_id(0)
     own_m = own_ptr + tl.program_id(1) * B * H
     c = tl.load(cs_ptr + state, mask=mask, other=0.0)
     b_mh = tl.load(b_mh_ptr + units, mask=units < H, other=0.0) if HAS_B_MH else \
@@ -484,9 +482,8 @@ def backward_one_barrier_kernel(
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
-    rows, cols, row_ok, mask, state = _tile(B, H, BLOCK_B, BLOCK_J)
+    rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     col_ok = cols < H
-    count_ptr = sync_ptr + tl.program_id(0)
     dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
     dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
     if RESIDENT:  # the gates' weights in this program's rows, W_hm in its columns, loaded once
