@@ -102,22 +102,27 @@ CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (
 
 @contextlib.contextmanager
 def launch_options(**options: int):
-    """Within the block, the kernels launch with these tile sizes and options (any of
-    :data:`TUNABLE`: BLOCK_B, KC, SPLIT and num_warps powers of two, at least 16 for
-    BLOCK_B and KC, KC at most the padded hidden size, at least 16 hidden units per program
-    of a SPLIT; K_STAGES and num_stages at least 1; BARRIERS 2 or 1, the kernels' barriers
-    a step when the hidden units are split (1:
-    :func:`~mlstm4reco.triton_kernels.forward_one_barrier_kernel` and
-    :func:`~mlstm4reco.triton_kernels.backward_one_barrier_kernel`); WAIT 1, or 0 for programs that do not wait for
-    each other at the barriers, which gives wrong results and is there to time what the
-    barriers cost; STATIC_H 0, or 1 to compile the hidden size into the kernels, one
-    compilation per size, so that Triton knows rows of H floats keep 16-byte alignment
-    and loads and stores them 16 bytes at a time; RESIDENT 0, or 1 for kernels that load
-    the weights each program needs once, before the first step (Triton keeps them in
-    shared memory, which they must fit: 5 x BLOCK_H x BLOCK_H / SPLIT floats, with one
-    barrier BLOCK_H x BLOCK_H more in the forward), and take each step's products in one
-    piece instead of KC rows at a time) in place of :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep``
-    tunes with. A layer's backward uses its forward's options."""
+    """Within the block, the kernels launch with these tile sizes and options in place of
+    :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep`` tunes with. A layer's
+    backward uses its forward's options. Any of :data:`TUNABLE`:
+
+    - BLOCK_B, KC, SPLIT, num_warps: powers of two, at least 16 for BLOCK_B and KC, KC at
+      most the padded hidden size, at least 16 hidden units per program of a SPLIT;
+      K_STAGES, num_stages: at least 1.
+    - BARRIERS: 2, or 1 for the kernels that meet once a step when the hidden units are
+      split (:func:`~mlstm4reco.triton_kernels.forward_one_barrier_kernel`,
+      :func:`~mlstm4reco.triton_kernels.backward_one_barrier_kernel`).
+    - WAIT: 1, or 0 for programs that do not wait for each other at the barriers: wrong
+      results, there to time what the barriers cost.
+    - STATIC_H: 0, or 1 to compile the hidden size into the kernels (one compilation per
+      size), so that Triton knows rows of H floats keep 16-byte alignment and loads and
+      stores them 16 bytes at a time.
+    - RESIDENT: 0, or 1 for kernels that load the weights each program needs once, before
+      the first step (Triton keeps them in shared memory, which they must fit: 5 x
+      BLOCK_H x BLOCK_H / SPLIT floats, and with one barrier BLOCK_H x BLOCK_H more in
+      the forward), and take each step's products in one piece instead of KC rows at a
+      time.
+    """
     unknown = set(options) - set(TUNABLE)
     if unknown:
         raise ValueError(f"launch_options takes {TUNABLE}, got {sorted(unknown)}")
@@ -197,8 +202,8 @@ def _kernel(name: str, barriers: int):
 def _run(name: str, launch: dict, B: int, H: int, device: torch.device, *args, **flags) -> None:
     """Launch the ``'forward'`` or ``'backward'`` kernel (:func:`_kernel`) over the tiles
     of B sequences (times the split of their hidden units), with zeroed barrier counters
-    and, for the one-barrier backward, the buffers of its partial sums, as ``launch``
-    says."""
+    and, for the one-barrier kernels, the forward's copies of m_t or the backward's
+    buffers of partial sums, as ``launch`` says."""
     tiles = triton.cdiv(B, launch["BLOCK_B"])
     extra = [torch.zeros(tiles, dtype=torch.int32, device=device)]
     options = dict(launch)
