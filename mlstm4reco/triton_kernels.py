@@ -334,7 +334,7 @@ def backward_kernel(
         _store_gates(grad_row + H, H, d_i, d_f, d_g, d_o, mask)
         _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
         dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-        if RESIDENT:
+        if RESIDENT:  # each gate's gradient block loaded just before its product (all four at once: spills)
             unit_ok = units < H
             g_row = grad_xp_t + H
             dm = tl.dot(_a_chunk(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_i, dm,
@@ -391,8 +391,9 @@ def forward_one_barrier_kernel(
     """:func:`forward_kernel` with one barrier a step, not two: each of a tile's
     programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
     with W_hm done SPLIT times over, and reads it back from its own copy (through L1)
-    for its slice of the gates; only h_t goes to the other programs, and what they
-    never read (c_t, tanh c_t, the gates) is stored after the barrier."""
+    for its slice of the gates (RESIDENT: takes it straight from registers); only h_t
+    goes to the other programs, and what they never read (c_t, tanh c_t, the gates) is
+    stored after the barrier."""
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
