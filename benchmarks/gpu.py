@@ -40,7 +40,7 @@ from mlstm4reco.layers import MLSTM
 from mlstm4reco.search import config_path, load_config, load_dataset, model_arguments, protocol_split
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 
-from layers import compare_layers, median_seconds  # benchmarks/layers.py
+from layers import compare_layers, layer_seconds, median_seconds, step  # benchmarks/layers.py
 
 
 def best_arguments(model: str) -> dict:
@@ -176,22 +176,9 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     layer = MLSTM(dim, dim).to(device)
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, dim, device=device)
-
-    def step(module):
-        x.grad = None
-        out, _ = module(x)
-        out.backward(grad)
-        return out.detach(), x.grad
-
-    def forward(module):
-        with torch.no_grad():
-            module(x)
-
-    lstm = nn.LSTM(dim, dim, batch_first=True).to(device)
-    lstm_both, lstm_fwd = (median_seconds(lambda: step(lstm), device, repeats),
-                           median_seconds(lambda: forward(lstm), device, repeats))
+    lstm_both, lstm_fwd = layer_seconds(nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device, repeats)
     layer.implementation = "fused"
-    expected = step(layer)
+    expected = step(layer, x, grad)
     layer.implementation = "triton"
     print(f"Triton layer under other launch options (nn.LSTM here: fwd+bwd {lstm_both * 1e3:.2f} ms, "
           f"fwd {lstm_fwd * 1e3:.2f} ms); difference: of the output and x.grad from the fused path's")
@@ -203,9 +190,8 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         label = f"{options or 'defaults'} {precision}: {meaning}"
         try:
             with triton_mlstm.launch_options(**options), triton_mlstm.dot_precision(precision):
-                both = median_seconds(lambda: step(layer), device, repeats)
-                fwd = median_seconds(lambda: forward(layer), device, repeats)
-                got = step(layer)
+                both, fwd = layer_seconds(layer, x, grad, device, repeats)
+                got = step(layer, x, grad)
         except Exception as error:  # noqa: BLE001 - a configuration that does not build
             print(f"  failed ({type(error).__name__}: {str(error)[:120]}): {label}", flush=True)
             continue

@@ -38,6 +38,27 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> f
     return statistics.median(times)
 
 
+def step(layer, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward+backward of ``layer`` on ``x`` (which requires grad) with upstream
+    gradient ``grad``: the output and the input gradient."""
+    x.grad = None
+    out, _ = layer(x)
+    out.backward(grad)
+    return out.detach(), x.grad
+
+
+def layer_seconds(layer, x: torch.Tensor, grad: torch.Tensor, device: torch.device,
+                  repeats: int) -> tuple[float, float]:
+    """Median forward+backward and forward-only time of ``layer`` on ``x``."""
+
+    def forward_only():
+        with torch.no_grad():
+            layer(x)
+
+    return (median_seconds(lambda: step(layer, x, grad), device, repeats),
+            median_seconds(forward_only, device, repeats))
+
+
 def compare_layers(layers: dict, device: torch.device, repeats: int, batch: int, seq: int,
                    dim: int) -> None:
     """Print forward+backward and forward-only medians of each layer, with ratios to the
@@ -48,18 +69,7 @@ def compare_layers(layers: dict, device: torch.device, repeats: int, batch: int,
     print(f"{'layer':<18}{'fwd+bwd ms':>12}{'ratio':>8}{'fwd ms':>10}{'ratio':>8}")
     base = {}
     for name, layer in layers.items():
-        layer.to(device)
-
-        def step():
-            out, _ = layer(x)
-            out.backward(grad)
-
-        def forward_only():
-            with torch.no_grad():
-                layer(x)
-
-        both = median_seconds(step, device, repeats)
-        fwd = median_seconds(forward_only, device, repeats)
+        both, fwd = layer_seconds(layer.to(device), x, grad, device, repeats)
         base.setdefault("both", both)
         base.setdefault("fwd", fwd)
         print(f"{name:<18}{both * 1e3:>12.1f}{both / base['both']:>7.2f}x"
