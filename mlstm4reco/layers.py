@@ -570,7 +570,7 @@ class MLSTM(nn.Module):
         from mlstm4reco import triton_mlstm
 
         key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias is not None,
-               cell.multiplicative_bias, tuple(sorted(triton_mlstm._launch_overrides.items())))
+               cell.multiplicative_bias, triton_mlstm.overrides_key())
         if key not in _triton_verdicts:
             _triton_verdicts[key] = _check_triton(cell, x_tm.device)
             if _triton_verdicts[key] is not None:

@@ -93,18 +93,42 @@ if triton is not None:
     from mlstm4reco import triton_kernels
 
 
-_launch_overrides: dict[str, int] = {}
+#: the kernels whose launches :func:`launch_options` sets, each on its own or both at once
+KERNELS = ("forward", "backward")
+_launch_overrides: dict[str, dict[str, int]] = {kernel: {} for kernel in KERNELS}
 TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "num_warps",
            "num_stages")
 #: the options that take one of a few values
 CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1)}
 
 
+def _checked(options: dict, where: str) -> dict:
+    """``options`` if each is one of :data:`TUNABLE` with a value it takes, else ValueError."""
+    unknown = set(options) - set(TUNABLE)
+    if unknown:
+        raise ValueError(f"launch_options{where} takes {TUNABLE}, got {sorted(unknown)}")
+    for name, value in options.items():
+        if name in CHOICES:
+            if value not in CHOICES[name] or isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"launch_options{where}: {name} must be one of {CHOICES[name]}, got {value!r}")
+            continue
+        smallest = 16 if name in ("BLOCK_B", "KC") else 1
+        power_of_two = name in ("BLOCK_B", "KC", "SPLIT", "num_warps")
+        if (not isinstance(value, int) or isinstance(value, bool) or value < smallest
+                or (power_of_two and value & (value - 1))):
+            kind = "a power of two" if power_of_two else "an integer"
+            raise ValueError(f"launch_options{where}: {name} must be {kind} of at least {smallest}, got {value!r}")
+    return options
+
+
 @contextlib.contextmanager
-def launch_options(**options: int):
+def launch_options(forward: dict | None = None, backward: dict | None = None, **options: int):
     """Within the block, the kernels launch with these tile sizes and options in place of
-    :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep`` tunes with. A layer's
-    backward uses its forward's options. Any of :data:`TUNABLE`:
+    :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep`` tunes with. ``options``
+    apply to both kernels, ``forward`` and ``backward`` (dicts of the same options) to one
+    of them, over ``options``: the forward and the backward kernels meet nowhere but in the
+    buffers the forward saves, the same for every variant, so each may launch its own way.
+    A layer's backward uses the options in force at its forward. Any of :data:`TUNABLE`:
 
     - BLOCK_B, KC, SPLIT, num_warps: powers of two, at least 16 for BLOCK_B and KC, KC at
       most the padded hidden size, at least 16 hidden units per program of a SPLIT;
@@ -123,26 +147,24 @@ def launch_options(**options: int):
       the forward), and take each step's products in one piece instead of KC rows at a
       time.
     """
-    unknown = set(options) - set(TUNABLE)
-    if unknown:
-        raise ValueError(f"launch_options takes {TUNABLE}, got {sorted(unknown)}")
-    for name, value in options.items():
-        if name in CHOICES:
-            if value not in CHOICES[name] or isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"launch_options: {name} must be one of {CHOICES[name]}, got {value!r}")
-            continue
-        smallest = 16 if name in ("BLOCK_B", "KC") else 1
-        power_of_two = name in ("BLOCK_B", "KC", "SPLIT", "num_warps")
-        if (not isinstance(value, int) or isinstance(value, bool) or value < smallest
-                or (power_of_two and value & (value - 1))):
-            kind = "a power of two" if power_of_two else "an integer"
-            raise ValueError(f"launch_options: {name} must be {kind} of at least {smallest}, got {value!r}")
+    per_kernel = {"forward": forward or {}, "backward": backward or {}}
+    for kernel, specific in per_kernel.items():
+        if not isinstance(specific, dict):
+            raise ValueError(f"launch_options: {kernel} must be a dict of options, got {specific!r}")
+        _checked(specific, f"({kernel}=...)")
+    _checked(options, "")
     global _launch_overrides
-    previous, _launch_overrides = _launch_overrides, {**_launch_overrides, **options}
+    previous = _launch_overrides
+    _launch_overrides = {kernel: {**previous[kernel], **options, **per_kernel[kernel]} for kernel in KERNELS}
     try:
         yield
     finally:
         _launch_overrides = previous
+
+
+def overrides_key() -> tuple:
+    """The launch options in force (:func:`launch_options`), hashable."""
+    return tuple((kernel, tuple(sorted(_launch_overrides[kernel].items()))) for kernel in KERNELS)
 
 
 def _split(block_h: int, tiles: int, multiprocessors: int) -> int:
@@ -155,15 +177,17 @@ def _split(block_h: int, tiles: int, multiprocessors: int) -> int:
     return split
 
 
-def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
-    """The tile sizes and launch options of both kernels at hidden size H for B sequences
-    on a GPU with ``multiprocessors`` multiprocessors (0: the hidden units unsplit), with
-    :func:`launch_options`' overrides; the defaults follow the tile and the split."""
+def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward") -> dict:
+    """The tile sizes and launch options of the ``'forward'`` or ``'backward'`` kernel at
+    hidden size H for B sequences on a GPU with ``multiprocessors`` multiprocessors (0: the
+    hidden units unsplit), with :func:`launch_options`' overrides for that kernel; the
+    defaults follow the tile and the split."""
+    overrides = _launch_overrides[kernel]
     block_h = max(16, triton.next_power_of_2(H))
-    block_b = _launch_overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
-    split = _launch_overrides.get("SPLIT", _split(block_h, triton.cdiv(B, block_b), multiprocessors))
+    block_b = overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
+    split = overrides.get("SPLIT", _split(block_h, triton.cdiv(B, block_b), multiprocessors))
     block_j = block_h // split  # each program's hidden units
-    barriers = _launch_overrides.get("BARRIERS", 2)
+    barriers = overrides.get("BARRIERS", 2)
     widest = block_h if barriers == 1 else block_j  # one barrier: the forward's m_t is whole in each program
     launch = dict(
         BLOCK_B=block_b,
@@ -182,7 +206,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0) -> dict:
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
-    launch.update(_launch_overrides)
+    launch.update(overrides)
     launch["STATIC_H"] = H if launch["STATIC_H"] else 0  # the kernels' constant: the size itself
     if launch["KC"] > block_h:
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
@@ -241,7 +265,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    options = _launch(hidden_size, batch, multiprocessors)
+    options = _launch(hidden_size, batch, multiprocessors, kernel)
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
@@ -311,8 +335,9 @@ class TritonMLSTM(torch.autograd.Function):
         tanh_cs, mh, ms = (x.new_empty(T, B, H) for _ in range(3))
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
-        ctx.precision, ctx.launch = _precision, _launch(H, B, _multiprocessors(x.device))
-        _run("forward", ctx.launch, B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms,
+        multiprocessors = _multiprocessors(x.device)
+        ctx.precision, ctx.launch = _precision, _launch(H, B, multiprocessors, "backward")
+        _run("forward", _launch(H, B, multiprocessors, "forward"), B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms,
              T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)

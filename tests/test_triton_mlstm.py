@@ -40,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b43 passed, 32 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b47 passed, 40 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -143,6 +143,56 @@ def test_launch_options_are_checked_and_restored():
             triton_mlstm._launch(20)
         assert triton_mlstm._launch(120) == {**default, "KC": 64}
     assert triton_mlstm._launch(120) == default
+    assert triton_mlstm._launch(120, kernel="backward") == default
+
+
+def test_each_kernel_takes_its_own_launch_options():
+    """forward= and backward= set one kernel's options, over those for both, inner blocks
+    over outer ones; each is checked, and named in the error."""
+    with pytest.raises(ValueError, match=r"launch_options\(backward=...\): SPLIT must be .* got 3"):
+        with triton_mlstm.launch_options(backward=dict(SPLIT=3)):
+            pass
+    with pytest.raises(ValueError, match=r"launch_options\(forward=...\) takes .* got \['BLOCK_H'\]"):
+        with triton_mlstm.launch_options(forward=dict(BLOCK_H=64)):
+            pass
+    with pytest.raises(ValueError, match="forward must be a dict of options, got 1"):
+        with triton_mlstm.launch_options(forward=1):
+            pass
+    before = triton_mlstm.overrides_key()
+
+    def options(kernel, *names):
+        launch = triton_mlstm._launch(120, 240, 132, kernel)
+        return tuple(launch[name] for name in names)
+
+    with triton_mlstm.launch_options(K_STAGES=3, forward=dict(BARRIERS=1), backward=dict(K_STAGES=1, SPLIT=4)):
+        assert options("forward", "BARRIERS", "K_STAGES", "SPLIT") == (1, 3, 8)
+        assert options("backward", "BARRIERS", "K_STAGES", "SPLIT") == (2, 1, 4)
+        with triton_mlstm.launch_options(K_STAGES=2, backward=dict(BARRIERS=1)):  # inner over outer
+            assert options("forward", "BARRIERS", "K_STAGES") == (1, 2)
+            assert options("backward", "BARRIERS", "K_STAGES", "SPLIT") == (1, 2, 4)
+        assert triton_mlstm.overrides_key() != before
+    assert triton_mlstm.overrides_key() == before
+
+
+@kernels
+def test_the_backward_launches_as_set_at_the_forward(monkeypatch):
+    """Each kernel is launched with its own options, and the backward with those in force
+    when its forward ran (not when backward() is called)."""
+    launched = []
+    run = triton_mlstm._run
+
+    def recording(name, launch, *args, **flags):
+        launched.append((name, launch["BARRIERS"], launch["K_STAGES"]))
+        return run(name, launch, *args, **flags)
+
+    monkeypatch.setattr(triton_mlstm, "_run", recording)
+    layer = MLSTM(3, 16, implementation="triton").to(DEVICE)
+    x = torch.randn(2, 4, 3, device=DEVICE, requires_grad=True)
+    with triton_mlstm.launch_options(forward=dict(BARRIERS=1), backward=dict(K_STAGES=1)):
+        out, _ = layer(x)
+    with triton_mlstm.launch_options(K_STAGES=3):
+        out.sum().backward()
+    assert launched == [("forward", 1, 2), ("backward", 2, 1)]
 
 
 @kernels
@@ -207,11 +257,17 @@ def test_split_gives_every_program_a_multiprocessor():
                 assert triton_mlstm._split(block_h, tiles, multiprocessors) == max([1] + fits)
 
 
+#: forward and backward kernels of different kinds in one layer: one barrier forward, two
+#: backward; and a forward unsplit with a backward split, one barrier, H compiled in
+MIXED = ({"forward": {"BARRIERS": 1}}, {"forward": {"SPLIT": 1}, "backward": {"BARRIERS": 1, "STATIC_H": 1}})
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="compiled on a GPU; in the interpreter, "
                                              "test_split_kernels_in_the_interpreter")
 @pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
 @pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1},
-                                     {"RESIDENT": 1, "STATIC_H": 1}, {"RESIDENT": 1, "BARRIERS": 1}])
+                                     {"RESIDENT": 1, "STATIC_H": 1}, {"RESIDENT": 1, "BARRIERS": 1},
+                                     MIXED[0], MIXED[1]])
 def test_split_kernels_equal_reference(hidden, split, variant):
     """Hidden units split across programs that meet at a barrier twice a step (or once;
     with the weights loaded once or not): outputs and every gradient as the reference
@@ -230,7 +286,7 @@ def test_split_kernels_equal_reference(hidden, split, variant):
     hx = (torch.randn(1, 19, hidden, device=DEVICE), torch.randn(1, 19, hidden, device=DEVICE))
     expected = outputs_and_gradients(layer, "reference", x, hx, True)
     with triton_mlstm.launch_options(SPLIT=split, **variant):
-        assert triton_mlstm._launch(hidden, 19, 132)["SPLIT"] == split
+        assert triton_mlstm._launch(hidden, 19, 132, "backward")["SPLIT"] == split
         actual = outputs_and_gradients(layer, "triton", x, hx, True)
     assert_same(actual, expected)
 
@@ -308,9 +364,10 @@ def programs_at_once():
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs the split kernels' programs as threads in Triton's interpreter")
-@pytest.mark.parametrize("split", [2, 4])
-@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1},
-                                     {"RESIDENT": 1, "STATIC_H": 1}, {"RESIDENT": 1, "BARRIERS": 1}])
+@pytest.mark.parametrize("split, variant", [
+    (split, variant) for variant in ({}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1},
+                                     {"RESIDENT": 1, "STATIC_H": 1}, {"RESIDENT": 1, "BARRIERS": 1})
+    for split in (2, 4)] + [(2, MIXED[0]), (2, MIXED[1])])  # mixed: what passes between the kernels
 def test_split_kernels_in_the_interpreter(split, variant):
     """The split kernels (hidden units across programs that meet at barriers) on the CPU,
     their programs run at once as threads (:func:`programs_at_once`): outputs and every
