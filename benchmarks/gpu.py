@@ -16,15 +16,18 @@ training of issue 8 in float32 and in bfloat16 (``precision='bfloat16'``): epoch
 the validation/test MRR each precision reaches with the same seed and epochs; last, with
 ``--sweep``, the Triton layer's time under other tile sizes and launch options (each one
 compiles; :data:`SWEEP`), or with ``--sweep-only`` the kernels' resources and check and
-then the sweep alone. The issue's targets come first, so that a run cut short still has
-them. It also
-runs on the CPU (slowly, the softmax part only with ``--softmax``; the targets are for a
-GPU).
+then the sweep alone. The issue's targets come before the sweep, so that a run cut short
+still has them, except with ``--tune``: the sweep first, then every measurement (layer,
+epoch, evaluation, MRR with the kernels) with the defaults and again with the sweep's
+fastest configuration at fp32 accuracy, so that one run on a lent GPU both finds and
+measures a better default. It also runs on the CPU (slowly, the softmax part only with
+``--softmax``; the targets are for a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -53,7 +56,10 @@ def best_arguments(model: str) -> dict:
 BEST = {name: best_arguments(name) for name in ("lstm", "mlstm")}
 
 
-def training_benchmark(device: torch.device, epochs: int, data_dir) -> None:
+def training_benchmark(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
+    """A full ML-1M training epoch of MLSTMNet against LSTMNet (study's best arguments) and
+    the evaluation of the test split; with ``tuned`` (launch options and precision), MLSTMNet
+    also with the kernels under them."""
     data = get_movielens_dataset("1M", data_dir=data_dir)
     state = np.random.RandomState(72)
     train, rest = user_based_train_test_split(data, 0.2, state)
@@ -62,14 +68,22 @@ def training_benchmark(device: torch.device, epochs: int, data_dir) -> None:
     models = {name: ImplicitSequenceModel(loss="adaptive_hinge", representation=name, n_iter=1,
                                           random_state=72, device=device, **params)
               for name, params in BEST.items()}
-    epoch = {name: median_seconds(lambda m=model: m.fit(train), device, epochs, warmup=1)
-             for name, model in models.items()}
-    print(f"ML-1M epoch ({len(train)} sequences): LSTMNet {epoch['lstm']:.2f} s, "
-          f"MLSTMNet {epoch['mlstm']:.2f} s ({epoch['mlstm'] / epoch['lstm']:.2f}x)")
-    model = models["mlstm"]
-    seconds = median_seconds(lambda: sequence_mrr_score(model, test, exclude_preceding=True), device, 5)
-    print(f"evaluation of the ML-1M test split ({len(test)} sequences x {test.num_items} items): "
-          f"{seconds * 1e3:.0f} ms")
+    runs = {"LSTMNet": ("lstm", ({}, "tf32x3")), "MLSTMNet": ("mlstm", ({}, "tf32x3"))}
+    if tuned:
+        runs[f"MLSTMNet {describe(*tuned)}"] = ("mlstm", tuned)
+    epoch = {}
+    for label, (name, (options, precision)) in runs.items():
+        with within(options, precision):
+            epoch[label] = median_seconds(lambda m=models[name]: m.fit(train), device, epochs, warmup=1)
+    print(f"ML-1M epoch ({len(train)} sequences): "
+          + ", ".join(f"{label} {seconds:.2f} s ({seconds / epoch['LSTMNet']:.2f}x)" for label, seconds in epoch.items()))
+    for label, (name, (options, precision)) in runs.items():
+        if name == "mlstm":
+            with within(options, precision):
+                seconds = median_seconds(lambda: sequence_mrr_score(models[name], test, exclude_preceding=True),
+                                         device, 5)
+            print(f"evaluation of the ML-1M test split ({len(test)} sequences x {test.num_items} items), "
+                  f"{label}: {seconds * 1e3:.0f} ms")
 
 
 def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_dir) -> None:
@@ -96,15 +110,34 @@ def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_d
         print(f"mLSTM, {mrr_epochs} epochs, {precision}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f}")
 
 
-class WithPrecision(nn.Module):
-    """``layer`` whose Triton kernels take their products in ``precision``."""
+@contextlib.contextmanager
+def within(options: dict, precision: str):
+    """Within the block, the Triton kernels launch with ``options``
+    (:func:`~mlstm4reco.triton_mlstm.launch_options`) and take their products in ``precision``."""
+    with triton_mlstm.launch_options(**options), triton_mlstm.dot_precision(precision):
+        yield
 
-    def __init__(self, layer: nn.Module, precision: str) -> None:
+
+def kernel_options(options: dict, kernel: str) -> dict:
+    """The launch options ``options`` (as :func:`~mlstm4reco.triton_mlstm.launch_options`
+    takes them) give ``kernel``, ``'forward'`` or ``'backward'``."""
+    common = {name: value for name, value in options.items() if name not in triton_mlstm.KERNELS}
+    return {**common, **options.get(kernel, {})}
+
+
+def describe(options: dict, precision: str) -> str:
+    return f"{options or 'defaults'} {precision}"
+
+
+class WithOptions(nn.Module):
+    """``layer`` whose Triton kernels launch :func:`within` ``options`` and ``precision``."""
+
+    def __init__(self, layer: nn.Module, precision: str = "tf32x3", options: dict | None = None) -> None:
         super().__init__()
-        self.layer, self.precision = layer, precision
+        self.layer, self.precision, self.options = layer, precision, options or {}
 
     def forward(self, x):
-        with triton_mlstm.dot_precision(self.precision):
+        with within(self.options, self.precision):
             return self.layer(x)
 
 
@@ -123,7 +156,7 @@ def check_triton(device: torch.device) -> list[str]:
         layer.zero_grad()
         inputs = x.clone().requires_grad_(True)
         try:
-            out, _ = WithPrecision(layer, precision or "tf32x3")(inputs)
+            out, _ = WithOptions(layer, precision or "tf32x3")(inputs)
             out.backward(grad)
         except Exception as error:  # noqa: BLE001 - reported; the benchmark goes on
             if precision is None:
@@ -160,18 +193,28 @@ SWEEP = [
     (dict(RESIDENT=1, STATIC_H=1), "tf32", "weights loaded once, H compiled in, one TF32 product"),
     (dict(BARRIERS=1, RESIDENT=1, STATIC_H=1), "tf32", "one barrier, weights loaded once, one TF32 product"),
     (dict(BARRIERS=1, RESIDENT=1, STATIC_H=1, SPLIT=4), "tf32x3", "one barrier, weights loaded once, split 4"),
+    (dict(forward=dict(BARRIERS=1)), "tf32x3", "one-barrier forward, two-barrier backward"),
+    (dict(backward=dict(BARRIERS=1)), "tf32x3", "two-barrier forward, one-barrier backward"),
     ({}, "tf32", "one TF32 product"),
     (dict(K_STAGES=1), "tf32x3", "no prefetch (plain loads instead of asynchronous copies)"),
     (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),
 ]
 
 
+#: what a configuration must agree with the fused path to, to be a candidate default: fp32
+#: accuracy (the defaults, tf32x3, agree to ~6e-7 at the benchmark's shape; one TF32 product
+#: to ~1e-3, which 'auto' accepts but the README's float32 claim does not)
+FP32_AGREEMENT = 1e-5
+
+
 def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
-                         dim: int = 120) -> None:
+                         dim: int = 120) -> tuple[dict, str] | None:
     """Forward+backward and forward-only time of the Triton layer at the benchmark's shape
     in each configuration of :data:`SWEEP`, against the defaults and cuDNN's LSTM measured
     in the same run, with the largest difference of the output and the input gradient
-    from the fused path's (relative to their largest value): for tuning."""
+    from the fused path's (relative to their largest value): for tuning. Returns the
+    fastest configuration (launch options, precision) that agrees with fused to
+    :data:`FP32_AGREEMENT`, None if none does."""
     torch.manual_seed(0)
     layer = MLSTM(dim, dim).to(device)
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
@@ -185,44 +228,67 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     print(f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'fwd ms':>7} {'/LSTM':>6} {'difference':>10}  "
           f"configuration")
     base, timed = None, []
-    for options, precision, meaning in SWEEP:
+
+    def measure(options, precision, meaning):
+        nonlocal base
         start = time.perf_counter()
-        label = f"{options or 'defaults'} {precision}: {meaning}"
+        label = f"{describe(options, precision)}: {meaning}"
         try:
-            with triton_mlstm.launch_options(**options), triton_mlstm.dot_precision(precision):
+            with within(options, precision):
                 both, fwd = layer_seconds(layer, x, grad, device, repeats)
                 got = step(layer, x, grad)
         except Exception as error:  # noqa: BLE001 - a configuration that does not build
             print(f"  failed ({type(error).__name__}: {str(error)[:120]}): {label}", flush=True)
-            continue
+            return
         base = base or both
         worst = layers_module._largest_relative_difference(got, expected)
         print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
               f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)", flush=True)
-        if options.get("WAIT", 1) and worst <= 1e-3:  # what 'auto' would accept
-            timed.append((both, options, precision))
-    if timed:
-        both, options, precision = min(timed, key=lambda entry: entry[0])
-        print(f"fastest that agrees with fused to 1e-3: {options or 'defaults'} {precision}, {both * 1e3:.2f} ms, "
-              f"{both / lstm_both:.2f}x nn.LSTM")
+        if all(kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS):
+            timed.append((both, worst, options, precision, fwd))  # WAIT=0 gives wrong results by design
+
+    for configuration in SWEEP:
+        measure(*configuration)
+    # the forward of the configuration whose forward was fastest with the backward of the one
+    # whose backward was (forward+backward less forward only), both at fp32 accuracy
+    accurate = [entry for entry in timed if entry[1] <= FP32_AGREEMENT and entry[3] == "tf32x3"]
+    if accurate:
+        fastest_forward = min(accurate, key=lambda entry: entry[4])[2]
+        fastest_backward = min(accurate, key=lambda entry: entry[0] - entry[4])[2]
+        combined = {kernel: kernel_options(options, kernel)
+                    for kernel, options in (("forward", fastest_forward), ("backward", fastest_backward))}
+        if fastest_forward != fastest_backward:
+            measure(combined, "tf32x3", "the fastest forward with the fastest backward above")
+    best = None
+    for tolerance in (1e-3, FP32_AGREEMENT):  # what 'auto' accepts; fp32 accuracy
+        agreeing = [entry for entry in timed if entry[1] <= tolerance]
+        if agreeing:
+            both, _, options, precision, _ = min(agreeing, key=lambda entry: entry[0])
+            print(f"fastest that agrees with fused to {tolerance:.0e}: {describe(options, precision)}, "
+                  f"{both * 1e3:.2f} ms, {both / lstm_both:.2f}x nn.LSTM")
+            best = options, precision
+    return best
 
 
-def implementation_mrr(device: torch.device, epochs: int, data_dir,
-                       implementations: tuple[str, ...] = ("fused", "triton")) -> None:
+def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
     """mLSTM trained with the Triton kernels and with the fused path (study's ML-1M
-    arguments, same seed, ``epochs`` epochs): the MRR each reaches, and epoch times."""
+    arguments, same seed, ``epochs`` epochs), and with ``tuned`` (launch options and
+    precision) the kernels under them: the MRR each reaches, and epoch times."""
     config = load_config(config_path("ml1m", "mlstm"))
     train, valid, test = protocol_split(load_dataset(config, data_dir), config.protocol)
-    for implementation in implementations:
+    runs = [("fused", ({}, "tf32x3")), ("triton", ({}, "tf32x3"))] + ([("triton", tuned)] if tuned else [])
+    for implementation, (options, precision) in runs:
         model = ImplicitSequenceModel(loss="adaptive_hinge", representation="mlstm", n_iter=epochs,
                                       random_state=0, device=device,
                                       representation_kwargs={"implementation": implementation},
                                       **BEST["mlstm"])
-        start = time.perf_counter()
-        model.fit(train)
-        seconds = (time.perf_counter() - start) / epochs
-        mrr = [sequence_mrr_score(model, part, exclude_preceding=True).mean() for part in (valid, test)]
-        print(f"mLSTM, {epochs} epochs, {implementation}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f} "
+        with within(options, precision):
+            start = time.perf_counter()
+            model.fit(train)
+            seconds = (time.perf_counter() - start) / epochs
+            mrr = [sequence_mrr_score(model, part, exclude_preceding=True).mean() for part in (valid, test)]
+        label = implementation + (f" {describe(options, precision)}" if options or precision != "tf32x3" else "")
+        print(f"mLSTM, {epochs} epochs, {label}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f} "
               f"({seconds:.2f} s per epoch)", flush=True)
 
 
@@ -251,11 +317,17 @@ def main() -> None:
     parser.add_argument("--softmax", action="store_true", help="the softmax part on the CPU too (slow)")
     parser.add_argument("--mrr-epochs", type=int, default=12,
                         help="epochs of the MRR checks (triton vs fused; float32 vs bfloat16)")
-    parser.add_argument("--sweep", action="store_true", help="time the Triton layer under other launch options")
+    parser.add_argument("--sweep", action="store_true",
+                        help="last, time the Triton layer under other launch options")
     parser.add_argument("--sweep-only", action="store_true",
                         help="only the kernels' resources, their check against the fused path and the sweep")
+    parser.add_argument("--tune", action="store_true",
+                        help="first the sweep, then every measurement with the defaults and again with the "
+                             "sweep's fastest configuration that agrees with fused to fp32 accuracy")
     parser.add_argument("--no-mrr", action="store_true",
                         help="leave out the trainings to MRR (triton vs fused, float32 vs bfloat16): a quick run")
+    parser.add_argument("--no-softmax", action="store_true",
+                        help="leave out the full-softmax part (float32 vs bfloat16)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -273,29 +345,34 @@ def main() -> None:
         working = check_triton(device)
         for precision in working:
             name = "MLSTM triton" + ("" if precision == "tf32x3" else f" {precision}")
-            layers[name] = WithPrecision(MLSTM(120, 120, implementation="triton"), precision)
+            layers[name] = WithOptions(MLSTM(120, 120, implementation="triton"), precision)
     else:
         print("note: the Triton kernels need a CUDA device and Triton: not timed here")
+    if (args.sweep_only or args.tune) and not working:
+        print("note: nothing to sweep without the kernels on a GPU")
+    tuned = sweep_launch_options(device, args.repeats) if working and (args.sweep_only or args.tune) else None
     if args.sweep_only:
-        if working:
-            sweep_launch_options(device, args.repeats)
-        else:
-            print("note: --sweep-only: nothing to sweep without the kernels on a GPU")
         return
+    if tuned == ({}, "tf32x3"):
+        print("tuned: the defaults are the fastest configuration at fp32 accuracy")
+        tuned = None
+    elif tuned:
+        print(f"tuned: {describe(*tuned)}; measured below beside the defaults")
+        layers["MLSTM triton tuned"] = WithOptions(MLSTM(120, 120, implementation="triton"), tuned[1], tuned[0])
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
     compare_layers(layers, device, args.repeats, 240, 100, 120)
-    training_benchmark(device, args.epochs, args.data_dir)
+    training_benchmark(device, args.epochs, args.data_dir, tuned)
     if device.type == "cuda":
         print(f"MLSTM 'auto' verdicts on the kernels (None: used): {layers_module._triton_verdicts}")
     if working and not args.no_mrr:
-        implementation_mrr(device, args.mrr_epochs, args.data_dir)
-    if args.no_mrr:
-        print("note: --no-mrr: no MRR checks, no full-softmax part")
+        implementation_mrr(device, args.mrr_epochs, args.data_dir, tuned)
+    if args.no_mrr or args.no_softmax:
+        print("note: no full-softmax part" + (", no MRR checks" if args.no_mrr else ""))
     elif device.type == "cuda" or args.softmax:
         softmax_benchmark(device, args.epochs, args.mrr_epochs, args.data_dir)
     else:
         print("note: the full-softmax part (float32 vs bfloat16) runs on the CPU only with --softmax")
-    if working and args.sweep:  # last: each configuration compiles, and a cut-short sweep still reports
+    if working and args.sweep and not args.tune:  # last: each configuration compiles, and a cut-short sweep still reports
         sweep_launch_options(device, args.repeats)
 
 

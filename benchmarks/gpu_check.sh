@@ -3,9 +3,11 @@
 # the device and versions, the layer and Triton tests compiled on the GPU, then
 # benchmarks/gpu.py --sweep (kernel resources, Triton vs fused in each precision, layer
 # times against cuDNN's LSTM, launch-option sweep, ML-1M epochs, evaluation, MRR with the
-# kernels vs the fused path, full softmax float32 vs bfloat16).
+# kernels vs the fused path, full softmax float32 vs bfloat16). Arguments after LOG_DIR go to
+# gpu.py: with --tune the sweep comes first and its fastest configuration at fp32 accuracy
+# is measured beside the defaults.
 #
-#     MLSTM4RECO_DATA=../shared/data bash benchmarks/gpu_check.sh [LOG_DIR]
+#     MLSTM4RECO_DATA=../shared/data bash benchmarks/gpu_check.sh [LOG_DIR [gpu.py options]]
 #
 # Runs from the repository root without installing the package (PYTHONPATH), so a
 # machine with torch, Triton and the dependencies (hyperopt included) is enough. Each
