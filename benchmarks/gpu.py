@@ -195,6 +195,8 @@ SWEEP = [
     (dict(BARRIERS=1, RESIDENT=1, STATIC_H=1, SPLIT=4), "tf32x3", "one barrier, weights loaded once, split 4"),
     (dict(forward=dict(BARRIERS=1)), "tf32x3", "one-barrier forward, two-barrier backward"),
     (dict(backward=dict(BARRIERS=1)), "tf32x3", "two-barrier forward, one-barrier backward"),
+    (dict(num_warps=2), "tf32x3", "2 warps a program (16 x 16 tiles: fewer threads to synchronise)"),
+    (dict(STATIC_H=1, num_warps=2), "tf32x3", "H compiled in, 2 warps"),
     ({}, "tf32", "one TF32 product"),
     (dict(K_STAGES=1), "tf32x3", "no prefetch (plain loads instead of asynchronous copies)"),
     (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),
