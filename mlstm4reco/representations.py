@@ -23,7 +23,7 @@ from mlstm4reco.layers import MLSTM
 
 __all__ = [
     "PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "GRUNet", "MLSTMNet", "PoolNet",
-    "CNNNet",
+    "CNNNet", "recurrent_leaves_autocast",
 ]
 
 PADDING_IDX = 0
@@ -226,8 +226,27 @@ class LSTMNet(_SequenceNet):
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
         embeddings = self._embed(item_sequences)  # (B, T, D)
         embeddings = F.pad(embeddings, (0, 0, 1, 0))  # (B, T + 1, D), zero first step
-        states, _ = getattr(self, self._recurrent[0])(embeddings)  # (B, T + 1, D)
+        recurrent = getattr(self, self._recurrent[0])
+        if recurrent_leaves_autocast(embeddings):
+            with torch.autocast("cpu", enabled=False):
+                states, _ = recurrent(embeddings.float())
+        else:
+            states, _ = recurrent(embeddings)  # (B, T + 1, D)
         return states
+
+
+def recurrent_leaves_autocast(x: torch.Tensor) -> bool:
+    """Whether ``nn.LSTM`` / ``nn.GRU`` on ``x`` must run outside autocast, in float32:
+    under CPU autocast, on a CPU for which oneDNN has no bfloat16 kernels (no AVX-512, such
+    as AVX2-only machines), PyTorch hands them to oneDNN in bfloat16 anyway and oneDNN
+    refuses ("could not create a primitive descriptor for the LSTM forward propagation
+    primitive")."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    try:
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # a PyTorch without the query: let autocast decide
+        return False
 
 
 class GRUNet(LSTMNet):

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mlstm4reco import representations
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
 from mlstm4reco.representations import CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet
 
@@ -203,6 +204,32 @@ def test_grunet_steps_a_gru_cell_from_a_zero_input():
     for t in range(7):
         h = cell(inputs[:, t], h)
         torch.testing.assert_close(reps[:, :, t], h)
+
+
+@pytest.mark.parametrize("net_class", [LSTMNet, GRUNet])
+@pytest.mark.parametrize("leaves", [True, False, None])
+def test_recurrent_nets_under_bfloat16_autocast_on_the_cpu(net_class, leaves, monkeypatch):
+    """Under CPU bfloat16 autocast the recurrent layer runs: in bfloat16 where oneDNN has
+    bfloat16 kernels (states rounded), else outside autocast in float32 (states exactly the
+    float32 ones; on AVX2-only CPUs oneDNN refuses bfloat16 LSTMs). ``leaves`` forces
+    either branch, None leaves it to this machine's CPU."""
+    if leaves is not None:
+        monkeypatch.setattr(representations, "recurrent_leaves_autocast", lambda x: leaves)
+    if leaves is False and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU's oneDNN has no bfloat16 recurrent kernels")
+    torch.manual_seed(0)
+    net = net_class(20, 6)
+    seqs = sequences()
+    full, _ = net.user_representation(seqs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = net.user_representation(seqs)
+        expected_float32 = representations.recurrent_leaves_autocast(torch.zeros(1))
+    assert expected_float32 == (leaves if leaves is not None else not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if expected_float32:
+        assert low.dtype == torch.float32 and torch.equal(low, full)
+    else:
+        assert not torch.equal(low.float(), full)
+        torch.testing.assert_close(low.float(), full, rtol=5e-2, atol=5e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
