@@ -147,7 +147,7 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
       the forward), and take each step's products in one piece instead of KC rows at a
       time.
     """
-    per_kernel = {"forward": forward or {}, "backward": backward or {}}
+    per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
         if not isinstance(specific, dict):
             raise ValueError(f"launch_options: {kernel} must be a dict of options, got {specific!r}")

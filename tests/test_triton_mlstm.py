@@ -155,9 +155,10 @@ def test_each_kernel_takes_its_own_launch_options():
     with pytest.raises(ValueError, match=r"launch_options\(forward=...\) takes .* got \['BLOCK_H'\]"):
         with triton_mlstm.launch_options(forward=dict(BLOCK_H=64)):
             pass
-    with pytest.raises(ValueError, match="forward must be a dict of options, got 1"):
-        with triton_mlstm.launch_options(forward=1):
-            pass
+    for bad in (1, 0, [("SPLIT", 2)]):
+        with pytest.raises(ValueError, match=re.escape(f"forward must be a dict of options, got {bad!r}")):
+            with triton_mlstm.launch_options(forward=bad):
+                pass
     before = triton_mlstm.overrides_key()
 
     def options(kernel, *names):
