@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +56,9 @@ def best_arguments(model: str) -> dict:
 
 BEST = {name: best_arguments(name) for name in ("lstm", "mlstm")}
 
+#: the kernels' defaults: no launch options, products in tf32x3
+DEFAULTS = ({}, "tf32x3")
+
 
 def training_benchmark(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
     """A full ML-1M training epoch of MLSTMNet against LSTMNet (study's best arguments) and
@@ -68,7 +72,7 @@ def training_benchmark(device: torch.device, epochs: int, data_dir, tuned: tuple
     models = {name: ImplicitSequenceModel(loss="adaptive_hinge", representation=name, n_iter=1,
                                           random_state=72, device=device, **params)
               for name, params in BEST.items()}
-    runs = {"LSTMNet": ("lstm", ({}, "tf32x3")), "MLSTMNet": ("mlstm", ({}, "tf32x3"))}
+    runs = {"LSTMNet": ("lstm", DEFAULTS), "MLSTMNet": ("mlstm", DEFAULTS)}
     if tuned:
         runs[f"MLSTMNet {describe(*tuned)}"] = ("mlstm", tuned)
     epoch = {}
@@ -209,6 +213,15 @@ SWEEP = [
 FP32_AGREEMENT = 1e-5
 
 
+class Timed(NamedTuple):
+    """A configuration the sweep timed (seconds) and its largest difference from fused."""
+    both: float
+    forward: float
+    difference: float
+    options: dict
+    precision: str
+
+
 def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
                          dim: int = 120) -> tuple[dict, str] | None:
     """Forward+backward and forward-only time of the Triton layer at the benchmark's shape
@@ -247,28 +260,28 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
               f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)", flush=True)
         if all(kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS):
-            timed.append((both, worst, options, precision, fwd))  # WAIT=0 gives wrong results by design
+            timed.append(Timed(both, fwd, worst, options, precision))  # WAIT=0 gives wrong results by design
 
     for configuration in SWEEP:
         measure(*configuration)
     # the forward of the configuration whose forward was fastest with the backward of the one
     # whose backward was (forward+backward less forward only), both at fp32 accuracy
-    accurate = [entry for entry in timed if entry[1] <= FP32_AGREEMENT and entry[3] == "tf32x3"]
+    accurate = [entry for entry in timed if entry.difference <= FP32_AGREEMENT and entry.precision == "tf32x3"]
     if accurate:
-        fastest_forward = min(accurate, key=lambda entry: entry[4])[2]
-        fastest_backward = min(accurate, key=lambda entry: entry[0] - entry[4])[2]
+        fastest_forward = min(accurate, key=lambda entry: entry.forward).options
+        fastest_backward = min(accurate, key=lambda entry: entry.both - entry.forward).options
         combined = {kernel: kernel_options(options, kernel)
                     for kernel, options in (("forward", fastest_forward), ("backward", fastest_backward))}
         if fastest_forward != fastest_backward:
             measure(combined, "tf32x3", "the fastest forward with the fastest backward above")
     best = None
     for tolerance in (1e-3, FP32_AGREEMENT):  # what 'auto' accepts; fp32 accuracy
-        agreeing = [entry for entry in timed if entry[1] <= tolerance]
+        agreeing = [entry for entry in timed if entry.difference <= tolerance]
         if agreeing:
-            both, _, options, precision, _ = min(agreeing, key=lambda entry: entry[0])
-            print(f"fastest that agrees with fused to {tolerance:.0e}: {describe(options, precision)}, "
-                  f"{both * 1e3:.2f} ms, {both / lstm_both:.2f}x nn.LSTM")
-            best = options, precision
+            fastest = min(agreeing, key=lambda entry: entry.both)
+            print(f"fastest that agrees with fused to {tolerance:.0e}: {describe(fastest.options, fastest.precision)}, "
+                  f"{fastest.both * 1e3:.2f} ms, {fastest.both / lstm_both:.2f}x nn.LSTM")
+            best = fastest.options, fastest.precision
     return best
 
 
@@ -278,7 +291,7 @@ def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple
     precision) the kernels under them: the MRR each reaches, and epoch times."""
     config = load_config(config_path("ml1m", "mlstm"))
     train, valid, test = protocol_split(load_dataset(config, data_dir), config.protocol)
-    runs = [("fused", ({}, "tf32x3")), ("triton", ({}, "tf32x3"))] + ([("triton", tuned)] if tuned else [])
+    runs = [("fused", DEFAULTS), ("triton", DEFAULTS)] + ([("triton", tuned)] if tuned else [])
     for implementation, (options, precision) in runs:
         model = ImplicitSequenceModel(loss="adaptive_hinge", representation="mlstm", n_iter=epochs,
                                       random_state=0, device=device,
@@ -289,7 +302,7 @@ def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple
             model.fit(train)
             seconds = (time.perf_counter() - start) / epochs
             mrr = [sequence_mrr_score(model, part, exclude_preceding=True).mean() for part in (valid, test)]
-        label = implementation + (f" {describe(options, precision)}" if options or precision != "tf32x3" else "")
+        label = implementation + ("" if (options, precision) == DEFAULTS else f" {describe(options, precision)}")
         print(f"mLSTM, {epochs} epochs, {label}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f} "
               f"({seconds:.2f} s per epoch)", flush=True)
 
@@ -355,7 +368,7 @@ def main() -> None:
     tuned = sweep_launch_options(device, args.repeats) if working and (args.sweep_only or args.tune) else None
     if args.sweep_only:
         return
-    if tuned == ({}, "tf32x3"):
+    if tuned == DEFAULTS:
         print("tuned: the defaults are the fastest configuration at fp32 accuracy")
         tuned = None
     elif tuned:

@@ -102,8 +102,8 @@ TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H",
 CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1)}
 
 
-def _checked(options: dict, where: str) -> dict:
-    """``options`` if each is one of :data:`TUNABLE` with a value it takes, else ValueError."""
+def _check(options: dict, where: str) -> None:
+    """ValueError unless each of ``options`` is one of :data:`TUNABLE` with a value it takes."""
     unknown = set(options) - set(TUNABLE)
     if unknown:
         raise ValueError(f"launch_options{where} takes {TUNABLE}, got {sorted(unknown)}")
@@ -118,7 +118,6 @@ def _checked(options: dict, where: str) -> dict:
                 or (power_of_two and value & (value - 1))):
             kind = "a power of two" if power_of_two else "an integer"
             raise ValueError(f"launch_options{where}: {name} must be {kind} of at least {smallest}, got {value!r}")
-    return options
 
 
 @contextlib.contextmanager
@@ -151,8 +150,8 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
     for kernel, specific in per_kernel.items():
         if not isinstance(specific, dict):
             raise ValueError(f"launch_options: {kernel} must be a dict of options, got {specific!r}")
-        _checked(specific, f"({kernel}=...)")
-    _checked(options, "")
+        _check(specific, f"({kernel}=...)")
+    _check(options, "")
     global _launch_overrides
     previous = _launch_overrides
     _launch_overrides = {kernel: {**previous[kernel], **options, **per_kernel[kernel]} for kernel in KERNELS}

@@ -258,6 +258,9 @@ def test_split_gives_every_program_a_multiprocessor():
                 assert triton_mlstm._split(block_h, tiles, multiprocessors) == max([1] + fits)
 
 
+#: the kernels' variants the split tests run
+VARIANTS = ({}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1}, {"RESIDENT": 1, "STATIC_H": 1},
+            {"RESIDENT": 1, "BARRIERS": 1})
 #: forward and backward kernels of different kinds in one layer: one barrier forward, two
 #: backward; and a forward unsplit with a backward split, one barrier, H compiled in
 MIXED = ({"forward": {"BARRIERS": 1}}, {"forward": {"SPLIT": 1}, "backward": {"BARRIERS": 1, "STATIC_H": 1}})
@@ -266,9 +269,7 @@ MIXED = ({"forward": {"BARRIERS": 1}}, {"forward": {"SPLIT": 1}, "backward": {"B
 @pytest.mark.skipif(DEVICE != "cuda", reason="compiled on a GPU; in the interpreter, "
                                              "test_split_kernels_in_the_interpreter")
 @pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
-@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1},
-                                     {"RESIDENT": 1, "STATIC_H": 1}, {"RESIDENT": 1, "BARRIERS": 1},
-                                     MIXED[0], MIXED[1]])
+@pytest.mark.parametrize("variant", VARIANTS + MIXED)
 def test_split_kernels_equal_reference(hidden, split, variant):
     """Hidden units split across programs that meet at a barrier twice a step (or once;
     with the weights loaded once or not): outputs and every gradient as the reference
@@ -365,10 +366,8 @@ def programs_at_once():
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs the split kernels' programs as threads in Triton's interpreter")
-@pytest.mark.parametrize("split, variant", [
-    (split, variant) for variant in ({}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1},
-                                     {"RESIDENT": 1, "STATIC_H": 1}, {"RESIDENT": 1, "BARRIERS": 1})
-    for split in (2, 4)] + [(2, MIXED[0]), (2, MIXED[1])])  # mixed: what passes between the kernels
+@pytest.mark.parametrize("split, variant", [(split, variant) for variant in VARIANTS for split in (2, 4)]
+                         + [(2, variant) for variant in MIXED])  # mixed: what passes between the kernels
 def test_split_kernels_in_the_interpreter(split, variant):
     """The split kernels (hidden units across programs that meet at barriers) on the CPU,
     their programs run at once as threads (:func:`programs_at_once`): outputs and every
