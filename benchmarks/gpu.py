@@ -191,6 +191,10 @@ SWEEP = [
     (dict(BARRIERS=1), "tf32", "one barrier, one TF32 product (the redundant product cheaper)"),
     (dict(STATIC_H=1), "tf32x3", "H compiled in: 16-byte copies and vector loads at H = 120"),
     (dict(BARRIERS=1, STATIC_H=1), "tf32x3", "one barrier, H compiled in"),
+    (dict(PREFETCH=1), "tf32x3", "inputs loaded a step ahead (their latency off the step's critical path)"),
+    (dict(PREFETCH=1, STATIC_H=1), "tf32x3", "inputs a step ahead, H compiled in (no spills)"),
+    (dict(BARRIERS=1, PREFETCH=1), "tf32x3", "one barrier, inputs a step ahead"),
+    (dict(BARRIERS=1, STATIC_H=1, PREFETCH=1), "tf32x3", "one barrier, H compiled in, inputs a step ahead"),
     (dict(RESIDENT=1), "tf32x3", "weights loaded once (shared memory), one product a step"),
     (dict(RESIDENT=1, STATIC_H=1), "tf32x3", "weights loaded once, H compiled in"),
     (dict(RESIDENT=1, STATIC_H=1, num_warps=8), "tf32x3", "weights loaded once, H compiled in, 8 warps"),
@@ -202,7 +206,6 @@ SWEEP = [
     (dict(num_warps=2), "tf32x3", "2 warps a program (16 x 16 tiles: fewer threads to synchronise)"),
     (dict(STATIC_H=1, num_warps=2), "tf32x3", "H compiled in, 2 warps"),
     ({}, "tf32", "one TF32 product"),
-    (dict(K_STAGES=1), "tf32x3", "no prefetch (plain loads instead of asynchronous copies)"),
     (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),
 ]
 

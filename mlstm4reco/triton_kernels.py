@@ -23,8 +23,9 @@ Variants, chosen by constexpr arguments (the launcher's ``launch_options``):
 :func:`forward_one_barrier_kernel` and :func:`backward_one_barrier_kernel` meet once a
 step (every program of a tile computes all of m_t; the gradient of m_t is summed from each
 program's partial product); ``RESIDENT`` loads the weights each program needs once,
-before the first step; ``STATIC_H`` compiles the hidden size in; ``WAIT=0`` (timing only)
-does not wait at the barriers.
+before the first step; ``STATIC_H`` compiles the hidden size in; ``PREFETCH`` loads what a
+step reads that no barrier guards (the inputs, what the forward saved) one step ahead,
+carried across the time loop; ``WAIT=0`` (timing only) does not wait at the barriers.
 """
 
 import triton
@@ -218,22 +219,43 @@ def _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev):
 
 
 @triton.jit
-def _step_gradients(dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask,
-                    state, HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr):
-    """The backward kernels' step t up to the gate gradients: the gradients of h_t and
-    c_t from later steps (dh, dc) plus the upstream ones, through :func:`_gate_gradients`
-    with the forward's saved gates, tanh c_t and c_{t-1}. Returns dc, the four gate
-    gradients and the forget gate (which carries dc on to step t - 1)."""
+def _saved(t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
+           HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr):
+    """What the backward kernels' step t reads first, where ``mask``: the upstream
+    gradients of h_t and c_t (zeros where there are none), and the forward's gates, tanh c_t
+    and c_{t-1}. No barrier guards them (the kernel's inputs): with PREFETCH they are
+    loaded a step ahead."""
     at = t * B * H + state
-    if HAS_GRAD_HS:
-        dh += tl.load(grad_hs_ptr + at, mask=mask, other=0.0)
-    if HAS_GRAD_CS:
-        dc += tl.load(grad_cs_ptr + at, mask=mask, other=0.0)
+    zeros = tl.zeros((rows.shape[0], cols.shape[0]), tl.float32)
+    g_h = tl.load(grad_hs_ptr + at, mask=mask, other=0.0) if HAS_GRAD_HS else zeros
+    g_c = tl.load(grad_cs_ptr + at, mask=mask, other=0.0) if HAS_GRAD_CS else zeros
     i, f, g, o = _load_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, mask)
     tanh_c = tl.load(tanh_cs_ptr + at, mask=mask, other=0.0)
     c_prev = tl.load(cs_ptr + at, mask=mask, other=0.0)  # cs[t] = c_{t-1}
-    dc, d_i, d_f, d_g, d_o = _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev)
-    return dc, d_i, d_f, d_g, d_o, f
+    return g_h, g_c, i, f, g, o, tanh_c, c_prev
+
+
+@triton.jit
+def _step_gradients(dh, dc, g_h, g_c, i, f, g, o, tanh_c, c_prev, HAS_GRAD_HS: tl.constexpr,
+                    HAS_GRAD_CS: tl.constexpr):
+    """The backward kernels' step up to the gate gradients: the gradients of h_t and c_t
+    from later steps (dh, dc) plus the upstream ones (g_h, g_c), through
+    :func:`_gate_gradients` with what :func:`_saved` loaded. Returns dc and the four gate
+    gradients."""
+    if HAS_GRAD_HS:
+        dh += g_h
+    if HAS_GRAD_CS:
+        dc += g_c
+    return _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev)
+
+
+@triton.jit
+def _factors(xp_ptr, mh_ptr, t, B, H, rows, cols, mask, state):
+    """m_t's two factors as the forward computed them, W_mx x_t + b_mx and W_mh h_{t-1} +
+    b_mh, in this program's columns where ``mask``: what the backward kernel's step t reads
+    after the gradient of m_t, loaded with :func:`_saved` under PREFETCH."""
+    xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
+    return xm, tl.load(mh_ptr + t * B * H + state, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -253,6 +275,18 @@ def _load_gates(ptr, gap, mask):
 
 
 @triton.jit
+def _inputs(xp_ptr, t, B, H, rows, m_units, m_mask, cols, mask):
+    """The forward kernels' step t's input projections: of m_t's first factor in units
+    ``m_units`` (this program's columns, or all units) where ``m_mask``, and of the four
+    gates in its columns where ``mask``. No barrier guards them (the kernel's input):
+    with PREFETCH they are loaded a step ahead, so that their latency is off the step's
+    critical path."""
+    row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+    x_i, x_f, x_g, x_o = _load_gates(row + H + cols[None, :], H, mask)
+    return tl.load(row + m_units[None, :], mask=m_mask, other=0.0), x_i, x_f, x_g, x_o
+
+
+@triton.jit
 def forward_kernel(
     xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,  # (T, B, 5H), (H, H), (H,), (4H, H)
     hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
@@ -260,7 +294,7 @@ def forward_kernel(
     sync_ptr,  # (tiles,) zeroed counters of _sync
     HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
@@ -275,19 +309,28 @@ def forward_kernel(
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
     # disable_licm: the weight chunks are the same at every step, and hoisted out of the
     # loop they would all be live at once, in registers (that spilled)
+    if PREFETCH:  # the first step's input projections
+        nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, 0, B, H, rows, cols, mask, cols, mask)
     for t in tl.range(T, disable_licm=True):
         # h_{t-1} and m_t are read back from global memory, KC columns at a time, by
         # _chunked_dot: each barrier makes the tile's stores visible to all its threads
         xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :]
         step = t * B * H + state
+        if PREFETCH:  # this step's inputs came a step ago; the next step's are loaded now
+            x_m, x_i, x_f, x_g, x_o = nx_m, nx_i, nx_f, nx_g, nx_o
+            later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
+            nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, cols, mask, cols, mask)
         mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B, BLOCK_H,
                              RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
-        m = tl.load(xp_row, mask=mask, other=0.0) * mh
+        if not PREFETCH:
+            x_m = tl.load(xp_row, mask=mask, other=0.0)
+        m = x_m * mh
         tl.store(mh_ptr + step, mh, mask=mask)
         tl.store(ms_ptr + step, m, mask=mask)
         _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT, WAIT)
         ms_t = ms_ptr + t * B * H
-        x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
+        if not PREFETCH:
+            x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
         if RESIDENT:
             pre_i, pre_f, pre_g, pre_o = _gate_products(_a_chunk(ms_t, H, rows, row_ok, units, units < H, SPLIT),
                                                         w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
@@ -312,7 +355,7 @@ def backward_kernel(
     HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
@@ -324,11 +367,26 @@ def backward_kernel(
         units = tl.arange(0, BLOCK_H)
         w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
+    if PREFETCH:  # what the last step reads that no barrier guards
+        n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
+                                                            cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
+                                                            HAS_GRAD_CS)
+        n_xm, n_mh = _factors(xp_ptr, mh_ptr, T - 1, B, H, rows, cols, mask, state)
     for step in tl.range(T, disable_licm=True):
         t = T - 1 - step
-        dc, d_i, d_f, d_g, d_o, f = _step_gradients(
-            dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
-            HAS_GRAD_HS, HAS_GRAD_CS)
+        if PREFETCH:  # this step's came a step ago; the step before's are loaded now
+            g_h, g_c, i, f, g, o, tanh_c, c_prev = n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp
+            xm, mh = n_xm, n_mh
+            earlier = tl.maximum(t - 1, 0)  # at the first step: that step again, unused
+            n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(earlier, grad_hs_ptr, grad_cs_ptr, acts_ptr,
+                                                                tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
+                                                                HAS_GRAD_HS, HAS_GRAD_CS)
+            n_xm, n_mh = _factors(xp_ptr, mh_ptr, earlier, B, H, rows, cols, mask, state)
+        else:
+            g_h, g_c, i, f, g, o, tanh_c, c_prev = _saved(t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr,
+                                                          B, H, rows, cols, mask, state, HAS_GRAD_HS, HAS_GRAD_CS)
+        dc, d_i, d_f, d_g, d_o = _step_gradients(dh, dc, g_h, g_c, i, f, g, o, tanh_c, c_prev, HAS_GRAD_HS,
+                                                 HAS_GRAD_CS)
         grad_xp_t = grad_xp_ptr + t * B * 5 * H
         grad_row = grad_xp_t + rows[:, None] * 5 * H + cols[None, :]
         _store_gates(grad_row + H, H, d_i, d_f, d_g, d_o, mask)
@@ -348,9 +406,9 @@ def backward_kernel(
         else:
             dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
                                     SPLIT)
-        xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
+        if not PREFETCH:
+            xm, mh = _factors(xp_ptr, mh_ptr, t, B, H, rows, cols, mask, state)
         at = t * B * H + state
-        mh = tl.load(mh_ptr + at, mask=mask, other=0.0)
         tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
         tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
         _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
@@ -386,7 +444,7 @@ def forward_one_barrier_kernel(
     own_ptr,  # (SPLIT, B, H): each program's copy of m_t
     HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """:func:`forward_kernel` with one barrier a step, not two: each of a tile's
     programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
@@ -407,14 +465,23 @@ def forward_one_barrier_kernel(
     if RESIDENT:  # ... or all of W_hm and this program's columns of the gates' are loaded once
         w_hm = _w_chunk(w_hm_ptr, H, units, units, units < H, True)
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
+    if PREFETCH:  # the first step's input projections
+        nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, 0, B, H, rows, units, full, cols, mask)
     for t in tl.range(T, disable_licm=True):
         xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
+        if PREFETCH:  # this step's inputs came a step ago; the next step's are loaded now
+            x_m, x_i, x_f, x_g, x_o = nx_m, nx_i, nx_f, nx_g, nx_o
+            later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
+            nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, units, full, cols, mask)
         mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, units, BLOCK_B, BLOCK_H,
                              RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
-        m = tl.load(xp_row + units[None, :], mask=full, other=0.0) * mh
+        if not PREFETCH:
+            x_m = tl.load(xp_row + units[None, :], mask=full, other=0.0)
+        m = x_m * mh
         tl.store(mh_ptr + t * B * H + all_state, mh, mask=mine)
         tl.store(ms_ptr + t * B * H + all_state, m, mask=mine)
-        x_i, x_f, x_g, x_o = _load_gates(xp_row + H + cols[None, :], H, mask)
+        if not PREFETCH:
+            x_i, x_f, x_g, x_o = _load_gates(xp_row + H + cols[None, :], H, mask)
         if RESIDENT:  # m_t straight from registers
             pre_i, pre_f, pre_g, pre_o = _gate_products(m, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
         else:
@@ -468,7 +535,7 @@ def backward_one_barrier_kernel(
     HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """:func:`backward_kernel` with one barrier a step, not two. The gradient of m_t,
     dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
@@ -491,11 +558,23 @@ def backward_one_barrier_kernel(
         units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, units, cols, col_ok, False)
         w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
+    if PREFETCH:  # what the last step reads that no barrier guards
+        n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
+                                                            cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
+                                                            HAS_GRAD_CS)
     for step in tl.range(T, disable_licm=True):
         t = T - 1 - step
-        dc, d_i, d_f, d_g, d_o, f = _step_gradients(
-            dh, dc, t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
-            HAS_GRAD_HS, HAS_GRAD_CS)
+        if PREFETCH:  # this step's came a step ago; the step before's are loaded now
+            g_h, g_c, i, f, g, o, tanh_c, c_prev = n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp
+            earlier = tl.maximum(t - 1, 0)  # at the first step: that step again, unused
+            n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(earlier, grad_hs_ptr, grad_cs_ptr, acts_ptr,
+                                                                tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
+                                                                HAS_GRAD_HS, HAS_GRAD_CS)
+        else:
+            g_h, g_c, i, f, g, o, tanh_c, c_prev = _saved(t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr,
+                                                          B, H, rows, cols, mask, state, HAS_GRAD_HS, HAS_GRAD_CS)
+        dc, d_i, d_f, d_g, d_o = _step_gradients(dh, dc, g_h, g_c, i, f, g, o, tanh_c, c_prev, HAS_GRAD_HS,
+                                                 HAS_GRAD_CS)
         parts = partial_ptr + (step % 2) * SPLIT * B * H
         if RESIDENT:
             part = _summed_gate_products(d_i, d_f, d_g, d_o, w_i, w_f, w_g, w_o,

@@ -13,7 +13,7 @@ On a GPU with multiprocessors to spare (15 tiles of 16 at batch 240 leave 117 of
 at barriers in global memory; the grid is launched cooperatively, so CUDA refuses it
 rather than let programs wait for others that are not resident. :func:`launch_options`
 changes tile sizes and launch options, and takes the kernels' variants (one barrier a
-step, weights resident, H compiled in), untimed so far: the defaults are the kernels
+step, weights resident, H compiled in, inputs loaded a step ahead), untimed so far: the defaults are the kernels
 measured fastest. It is what ``benchmarks/gpu.py --sweep`` tunes with.
 :func:`compile_for` compiles the kernels for a GPU architecture without a GPU (Triton
 ships ``ptxas``) and :func:`resource_usage` reports their shared memory, registers and
@@ -96,10 +96,10 @@ if triton is not None:
 #: the kernels whose launches :func:`launch_options` sets, each on its own or both at once
 KERNELS = ("forward", "backward")
 _launch_overrides: dict[str, dict[str, int]] = {kernel: {} for kernel in KERNELS}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "num_warps",
-           "num_stages")
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH",
+           "num_warps", "num_stages")
 #: the options that take one of a few values
-CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1)}
+CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1)}
 
 
 def _check(options: dict, where: str) -> None:
@@ -145,6 +145,10 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
       BLOCK_H x BLOCK_H / SPLIT floats, and with one barrier BLOCK_H x BLOCK_H more in
       the forward), and take each step's products in one piece instead of KC rows at a
       time.
+    - PREFETCH: 0, or 1 for kernels that load what a step reads and no barrier guards (the
+      forward's input projections; the backward's upstream gradients and what the forward
+      saved) one step ahead, so that its latency from memory is off the step's critical
+      path (at the cost of the registers that carry it: 5 to 10 per thread at H = 120).
     """
     per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
@@ -201,6 +205,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         WAIT=1,  # at the barriers (0: for timing only)
         STATIC_H=0,  # H a kernel argument (with launch_options(STATIC_H=1): H, compiled in)
         RESIDENT=0,  # the weights re-read at each step, KC rows at a time (1: loaded once)
+        PREFETCH=0,  # a step's inputs loaded in that step (1: a step ahead)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
@@ -268,7 +273,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
-                                             "RESIDENT")},
+                                             "RESIDENT", "PREFETCH")},
                  "PRECISION": _precision}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}
@@ -321,6 +326,8 @@ class TritonMLSTM(torch.autograd.Function):
             raise ValueError(f"the Triton mLSTM kernels run in float32, got {x.dtype}")
         T, B, _ = x.shape
         H = weight_hm.shape[0]
+        if T == 0:  # the kernels read the first step's inputs before their loop (PREFETCH)
+            raise ValueError(f"the Triton mLSTM kernels need at least one time step, got x of shape {tuple(x.shape)}")
         if not indexable(T, B, H):
             raise ValueError(f"the Triton mLSTM kernels index with int32: T * B * 5H must be below 2**31, "
                              f"got T={T}, B={B}, H={H}")

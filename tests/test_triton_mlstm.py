@@ -40,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b47 passed, 40 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b55 passed, 53 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -72,11 +72,11 @@ PRECISIONS = ("tf32x3", "ieee") if DEVICE == "cuda" else ("tf32x3",)
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("use_cells", [True, False])
-@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"RESIDENT": 1}])
+@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"RESIDENT": 1}, {"PREFETCH": 1}])
 def test_triton_equals_reference(multiplicative_bias, use_cells, precision, variant):
     """Both kernels of each kind (two barriers a step, or one, or two with the weights
-    loaded once; unsplit here, so no program waits for another) with every optional input
-    present or absent."""
+    loaded once, or with the inputs loaded a step ahead; unsplit here, so no program waits
+    for another) with every optional input present or absent."""
     torch.manual_seed(0)
     # 19 sequences: two tiles of 16, the second partly masked; H = 12 pads to 16
     layer = MLSTM(5, 12, num_layers=2, multiplicative_bias=multiplicative_bias, batch_first=False).to(DEVICE)
@@ -104,12 +104,14 @@ def test_triton_without_gate_bias_and_with_full_tiles():
 @pytest.mark.parametrize("launch", [{}, {"K_STAGES": 1}, {"BLOCK_B": 32, "KC": 32, "K_STAGES": 3},
                                     {"BARRIERS": 1}, {"BARRIERS": 1, "BLOCK_B": 32, "KC": 32, "K_STAGES": 1},
                                     {"STATIC_H": 1}, {"STATIC_H": 1, "BARRIERS": 1}, {"RESIDENT": 1, "STATIC_H": 1},
-                                    {"RESIDENT": 1, "BARRIERS": 1}])
+                                    {"RESIDENT": 1, "BARRIERS": 1}, {"PREFETCH": 1, "BLOCK_B": 32, "K_STAGES": 1},
+                                    {"PREFETCH": 1, "BARRIERS": 1, "RESIDENT": 1}])
 def test_triton_over_several_chunks_and_tile_sizes(launch):
     """H = 40: the products take three chunks of 16 columns (default, the next chunk
     prefetched; or not) or two of 32, the last partly masked; 19 sequences fill part of
     one tile of 32. The same for the one-barrier kernels, whose loops over chunks of
-    the hidden units differ, with H compiled in, and with the weights loaded once."""
+    the hidden units differ, with H compiled in, with the weights loaded once, and with
+    the inputs loaded a step ahead."""
     torch.manual_seed(2)
     layer = MLSTM(6, 40, batch_first=False).to(DEVICE)
     x = torch.randn(3, 19, 6, device=DEVICE)
@@ -203,6 +205,9 @@ def test_triton_refuses_what_it_cannot_run():
         layer.double()(torch.randn(2, 3, 3, dtype=torch.double, device=DEVICE))
     with pytest.raises(ValueError, match="no layer normalisation"):
         MLSTM(3, 4, layer_norm=True, implementation="triton")
+    zeros = torch.zeros(2, 4, device=DEVICE)  # the layer refuses no steps too; the function on its own:
+    with pytest.raises(ValueError, match=r"at least one time step, got x of shape \(0, 2, 3\)"):
+        layers._layer_triton(layer.float().to(DEVICE).cells[0], torch.randn(0, 2, 3, device=DEVICE), zeros, zeros)
 
 
 def test_auto_uses_triton_only_on_cuda_float32(monkeypatch):
@@ -229,7 +234,9 @@ def test_kernels_fit_an_h100():
                       ({"BARRIERS": 1}, 240, both, "tf32x3"), ({"STATIC_H": 1}, 240, both, "tf32x3"),
                       ({"BARRIERS": 1, "STATIC_H": 1}, 240, (120,), "tf32x3"),  # the variants the sweep times
                       ({"RESIDENT": 1, "STATIC_H": 1}, 240, (120,), "tf32x3"),
-                      ({"RESIDENT": 1, "STATIC_H": 1, "BARRIERS": 1}, 240, (120,), "tf32")]
+                      ({"RESIDENT": 1, "STATIC_H": 1, "BARRIERS": 1}, 240, (120,), "tf32"),
+                      ({"PREFETCH": 1}, 240, (120,), "tf32x3"), ({"PREFETCH": 1, "STATIC_H": 1}, 240, (120,), "tf32x3"),
+                      ({"PREFETCH": 1, "BARRIERS": 1}, 240, (120,), "tf32x3")]
     usage = {}
     try:
         for options, batch, sizes, precision in configurations:
@@ -261,6 +268,8 @@ def test_split_gives_every_program_a_multiprocessor():
 #: the kernels' variants the split tests run
 VARIANTS = ({}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 1}, {"RESIDENT": 1, "STATIC_H": 1},
             {"RESIDENT": 1, "BARRIERS": 1})
+#: the inputs loaded a step ahead (with two barriers; with one and H compiled in)
+PREFETCHED = ({"PREFETCH": 1}, {"PREFETCH": 1, "BARRIERS": 1, "STATIC_H": 1})
 #: forward and backward kernels of different kinds in one layer: one barrier forward, two
 #: backward; and a forward unsplit with a backward split, one barrier, H compiled in
 MIXED = ({"forward": {"BARRIERS": 1}}, {"forward": {"SPLIT": 1}, "backward": {"BARRIERS": 1, "STATIC_H": 1}})
@@ -269,7 +278,7 @@ MIXED = ({"forward": {"BARRIERS": 1}}, {"forward": {"SPLIT": 1}, "backward": {"B
 @pytest.mark.skipif(DEVICE != "cuda", reason="compiled on a GPU; in the interpreter, "
                                              "test_split_kernels_in_the_interpreter")
 @pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
-@pytest.mark.parametrize("variant", VARIANTS + MIXED)
+@pytest.mark.parametrize("variant", VARIANTS + MIXED + PREFETCHED)
 def test_split_kernels_equal_reference(hidden, split, variant):
     """Hidden units split across programs that meet at a barrier twice a step (or once;
     with the weights loaded once or not): outputs and every gradient as the reference
@@ -367,7 +376,7 @@ def programs_at_once():
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs the split kernels' programs as threads in Triton's interpreter")
 @pytest.mark.parametrize("split, variant", [(split, variant) for variant in VARIANTS for split in (2, 4)]
-                         + [(2, variant) for variant in MIXED])  # mixed: what passes between the kernels
+                         + [(2, variant) for variant in MIXED + PREFETCHED])  # these at one split
 def test_split_kernels_in_the_interpreter(split, variant):
     """The split kernels (hidden units across programs that meet at barriers) on the CPU,
     their programs run at once as threads (:func:`programs_at_once`): outputs and every
@@ -476,10 +485,11 @@ def test_kernels_index_with_int32_only_where_it_reaches():
 @pytest.mark.parametrize("kernel, flags", [("forward", {"HAS_B_MH": False}),
                                            ("backward", {"HAS_GRAD_HS": False}),
                                            ("backward", {"HAS_GRAD_CS": False})])
-@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}])
+@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}, {"PREFETCH": 1}])
 def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     """The interpreter runs every branch as Python; here each variant (an optional input
-    absent; one barrier a step; the timing-only barrier that does not wait) goes through
+    absent; one barrier a step; the timing-only barrier that does not wait; the inputs
+    loaded a step ahead) goes through
     Triton's GPU compiler down to sm_90 machine code, split as for 32 sequences on an
     H100, within the shared memory a block may have."""
     try:
@@ -513,3 +523,23 @@ def test_static_hidden_size_gives_16_byte_accesses():
     assert runtime == (0, 0), runtime
     assert static[0] > 0 and static[1] > 0, static
     assert multiple[0] > 0 and multiple[1] > 0, multiple
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@pytest.mark.parametrize("barriers, carried", [(2, {"forward": 5, "backward": 10}), (1, {"forward": 5, "backward": 8})])
+def test_prefetch_carries_the_next_steps_inputs_across_the_time_loop(barriers, carried):
+    """With PREFETCH=1 what a step reads that no barrier guards is loaded in the step
+    before, so the compiled time loop (the kernel's first ``scf.for``) carries it from one
+    iteration to the next: the forward's five input projections, the backward's upstream
+    gradients, gates, tanh c_t and c_{t-1} (and, with two barriers, m_t's two factors)."""
+    def carried_tensors(kernel, **options):
+        with triton_mlstm.launch_options(BARRIERS=barriers, **options):
+            ttir = triton_mlstm.compile_for(kernel, 120, 90, 240, 132).asm["ttir"]
+        time_loop = re.search(r"scf\.for [^\n]* -> \(([^)]*)\)", ttir).group(1)
+        return time_loop.count("tensor<")
+
+    try:
+        counts = {kernel: (carried_tensors(kernel), carried_tensors(kernel, PREFETCH=1)) for kernel in carried}
+    except (RuntimeError, FileNotFoundError, ImportError) as error:
+        pytest.skip(f"cannot compile for sm_90 here: {error}")
+    assert {kernel: after - before for kernel, (before, after) in counts.items()} == carried, counts
