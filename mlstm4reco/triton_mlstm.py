@@ -13,8 +13,9 @@ On a GPU with multiprocessors to spare (15 tiles of 16 at batch 240 leave 117 of
 at barriers in global memory; the grid is launched cooperatively, so CUDA refuses it
 rather than let programs wait for others that are not resident. :func:`launch_options`
 changes tile sizes and launch options, and takes the kernels' variants (one barrier a
-step, weights resident, H compiled in, inputs loaded a step ahead), untimed so far: the defaults are the kernels
-measured fastest. It is what ``benchmarks/gpu.py --sweep`` tunes with.
+step, weights resident, H compiled in, inputs loaded a step ahead), untimed so far: the
+defaults are the kernels measured fastest. It is what ``benchmarks/gpu.py --sweep`` tunes
+with.
 :func:`compile_for` compiles the kernels for a GPU architecture without a GPU (Triton
 ships ``ptxas``) and :func:`resource_usage` reports their shared memory, registers and
 spills; the test suite checks them for sm_90.
