@@ -20,7 +20,9 @@ then the sweep alone. The issue's targets come before the sweep, so that a run c
 still has them, except with ``--tune``: the sweep first, then every measurement (layer,
 epoch, evaluation, MRR with the kernels) with the defaults and again with the sweep's
 fastest configuration at fp32 accuracy, so that one run on a lent GPU both finds and
-measures a better default. It also runs on the CPU (slowly, the softmax part only with
+measures a better default. ``--shapes`` adds, after the rest (before a ``--sweep``
+without ``--tune``), the Triton layer against cuDNN's LSTM at other batch and hidden sizes
+(:data:`SHAPES`). It also runs on the CPU (slowly, the softmax part only with
 ``--softmax``; the targets are for a GPU).
 """
 
@@ -288,6 +290,48 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     return best
 
 
+#: the shapes of ``--shapes`` (batch, hidden size; 100 steps): the benchmark's, narrower and
+#: wider layers, a smaller and a larger batch
+SHAPES = ((240, 120), (240, 32), (240, 64), (240, 256), (64, 120), (1024, 120))
+
+
+def shape_scan(device: torch.device, repeats: int, tuned: tuple | None = None, seq: int = 100) -> None:
+    """The Triton layer with the defaults (and with ``tuned``, launch options and
+    precision) against cuDNN's LSTM at each of :data:`SHAPES`, in microseconds a step,
+    forward+backward and forward only, with the kernels' split and their largest
+    difference from the fused path: what a step's time follows, the hidden size (the
+    products) or neither (barriers and latencies), and where the kernels stand against
+    cuDNN at the sizes a user picks."""
+    print(f"Triton layer at other shapes, {seq} steps, us a step (ratio to nn.LSTM in the same shape); "
+          f"difference: of the output and x.grad from the fused path's")
+    print(f"  {'batch':>5} {'dim':>4} {'split':>5} {'kernels':<36} {'fwd+bwd':>8} {'':>6} {'fwd':>7} {'':>6} "
+          f"{'difference':>10}")
+    for batch, dim in SHAPES:
+        torch.manual_seed(0)
+        x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
+        grad = torch.randn(batch, seq, dim, device=device)
+        lstm_both, lstm_fwd = layer_seconds(nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device,
+                                            repeats)
+        layer = MLSTM(dim, dim).to(device)
+        layer.implementation = "fused"
+        expected = step(layer, x, grad)
+        layer.implementation = "triton"
+        print(f"  {batch:>5} {dim:>4} {'':>5} {'nn.LSTM':<36} {lstm_both / seq * 1e6:>8.1f} {'':>6} "
+              f"{lstm_fwd / seq * 1e6:>7.1f}", flush=True)
+        for options, precision in [DEFAULTS] + ([tuned] if tuned else []):
+            label = describe(options, precision)
+            try:
+                with within(options, precision):
+                    split = triton_mlstm._launch(dim, batch, triton_mlstm._multiprocessors(device))["SPLIT"]
+                    both, fwd = layer_seconds(layer, x, grad, device, repeats)
+                    worst = layers_module._largest_relative_difference(step(layer, x, grad), expected)
+            except Exception as error:  # noqa: BLE001 - a shape a configuration does not build for
+                print(f"  {batch:>5} {dim:>4} failed ({type(error).__name__}: {str(error)[:120]}): {label}")
+                continue
+            print(f"  {batch:>5} {dim:>4} {split:>5} {label:<36} {both / seq * 1e6:>8.1f} {both / lstm_both:>5.2f}x "
+                  f"{fwd / seq * 1e6:>7.1f} {fwd / lstm_fwd:>5.2f}x {worst:>10.1e}", flush=True)
+
+
 def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
     """mLSTM trained with the Triton kernels and with the fused path (study's ML-1M
     arguments, same seed, ``epochs`` epochs), and with ``tuned`` (launch options and
@@ -346,6 +390,9 @@ def main() -> None:
                         help="leave out the trainings to MRR (triton vs fused, float32 vs bfloat16): a quick run")
     parser.add_argument("--no-softmax", action="store_true",
                         help="leave out the full-softmax part (float32 vs bfloat16)")
+    parser.add_argument("--shapes", action="store_true",
+                        help="after the rest, the Triton layer against cuDNN's LSTM at other batch and "
+                             "hidden sizes (with --tune, also with the tuned configuration)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -390,6 +437,10 @@ def main() -> None:
         softmax_benchmark(device, args.epochs, args.mrr_epochs, args.data_dir)
     else:
         print("note: the full-softmax part (float32 vs bfloat16) runs on the CPU only with --softmax")
+    if working and args.shapes:
+        shape_scan(device, args.repeats, tuned)
+    elif args.shapes:
+        print("note: the shapes' scan times the Triton kernels: it needs them on a GPU")
     if working and args.sweep and not args.tune:  # last: each configuration compiles, and a cut-short sweep still reports
         sweep_launch_options(device, args.repeats)
 

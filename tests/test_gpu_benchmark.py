@@ -69,6 +69,7 @@ def run_main(monkeypatch, *arguments):
     monkeypatch.setattr(gpu, "training_benchmark", lambda *args: calls.append(("epoch",) + args[3:]))
     monkeypatch.setattr(gpu, "implementation_mrr", lambda *args: calls.append(("mrr",) + args[3:]))
     monkeypatch.setattr(gpu, "softmax_benchmark", lambda *args: calls.append("softmax"))
+    monkeypatch.setattr(gpu, "shape_scan", lambda device, repeats, tuned: calls.append(("shapes", tuned)))
     gpu.main()
     return calls, tuned
 
@@ -77,6 +78,8 @@ def test_tune_sweeps_first_and_measures_the_winner_beside_the_defaults(monkeypat
     calls, tuned = run_main(monkeypatch, "--sweep", "--tune", "--no-softmax")  # as gpu_check.sh passes them
     layers = ["nn.LSTM", "MLSTM fused", "MLSTM triton", "MLSTM triton tuned"]
     assert calls == ["resources", "sweep", ("layers", layers), ("epoch", tuned), ("mrr", tuned)]
+    calls, tuned = run_main(monkeypatch, "--sweep", "--tune", "--no-softmax", "--shapes")
+    assert calls == ["resources", "sweep", ("layers", layers), ("epoch", tuned), ("mrr", tuned), ("shapes", tuned)]
 
 
 def test_sweep_comes_last_and_sweep_only_alone(monkeypatch):
@@ -85,3 +88,38 @@ def test_sweep_comes_last_and_sweep_only_alone(monkeypatch):
     assert calls == ["resources", ("layers", layers), ("epoch", None), ("mrr", None), "softmax", "sweep"]
     calls, _ = run_main(monkeypatch, "--sweep-only")
     assert calls == ["resources", "sweep"]
+    calls, _ = run_main(monkeypatch, "--sweep", "--shapes")  # the shapes before the untuned sweep
+    assert calls[-2:] == [("shapes", None), "sweep"]
+
+
+def test_shape_scan_times_each_shape_against_the_lstm_and_goes_on_past_a_failure(monkeypatch, capsys):
+    """Faked timings: each row's microseconds a step and ratios follow them, the tuned
+    configuration gets rows of its own, and one that fails at a shape is reported there
+    while the scan goes on."""
+    monkeypatch.setattr(gpu, "SHAPES", ((4, 16), (2, 32)))
+
+    def seconds(layer, x, grad, device, repeats):
+        dim = x.shape[-1]
+        if isinstance(layer, torch.nn.LSTM):
+            return 1e-3 * dim, 0.5e-3 * dim
+        if triton_mlstm._launch_overrides["forward"].get("BARRIERS") == 1:
+            if dim == 32:
+                raise RuntimeError("out of resource")
+            return 2e-3 * dim, 1.5e-3 * dim
+        return 3e-3 * dim, 1e-3 * dim
+
+    def step(layer, x, grad):
+        out = torch.ones(3)
+        return (out + 0.25, out) if layer.implementation == "triton" else (out, out)
+
+    monkeypatch.setattr(gpu, "layer_seconds", seconds)
+    monkeypatch.setattr(gpu, "step", step)
+    gpu.shape_scan(torch.device("cpu"), 1, ({"BARRIERS": 1}, "tf32x3"), seq=10)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows[0][:3] == ["4", "16", "nn.LSTM"] and float(rows[0][3]) == pytest.approx(1e-3 * 16 / 10 * 1e6)
+    assert rows[1][:4] == ["4", "16", "1", "defaults"]  # split 1: no GPU
+    assert [float(rows[1][i]) for i in (5, 7)] == pytest.approx([3e-3 * 16 / 10 * 1e6, 1.6e-3 * 1e6])
+    assert rows[1][6] == "3.00x" and rows[1][8] == "2.00x" and rows[1][9] == "2.5e-01"
+    assert rows[2][3:5] == ["{'BARRIERS':", "1}"] and rows[2][7] == "2.00x"  # the tuned configuration
+    assert rows[3][:3] == ["2", "32", "nn.LSTM"] and rows[4][3] == "defaults"
+    assert rows[5][:3] == ["2", "32", "failed"] and "out of resource" in " ".join(rows[5])
