@@ -328,7 +328,8 @@ class TritonMLSTM(torch.autograd.Function):
         T, B, _ = x.shape
         H = weight_hm.shape[0]
         if T == 0:  # the kernels read the first step's inputs before their loop (PREFETCH)
-            raise ValueError(f"the Triton mLSTM kernels need at least one time step, got x of shape {tuple(x.shape)}")
+            raise ValueError(f"the Triton mLSTM kernels need at least one time step, got x of shape "
+                             f"{tuple(x.shape)}")
         if not indexable(T, B, H):
             raise ValueError(f"the Triton mLSTM kernels index with int32: T * B * 5H must be below 2**31, "
                              f"got T={T}, B={B}, H={H}")

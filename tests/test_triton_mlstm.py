@@ -281,7 +281,8 @@ MIXED = ({"forward": {"BARRIERS": 1}}, {"forward": {"SPLIT": 1}, "backward": {"B
 @pytest.mark.parametrize("variant", VARIANTS + MIXED + PREFETCHED)
 def test_split_kernels_equal_reference(hidden, split, variant):
     """Hidden units split across programs that meet at a barrier twice a step (or once;
-    with the weights loaded once or not): outputs and every gradient as the reference
+    with the weights loaded once or not; with the inputs loaded a step ahead; forward and
+    backward kernels of different kinds): outputs and every gradient as the reference
     path's, with a masked second tile and padded units."""
     if variant.get("RESIDENT"):  # the weights a program needs must fit in its shared memory
         major, minor = torch.cuda.get_device_capability()
@@ -489,9 +490,8 @@ def test_kernels_index_with_int32_only_where_it_reaches():
 def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     """The interpreter runs every branch as Python; here each variant (an optional input
     absent; one barrier a step; the timing-only barrier that does not wait; the inputs
-    loaded a step ahead) goes through
-    Triton's GPU compiler down to sm_90 machine code, split as for 32 sequences on an
-    H100, within the shared memory a block may have."""
+    loaded a step ahead) goes through Triton's GPU compiler down to sm_90 machine code,
+    split as for 32 sequences on an H100, within the shared memory a block may have."""
     try:
         with triton_mlstm.launch_options(**launch):
             compiled = triton_mlstm.compile_for(kernel, 32, 90, 32, 132, **flags)
