@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import pathlib
 import time
 from typing import NamedTuple
 
@@ -39,6 +41,7 @@ from torch import nn
 
 from mlstm4reco.cross_validation import user_based_train_test_split
 from mlstm4reco.datasets import get_movielens_dataset
+from mlstm4reco.datasets._download import atomic_path
 from mlstm4reco.evaluation import sequence_mrr_score
 from mlstm4reco import triton_mlstm
 from mlstm4reco import layers as layers_module
@@ -62,6 +65,24 @@ BEST = {name: best_arguments(name) for name in ("lstm", "mlstm")}
 DEFAULTS = ({}, "tf32x3")
 
 
+class Results:
+    """What the run measured, by part (seconds, differences, MRR), beside what it prints:
+    with a ``path`` (``--json``), rewritten there atomically after each part, so that a
+    run cut short keeps the parts it finished."""
+
+    def __init__(self, path: pathlib.Path | None = None) -> None:
+        self.path, self.parts = path, {}
+
+    def add(self, part: str, value) -> None:
+        self.parts[part] = value
+        if self.path is not None:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(self.parts, indent=1) + "\n")
+
+
+RESULTS = Results()
+
+
 def training_benchmark(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
     """A full ML-1M training epoch of MLSTMNet against LSTMNet (study's best arguments) and
     the evaluation of the test split; with ``tuned`` (launch options and precision), MLSTMNet
@@ -83,13 +104,16 @@ def training_benchmark(device: torch.device, epochs: int, data_dir, tuned: tuple
             epoch[label] = median_seconds(lambda m=models[name]: m.fit(train), device, epochs, warmup=1)
     print(f"ML-1M epoch ({len(train)} sequences): "
           + ", ".join(f"{label} {seconds:.2f} s ({seconds / epoch['LSTMNet']:.2f}x)" for label, seconds in epoch.items()))
+    RESULTS.add("epoch_seconds", epoch)
+    evaluation = {}
     for label, (name, (options, precision)) in runs.items():
         if name == "mlstm":
             with within(options, precision):
-                seconds = median_seconds(lambda: sequence_mrr_score(models[name], test, exclude_preceding=True),
-                                         device, 5)
+                evaluation[label] = median_seconds(
+                    lambda: sequence_mrr_score(models[name], test, exclude_preceding=True), device, 5)
             print(f"evaluation of the ML-1M test split ({len(test)} sequences x {test.num_items} items), "
-                  f"{label}: {seconds * 1e3:.0f} ms")
+                  f"{label}: {evaluation[label] * 1e3:.0f} ms")
+    RESULTS.add("evaluation_seconds", evaluation)
 
 
 def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_dir) -> None:
@@ -109,11 +133,16 @@ def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_d
     print("ML-1M epoch, full softmax, dropout 0.25 (ratio to LSTMNet float32):")
     for (name, precision), seconds in times.items():
         print(f"  {name:6s} {precision:9s} {seconds:7.2f} s  {seconds / base:5.2f}x")
+    RESULTS.add("softmax_epoch_seconds",
+                {f"{name} {precision}": seconds for (name, precision), seconds in times.items()})
+    reached = {}
     for precision in ("float32", "bfloat16"):
         trained = model("mlstm", precision, mrr_epochs)
         trained.fit(train)
         mrr = [sequence_mrr_score(trained, part, exclude_preceding=True).mean() for part in (valid, test)]
         print(f"mLSTM, {mrr_epochs} epochs, {precision}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f}")
+        reached[precision] = {"epochs": mrr_epochs, "valid_mrr": float(mrr[0]), "test_mrr": float(mrr[1])}
+        RESULTS.add("softmax_mrr", reached)
 
 
 @contextlib.contextmanager
@@ -170,10 +199,13 @@ def check_triton(device: torch.device) -> list[str]:
             print(f"triton ({precision}) failed: {type(error).__name__}: {str(error)[:300]}")
             continue
         results[precision] = [out.detach(), inputs.grad] + [p.grad.clone() for p in layer.parameters()]
+    differences = {}
     for precision in [p for p in triton_mlstm.PRECISIONS if p in results]:
-        worst = layers_module._largest_relative_difference(results[precision], results[None])
+        worst = differences[precision] = layers_module._largest_relative_difference(results[precision],
+                                                                                      results[None])
         print(f"triton ({precision}) vs fused, largest difference relative to each tensor's "
               f"largest value: {worst:.2e}")
+    RESULTS.add("triton_vs_fused_difference", differences)
     return [p for p in triton_mlstm.PRECISIONS if p in results]
 
 
@@ -247,7 +279,7 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
           f"fwd {lstm_fwd * 1e3:.2f} ms); difference: of the output and x.grad from the fused path's")
     print(f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'fwd ms':>7} {'/LSTM':>6} {'difference':>10}  "
           f"configuration")
-    base, timed = None, []
+    base, timed, measured = None, [], []
 
     def measure(options, precision, meaning):
         nonlocal base
@@ -259,13 +291,19 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
                 got = step(layer, x, grad)
         except Exception as error:  # noqa: BLE001 - a configuration that does not build
             print(f"  failed ({type(error).__name__}: {str(error)[:120]}): {label}", flush=True)
-            return
-        base = base or both
-        worst = layers_module._largest_relative_difference(got, expected)
-        print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
-              f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)", flush=True)
-        if all(kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS):
-            timed.append(Timed(both, fwd, worst, options, precision))  # WAIT=0 gives wrong results by design
+            outcome = {"failed": f"{type(error).__name__}: {str(error)[:300]}"}
+        else:
+            base = base or both
+            worst = layers_module._largest_relative_difference(got, expected)
+            print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
+                  f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+            outcome = {"seconds": both, "forward_seconds": fwd, "difference": worst}
+            if all(kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS):
+                timed.append(Timed(both, fwd, worst, options, precision))  # WAIT=0 gives wrong results by design
+        measured.append({"options": options, "precision": precision, "meaning": meaning, **outcome})
+        RESULTS.add("sweep", {"lstm_seconds": lstm_both, "lstm_forward_seconds": lstm_fwd,
+                              "configurations": measured})
 
     for configuration in SWEEP:
         measure(*configuration)
@@ -287,6 +325,8 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
             print(f"fastest that agrees with fused to {tolerance:.0e}: {describe(fastest.options, fastest.precision)}, "
                   f"{fastest.both * 1e3:.2f} ms, {fastest.both / lstm_both:.2f}x nn.LSTM")
             best = fastest.options, fastest.precision
+            RESULTS.add(f"sweep_fastest_within_{tolerance:.0e}", {"options": best[0], "precision": best[1],
+                                                                "seconds": fastest.both})
     return best
 
 
@@ -306,6 +346,7 @@ def shape_scan(device: torch.device, repeats: int, tuned: tuple | None = None, s
           f"difference: of the output and x.grad from the fused path's")
     print(f"  {'batch':>5} {'dim':>4} {'split':>5} {'kernels':<36} {'fwd+bwd':>8} {'':>6} {'fwd':>7} {'':>6} "
           f"{'difference':>10}")
+    rows = []
     for batch, dim in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
@@ -318,6 +359,8 @@ def shape_scan(device: torch.device, repeats: int, tuned: tuple | None = None, s
         layer.implementation = "triton"
         print(f"  {batch:>5} {dim:>4} {'':>5} {'nn.LSTM':<36} {lstm_both / seq * 1e6:>8.1f} {'':>6} "
               f"{lstm_fwd / seq * 1e6:>7.1f}", flush=True)
+        rows.append({"batch": batch, "hidden": dim, "steps": seq, "layer": "nn.LSTM", "seconds": lstm_both,
+                     "forward_seconds": lstm_fwd})
         for options, precision in [DEFAULTS] + ([tuned] if tuned else []):
             label = describe(options, precision)
             try:
@@ -330,6 +373,10 @@ def shape_scan(device: torch.device, repeats: int, tuned: tuple | None = None, s
                 continue
             print(f"  {batch:>5} {dim:>4} {split:>5} {label:<36} {both / seq * 1e6:>8.1f} {both / lstm_both:>5.2f}x "
                   f"{fwd / seq * 1e6:>7.1f} {fwd / lstm_fwd:>5.2f}x {worst:>10.1e}", flush=True)
+            rows.append({"batch": batch, "hidden": dim, "steps": seq, "layer": "MLSTM triton", "options": options,
+                         "precision": precision, "split": split, "seconds": both, "forward_seconds": fwd,
+                         "difference": worst})
+        RESULTS.add("shapes", rows)
 
 
 def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
@@ -339,6 +386,7 @@ def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple
     config = load_config(config_path("ml1m", "mlstm"))
     train, valid, test = protocol_split(load_dataset(config, data_dir), config.protocol)
     runs = [("fused", DEFAULTS), ("triton", DEFAULTS)] + ([("triton", tuned)] if tuned else [])
+    reached = []
     for implementation, (options, precision) in runs:
         model = ImplicitSequenceModel(loss="adaptive_hinge", representation="mlstm", n_iter=epochs,
                                       random_state=0, device=device,
@@ -352,6 +400,10 @@ def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple
         label = implementation + ("" if (options, precision) == DEFAULTS else f" {describe(options, precision)}")
         print(f"mLSTM, {epochs} epochs, {label}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f} "
               f"({seconds:.2f} s per epoch)", flush=True)
+        reached.append({"implementation": implementation, "options": options, "precision": precision,
+                        "epochs": epochs, "valid_mrr": float(mrr[0]), "test_mrr": float(mrr[1]),
+                        "epoch_seconds": seconds})
+        RESULTS.add("mrr", reached)
 
 
 def print_kernel_resources(hidden_size: int, batch: int = 240) -> None:
@@ -390,6 +442,8 @@ def main() -> None:
                         help="leave out the trainings to MRR (triton vs fused, float32 vs bfloat16): a quick run")
     parser.add_argument("--no-softmax", action="store_true",
                         help="leave out the full-softmax part (float32 vs bfloat16)")
+    parser.add_argument("--json", type=pathlib.Path, default=None,
+                        help="also write what the run measures to this JSON file, atomically after each part")
     parser.add_argument("--shapes", action="store_true",
                         help="after the rest, the Triton layer against cuDNN's LSTM at other batch and "
                              "hidden sizes (with --tune, also with the tuned configuration)")
@@ -397,6 +451,10 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {name}, torch {torch.__version__}")
+    RESULTS.path, RESULTS.parts = args.json, {}
+    RESULTS.add("run", {"device": name, "torch": torch.__version__,
+                        "triton": triton_mlstm.triton.__version__ if triton_mlstm.available() else None,
+                        "arguments": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}})
     if device.type != "cuda":
         print("note: no GPU: running on the CPU, slowly; the issue's targets are for a GPU")
         args.repeats = min(args.repeats, 3)
@@ -418,6 +476,7 @@ def main() -> None:
     tuned = sweep_launch_options(device, args.repeats) if working and (args.sweep_only or args.tune) else None
     if args.sweep_only:
         return
+    RESULTS.add("tuned", None if tuned is None else {"options": tuned[0], "precision": tuned[1]})
     if tuned == DEFAULTS:
         print("tuned: the defaults are the fastest configuration at fp32 accuracy")
         tuned = None
@@ -425,7 +484,7 @@ def main() -> None:
         print(f"tuned: {describe(*tuned)}; measured below beside the defaults")
         layers["MLSTM triton tuned"] = WithOptions(MLSTM(120, 120, implementation="triton"), tuned[1], tuned[0])
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
-    compare_layers(layers, device, args.repeats, 240, 100, 120)
+    RESULTS.add("layer_seconds", compare_layers(layers, device, args.repeats, 240, 100, 120))
     training_benchmark(device, args.epochs, args.data_dir, tuned)
     if device.type == "cuda":
         print(f"MLSTM 'auto' verdicts on the kernels (None: used): {layers_module._triton_verdicts}")

@@ -5,7 +5,8 @@
 # times against cuDNN's LSTM, launch-option sweep, ML-1M epochs, evaluation, MRR with the
 # kernels vs the fused path, full softmax float32 vs bfloat16). Arguments after LOG_DIR go to
 # gpu.py: with --tune the sweep comes first and its fastest configuration at fp32 accuracy
-# is measured beside the defaults.
+# is measured beside the defaults. What gpu.py measures also goes to LOG_DIR/gpu.json (seconds,
+# differences, MRR; rewritten after each part).
 #
 #     MLSTM4RECO_DATA=../shared/data bash benchmarks/gpu_check.sh [LOG_DIR [gpu.py options]]
 #
@@ -31,7 +32,8 @@ timeout "${TEST_TIMEOUT:-240}" "$python" -m pytest -q -p no:cacheprovider \
     tests/test_triton_mlstm.py tests/test_layers.py 2>&1 | tee "$logs/tests.log"
 tests=$?
 
-timeout "${BENCH_TIMEOUT:-420}" "$python" benchmarks/gpu.py --sweep "${@:2}" 2>&1 | tee "$logs/gpu.log"
+timeout "${BENCH_TIMEOUT:-420}" "$python" benchmarks/gpu.py --sweep --json "$logs/gpu.json" "${@:2}" 2>&1 \
+    | tee "$logs/gpu.log"
 bench=$?
 
 echo "tests exit $tests, benchmark exit $bench" | tee -a "$logs/device.log"

@@ -60,20 +60,22 @@ def layer_seconds(layer, x: torch.Tensor, grad: torch.Tensor, device: torch.devi
 
 
 def compare_layers(layers: dict, device: torch.device, repeats: int, batch: int, seq: int,
-                   dim: int) -> None:
+                   dim: int) -> dict[str, dict[str, float]]:
     """Print forward+backward and forward-only medians of each layer, with ratios to the
     first, on a dense upstream gradient (out.sum() would give a stride-0 gradient that
-    flatters every implementation)."""
+    flatters every implementation). Returns them (seconds) by layer."""
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, dim, device=device)
     print(f"{'layer':<18}{'fwd+bwd ms':>12}{'ratio':>8}{'fwd ms':>10}{'ratio':>8}")
-    base = {}
+    base, measured = {}, {}
     for name, layer in layers.items():
         both, fwd = layer_seconds(layer.to(device), x, grad, device, repeats)
         base.setdefault("both", both)
         base.setdefault("fwd", fwd)
         print(f"{name:<18}{both * 1e3:>12.1f}{both / base['both']:>7.2f}x"
               f"{fwd * 1e3:>10.1f}{fwd / base['fwd']:>7.2f}x")
+        measured[name] = {"seconds": both, "forward_seconds": fwd}
+    return measured
 
 
 def main() -> None:

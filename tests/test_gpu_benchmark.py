@@ -2,6 +2,7 @@
 next default of the Triton kernels is chosen from it) and what its options run, with the
 timings and the GPU faked. The GPU's numbers come from a lent GPU only."""
 
+import json
 import sys
 
 import pytest
@@ -27,12 +28,15 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
         ({}, "tf32", "fast, 1e-3"),
         (dict(BARRIERS=1), "tf32x3", "fast forward, slow backward"),
         (dict(K_STAGES=1), "tf32x3", "slow forward, fast backward"),
+        (dict(SPLIT=64), "tf32x3", "does not build"),
     ])
 
     def seconds(layer, x, grad, device, repeats):
         if isinstance(layer, torch.nn.LSTM):
             return 1.0, 0.4
         forward, backward = (triton_mlstm._launch_overrides[kernel] for kernel in triton_mlstm.KERNELS)
+        if forward.get("SPLIT") == 64:
+            raise RuntimeError("out of resource: shared memory")
         if forward.get("WAIT") == 0:
             return 0.5, 0.2
         cheaper = 0.5 if triton_mlstm._precision == "tf32" else 1.0
@@ -53,6 +57,15 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
     printed = capsys.readouterr().out
     assert "the fastest forward with the fastest backward above" in printed
     assert "fastest that agrees with fused to 1e-03: defaults tf32" in printed  # 4.5 s, 1e-3: what 'auto' takes
+    recorded = gpu.RESULTS.parts["sweep"]  # what --json writes: each configuration, WAIT=0 too
+    assert [(c["options"], c["precision"], c["seconds"]) for c in recorded["configurations"][:3]] == [
+        ({}, "tf32x3", 9.0), ({"WAIT": 0}, "tf32x3", 0.5), ({}, "tf32", 4.5)]
+    assert recorded["configurations"][5] == {"options": {"SPLIT": 64}, "precision": "tf32x3",
+                                             "meaning": "does not build",
+                                             "failed": "RuntimeError: out of resource: shared memory"}
+    assert len(recorded["configurations"]) == 7 and recorded["lstm_seconds"] == 1.0
+    assert gpu.RESULTS.parts["sweep_fastest_within_1e-05"] == {"options": best[0], "precision": "tf32x3",
+                                                             "seconds": 5.0}
 
 
 def run_main(monkeypatch, *arguments):
@@ -72,6 +85,19 @@ def run_main(monkeypatch, *arguments):
     monkeypatch.setattr(gpu, "shape_scan", lambda device, repeats, tuned: calls.append(("shapes", tuned)))
     gpu.main()
     return calls, tuned
+
+
+def test_json_has_each_part_as_it_ends(monkeypatch, tmp_path):
+    """--json: the run's measurements, rewritten atomically after each part (here the faked
+    parts record nothing but the run itself, the layers' table and the tuned configuration)."""
+    path = tmp_path / "logs" / "gpu.json"
+    monkeypatch.setattr(gpu, "RESULTS", gpu.Results())
+    calls, tuned = run_main(monkeypatch, "--tune", "--no-softmax", "--json", str(path))
+    written = json.loads(path.read_text())
+    assert list(written) == ["run", "tuned", "layer_seconds"]
+    assert written["run"]["device"] == "a faked GPU" and written["run"]["arguments"]["json"] == str(path)
+    assert written["tuned"] == {"options": tuned[0], "precision": "tf32x3"}
+    assert [p.name for p in path.parent.iterdir()] == ["gpu.json"]  # no temporary file left
 
 
 def test_tune_sweeps_first_and_measures_the_winner_beside_the_defaults(monkeypatch):
@@ -123,3 +149,8 @@ def test_shape_scan_times_each_shape_against_the_lstm_and_goes_on_past_a_failure
     assert rows[2][3:5] == ["{'BARRIERS':", "1}"] and rows[2][7] == "2.00x"  # the tuned configuration
     assert rows[3][:3] == ["2", "32", "nn.LSTM"] and rows[4][3] == "defaults"
     assert rows[5][:3] == ["2", "32", "failed"] and "out of resource" in " ".join(rows[5])
+    recorded = gpu.RESULTS.parts["shapes"]  # what --json writes
+    assert [(r["batch"], r["hidden"], r["layer"], r.get("options")) for r in recorded] == [
+        (4, 16, "nn.LSTM", None), (4, 16, "MLSTM triton", {}), (4, 16, "MLSTM triton", {"BARRIERS": 1}),
+        (2, 32, "nn.LSTM", None), (2, 32, "MLSTM triton", {})]
+    assert recorded[1]["seconds"] == pytest.approx(3e-3 * 16) and recorded[1]["difference"] == 0.25
