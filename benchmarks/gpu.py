@@ -370,6 +370,8 @@ def shape_scan(device: torch.device, repeats: int, tuned: tuple | None = None, s
                     worst = layers_module._largest_relative_difference(step(layer, x, grad), expected)
             except Exception as error:  # noqa: BLE001 - a shape a configuration does not build for
                 print(f"  {batch:>5} {dim:>4} failed ({type(error).__name__}: {str(error)[:120]}): {label}")
+                rows.append({"batch": batch, "hidden": dim, "steps": seq, "layer": "MLSTM triton", "options": options,
+                             "precision": precision, "failed": f"{type(error).__name__}: {str(error)[:300]}"})
                 continue
             print(f"  {batch:>5} {dim:>4} {split:>5} {label:<36} {both / seq * 1e6:>8.1f} {both / lstm_both:>5.2f}x "
                   f"{fwd / seq * 1e6:>7.1f} {fwd / lstm_fwd:>5.2f}x {worst:>10.1e}", flush=True)

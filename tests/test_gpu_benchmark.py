@@ -152,5 +152,6 @@ def test_shape_scan_times_each_shape_against_the_lstm_and_goes_on_past_a_failure
     recorded = gpu.RESULTS.parts["shapes"]  # what --json writes
     assert [(r["batch"], r["hidden"], r["layer"], r.get("options")) for r in recorded] == [
         (4, 16, "nn.LSTM", None), (4, 16, "MLSTM triton", {}), (4, 16, "MLSTM triton", {"BARRIERS": 1}),
-        (2, 32, "nn.LSTM", None), (2, 32, "MLSTM triton", {})]
+        (2, 32, "nn.LSTM", None), (2, 32, "MLSTM triton", {}), (2, 32, "MLSTM triton", {"BARRIERS": 1})]
     assert recorded[1]["seconds"] == pytest.approx(3e-3 * 16) and recorded[1]["difference"] == 0.25
+    assert recorded[5]["failed"] == "RuntimeError: out of resource" and "seconds" not in recorded[5]
