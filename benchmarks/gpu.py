@@ -259,6 +259,22 @@ class Timed(NamedTuple):
     precision: str
 
 
+def timed_against_fused(layer, x: torch.Tensor, grad: torch.Tensor, expected, options: dict, precision: str,
+                        device: torch.device, repeats: int) -> dict:
+    """The Triton ``layer``'s forward+backward and forward-only seconds :func:`within`
+    ``options`` and ``precision``, and the largest difference of its output and input
+    gradient from the fused path's (``expected``); or, for a configuration that does not
+    build or run, why: ``{'failed': ...}``."""
+    try:
+        with within(options, precision):
+            both, fwd = layer_seconds(layer, x, grad, device, repeats)
+            got = step(layer, x, grad)
+    except Exception as error:  # noqa: BLE001 - reported by the caller; the benchmark goes on
+        return {"failed": f"{type(error).__name__}: {str(error)[:300]}"}
+    return {"seconds": both, "forward_seconds": fwd,
+            "difference": layers_module._largest_relative_difference(got, expected)}
+
+
 def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
                          dim: int = 120) -> tuple[dict, str] | None:
     """Forward+backward and forward-only time of the Triton layer at the benchmark's shape
@@ -285,20 +301,15 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         nonlocal base
         start = time.perf_counter()
         label = f"{describe(options, precision)}: {meaning}"
-        try:
-            with within(options, precision):
-                both, fwd = layer_seconds(layer, x, grad, device, repeats)
-                got = step(layer, x, grad)
-        except Exception as error:  # noqa: BLE001 - a configuration that does not build
-            print(f"  failed ({type(error).__name__}: {str(error)[:120]}): {label}", flush=True)
-            outcome = {"failed": f"{type(error).__name__}: {str(error)[:300]}"}
+        outcome = timed_against_fused(layer, x, grad, expected, options, precision, device, repeats)
+        if "failed" in outcome:
+            print(f"  failed ({outcome['failed'][:160]}): {label}", flush=True)
         else:
+            both, fwd, worst = outcome["seconds"], outcome["forward_seconds"], outcome["difference"]
             base = base or both
-            worst = layers_module._largest_relative_difference(got, expected)
             print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
                   f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
-            outcome = {"seconds": both, "forward_seconds": fwd, "difference": worst}
             if all(kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS):
                 timed.append(Timed(both, fwd, worst, options, precision))  # WAIT=0 gives wrong results by design
         measured.append({"options": options, "precision": precision, "meaning": meaning, **outcome})
@@ -363,21 +374,19 @@ def shape_scan(device: torch.device, repeats: int, tuned: tuple | None = None, s
                      "forward_seconds": lstm_fwd})
         for options, precision in [DEFAULTS] + ([tuned] if tuned else []):
             label = describe(options, precision)
-            try:
-                with within(options, precision):
-                    split = triton_mlstm._launch(dim, batch, triton_mlstm._multiprocessors(device))["SPLIT"]
-                    both, fwd = layer_seconds(layer, x, grad, device, repeats)
-                    worst = layers_module._largest_relative_difference(step(layer, x, grad), expected)
-            except Exception as error:  # noqa: BLE001 - a shape a configuration does not build for
-                print(f"  {batch:>5} {dim:>4} failed ({type(error).__name__}: {str(error)[:120]}): {label}")
-                rows.append({"batch": batch, "hidden": dim, "steps": seq, "layer": "MLSTM triton", "options": options,
-                             "precision": precision, "failed": f"{type(error).__name__}: {str(error)[:300]}"})
-                continue
-            print(f"  {batch:>5} {dim:>4} {split:>5} {label:<36} {both / seq * 1e6:>8.1f} {both / lstm_both:>5.2f}x "
-                  f"{fwd / seq * 1e6:>7.1f} {fwd / lstm_fwd:>5.2f}x {worst:>10.1e}", flush=True)
-            rows.append({"batch": batch, "hidden": dim, "steps": seq, "layer": "MLSTM triton", "options": options,
-                         "precision": precision, "split": split, "seconds": both, "forward_seconds": fwd,
-                         "difference": worst})
+            outcome = timed_against_fused(layer, x, grad, expected, options, precision, device, repeats)
+            row = {"batch": batch, "hidden": dim, "steps": seq, "layer": "MLSTM triton", "options": options,
+                   "precision": precision}
+            if "failed" in outcome:
+                print(f"  {batch:>5} {dim:>4} failed ({outcome['failed'][:160]}): {label}")
+            else:
+                with within(options, precision):  # it ran: its options are valid at this shape
+                    row["split"] = triton_mlstm._launch(dim, batch, triton_mlstm._multiprocessors(device))["SPLIT"]
+                both, fwd = outcome["seconds"], outcome["forward_seconds"]
+                print(f"  {batch:>5} {dim:>4} {row['split']:>5} {label:<36} {both / seq * 1e6:>8.1f} "
+                      f"{both / lstm_both:>5.2f}x {fwd / seq * 1e6:>7.1f} {fwd / lstm_fwd:>5.2f}x "
+                      f"{outcome['difference']:>10.1e}", flush=True)
+            rows.append({**row, **outcome})
         RESULTS.add("shapes", rows)
 
 
