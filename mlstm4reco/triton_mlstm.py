@@ -13,9 +13,9 @@ On a GPU with multiprocessors to spare (15 tiles of 16 at batch 240 leave 117 of
 at barriers in global memory; the grid is launched cooperatively, so CUDA refuses it
 rather than let programs wait for others that are not resident. :func:`launch_options`
 changes tile sizes and launch options, and takes the kernels' variants (one barrier a
-step, weights resident, H compiled in, inputs loaded a step ahead), untimed so far: the
-defaults are the kernels measured fastest. It is what ``benchmarks/gpu.py --sweep`` tunes
-with.
+step, weights resident, H compiled in, inputs loaded a step ahead): the defaults are the
+configuration measured fastest at fp32 accuracy on an H200 (:func:`_launch`). It is what
+``benchmarks/gpu.py --sweep`` tunes with.
 :func:`compile_for` compiles the kernels for a GPU architecture without a GPU (Triton
 ships ``ptxas``) and :func:`resource_usage` reports their shared memory, registers and
 spills; the test suite checks them for sm_90.
@@ -138,18 +138,20 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
       :func:`~mlstm4reco.triton_kernels.backward_one_barrier_kernel`).
     - WAIT: 1, or 0 for programs that do not wait for each other at the barriers: wrong
       results, there to time what the barriers cost.
-    - STATIC_H: 0, or 1 to compile the hidden size into the kernels (one compilation per
-      size), so that Triton knows rows of H floats keep 16-byte alignment and loads and
-      stores them 16 bytes at a time.
-    - RESIDENT: 0, or 1 for kernels that load the weights each program needs once, before
-      the first step (Triton keeps them in shared memory, which they must fit: 5 x
-      BLOCK_H x BLOCK_H / SPLIT floats, and with one barrier BLOCK_H x BLOCK_H more in
-      the forward), and take each step's products in one piece instead of KC rows at a
-      time.
-    - PREFETCH: 0, or 1 for kernels that load what a step reads and no barrier guards (the
-      forward's input projections; the backward's upstream gradients and what the forward
-      saved) one step ahead, so that its latency from memory is off the step's critical
-      path (at the cost of the registers that carry it: 10 to 20 a thread at H = 120, split 8).
+    - STATIC_H: 1 (the default) to compile the hidden size into the kernels (one
+      compilation per size), so that Triton knows rows of H floats keep 16-byte alignment
+      and loads and stores them 16 bytes at a time; 0 to take it as an argument.
+    - RESIDENT: 1 for kernels that load the weights each program needs once, before the
+      first step (Triton keeps them in shared memory, which they must fit: 5 x BLOCK_H x
+      BLOCK_H / SPLIT floats, and with one barrier BLOCK_H x BLOCK_H more in the
+      forward), and take each step's products in one piece instead of KC rows at a time;
+      0 to re-read them each step. The default is 1 with two barriers, BLOCK_H up to 128
+      and :func:`resident_bytes` within the GPU's shared memory, else 0.
+    - PREFETCH: 1 (the default) for kernels that load what a step reads and no barrier
+      guards (the forward's input projections; the backward's upstream gradients and what
+      the forward saved) one step ahead, so that its latency from memory is off the step's
+      critical path (at the cost of the registers that carry it: 10 to 20 a thread at
+      H = 120, split 8); 0 to load it in that step.
     """
     per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
@@ -171,21 +173,44 @@ def overrides_key() -> tuple:
     return tuple((kernel, tuple(sorted(_launch_overrides[kernel].items()))) for kernel in KERNELS)
 
 
+#: the fewest hidden units a program of a split tile gets by default: with 16 (16 x 16
+#: products) Triton gives each of a program's warps the same product to compute; the
+#: H200 ran the benchmark's layer (H = 120) faster split 4 ways than 8: 0.87x the time with
+#: the weights resident, 0.91-0.97x without (docs/results/gpu_h200, runs 6 and 7)
+MIN_UNITS = 32
+
+#: the shared memory a block may have (bytes, opt-in) by NVIDIA architecture, for
+#: :func:`compile_for` without the GPU (on a GPU, its own figure): sm_80 (A100),
+#: sm_86/sm_89 (consumer Ampere/Ada), sm_90 (H100/H200)
+SHARED_MEMORY = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+
+
 def _split(block_h: int, tiles: int, multiprocessors: int) -> int:
     """How many programs share each tile's hidden units: the most (a power of two, at
-    least 16 units each) with which every program of the grid has a multiprocessor of its
-    own, so that all are resident at once (their barriers wait for each other)."""
+    least :data:`MIN_UNITS` units each) with which every program of the grid has a
+    multiprocessor of its own, so that all are resident at once (their barriers wait for
+    each other)."""
     split = 1
-    while block_h // (2 * split) >= 16 and tiles * 2 * split <= multiprocessors:
+    while block_h // (2 * split) >= MIN_UNITS and tiles * 2 * split <= multiprocessors:
         split *= 2
     return split
 
 
-def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward") -> dict:
+def resident_bytes(block_h: int, block_j: int) -> int:
+    """The shared memory the two-barrier kernels ask for with their weights resident
+    (RESIDENT=1): a program keeps five BLOCK_H x BLOCK_J blocks of weights; Triton 3.6
+    (PyTorch 2.11's) lays them out twice (3.9 once), and the kernels' other buffers
+    take under 16 KiB (``test_resident_weights_take_what_resident_bytes_says``)."""
+    return 2 * 5 * block_h * block_j * 4 + 16 * 1024
+
+
+def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward", shared_memory: int = 0) -> dict:
     """The tile sizes and launch options of the ``'forward'`` or ``'backward'`` kernel at
     hidden size H for B sequences on a GPU with ``multiprocessors`` multiprocessors (0: the
-    hidden units unsplit), with :func:`launch_options`' overrides for that kernel; the
-    defaults follow the tile and the split."""
+    hidden units unsplit) and ``shared_memory`` bytes of shared memory a block may have
+    (0: the weights never resident), with :func:`launch_options`' overrides for that
+    kernel; the defaults follow the tile and the split, and are the fastest measured on an
+    H200 at fp32 accuracy (``benchmarks/gpu.py --sweep``; docs/results/gpu_h200/NOTES.md)."""
     overrides = _launch_overrides[kernel]
     block_h = max(16, triton.next_power_of_2(H))
     block_b = overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
@@ -204,9 +229,11 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         SPLIT=split,  # programs per tile, each with BLOCK_H / SPLIT of the hidden units
         BARRIERS=barriers,  # a step (2: triton_kernels.forward_kernel and backward_kernel)
         WAIT=1,  # at the barriers (0: for timing only)
-        STATIC_H=0,  # H a kernel argument (with launch_options(STATIC_H=1): H, compiled in)
-        RESIDENT=0,  # the weights re-read at each step, KC rows at a time (1: loaded once)
-        PREFETCH=0,  # a step's inputs loaded in that step (1: a step ahead)
+        STATIC_H=1,  # H compiled in (one compilation per size; 0: a kernel argument)
+        # the weights loaded once where they fit (0: re-read each step, KC rows at a time):
+        # with two barriers, H up to 128 (at 256 they spill kilobytes)
+        RESIDENT=int(barriers == 2 and block_h <= 128 and resident_bytes(block_h, block_j) <= shared_memory),
+        PREFETCH=1,  # a step's inputs loaded a step ahead (0: in that step)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
@@ -250,6 +277,12 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
+def _shared_memory(device: torch.device) -> int:
+    """The shared memory a block may have on the GPU, in bytes, opting in (0 on the CPU:
+    the interpreter keeps the weights where the defaults say, re-read each step)."""
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin if device.type == "cuda" else 0
+
+
 #: the optional inputs of each kernel (constexpr flags); all present by default
 KERNEL_FLAGS = {"forward": ("HAS_B_MH",), "backward": ("HAS_GRAD_HS", "HAS_GRAD_CS")}
 
@@ -270,7 +303,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    options = _launch(hidden_size, batch, multiprocessors, kernel)
+    options = _launch(hidden_size, batch, multiprocessors, kernel, SHARED_MEMORY.get(arch, 0))
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
@@ -343,10 +376,10 @@ class TritonMLSTM(torch.autograd.Function):
         tanh_cs, mh, ms = (x.new_empty(T, B, H) for _ in range(3))
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
-        multiprocessors = _multiprocessors(x.device)
-        ctx.precision, ctx.launch = _precision, _launch(H, B, multiprocessors, "backward")
-        _run("forward", _launch(H, B, multiprocessors, "forward"), B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs, acts, tanh_cs, mh, ms,
-             T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
+        gpu = dict(multiprocessors=_multiprocessors(x.device), shared_memory=_shared_memory(x.device))
+        ctx.precision, ctx.launch = _precision, _launch(H, B, kernel="backward", **gpu)
+        _run("forward", _launch(H, B, kernel="forward", **gpu), B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs,
+             acts, tanh_cs, mh, ms, T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
         ctx.set_materialize_grads(False)
