@@ -146,6 +146,18 @@ def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_d
 
 
 @contextlib.contextmanager
+def cudnn_tf32(allowed: bool):
+    """Within the block, cuDNN may (``allowed``) or may not use TF32 (PyTorch's
+    ``torch.backends.cudnn.allow_tf32``, True by default: nn.LSTM's products in TF32)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
+@contextlib.contextmanager
 def within(options: dict, precision: str):
     """Within the block, the Triton kernels launch with ``options``
     (:func:`~mlstm4reco.triton_mlstm.launch_options`) and take their products in ``precision``."""
@@ -174,6 +186,24 @@ class WithOptions(nn.Module):
     def forward(self, x):
         with within(self.options, self.precision):
             return self.layer(x)
+
+
+def lstm_without_tf32(measured: dict, device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
+                      dim: int = 120) -> dict[str, float]:
+    """A row under :func:`compare_layers`' table (``measured``): cuDNN's LSTM with TF32 off,
+    in full fp32 as the kernels' default tf32x3 is (PyTorch lets cuDNN use TF32 by default:
+    the first row), and each Triton row's fwd+bwd ratio to it. Returns its seconds."""
+    x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
+    grad = torch.randn(batch, seq, dim, device=device)
+    with cudnn_tf32(False):
+        both, fwd = layer_seconds(nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device, repeats)
+    first = next(iter(measured.values()))
+    print(f"{'nn.LSTM no TF32':<18}{both * 1e3:>12.1f}{both / first['seconds']:>7.2f}x"
+          f"{fwd * 1e3:>10.1f}{fwd / first['forward_seconds']:>7.2f}x")
+    ratios = ", ".join(f"{name} {times['seconds'] / both:.2f}x" for name, times in measured.items()
+                       if "triton" in name)
+    print(f"fwd+bwd against nn.LSTM without TF32: {ratios}")
+    return {"seconds": both, "forward_seconds": fwd}
 
 
 def check_triton(device: torch.device) -> list[str]:
@@ -212,35 +242,32 @@ def check_triton(device: torch.device) -> list[str]:
 #: the sweep's configurations, the defaults first: launch options (triton_mlstm.launch_options),
 #: the products' precision, and what the configuration tells
 SWEEP = [
-    ({}, "tf32x3", "defaults"),
+    ({}, "tf32x3", "defaults (weights resident where they fit, inputs a step ahead, H compiled in)"),
     (dict(WAIT=0), "tf32x3", "the programs do not wait at the barriers: wrong results, the barriers' cost"),
+    (dict(PREFETCH=0, STATIC_H=0, RESIDENT=0, SPLIT=8), "tf32x3", "the defaults before run 9"),
+    (dict(RESIDENT=0), "tf32x3", "weights re-read each step, KC rows at a time"),
+    (dict(RESIDENT=0, K_STAGES=3), "tf32x3", "weights re-read, two chunks ahead"),
+    (dict(RESIDENT=0, KC=16), "tf32x3", "weights re-read, narrower chunks"),
+    (dict(PREFETCH=0), "tf32x3", "each step's inputs loaded in that step"),
+    (dict(STATIC_H=0), "tf32x3", "H a kernel argument (4-byte accesses at H = 120)"),
+    (dict(SPLIT=8), "tf32x3", "8 programs a tile (16 x 16 products)"),
+    (dict(SPLIT=8, RESIDENT=0), "tf32x3", "8 programs a tile, weights re-read"),
+    (dict(SPLIT=2), "tf32x3", "2 programs a tile (the weights do not fit: re-read)"),
+    (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),
+    (dict(BLOCK_B=32), "tf32x3", "tiles of 32 sequences (half the programs)"),
+    (dict(num_warps=8), "tf32x3", "8 warps a program"),
+    (dict(num_warps=2), "tf32x3", "2 warps a program"),
     (dict(BARRIERS=1), "tf32x3", "one barrier a step (m_t whole in each program; dm summed from partials)"),
-    (dict(BARRIERS=1, WAIT=0), "tf32x3", "one barrier a step, not waiting: wrong results"),
-    (dict(BARRIERS=1, KC=32), "tf32x3", "one barrier, wider chunks (spills a little)"),
-    (dict(BARRIERS=1, num_warps=4), "tf32x3", "one barrier, fewer warps"),
-    (dict(BARRIERS=1, K_STAGES=1), "tf32x3", "one barrier, no prefetch"),
     (dict(BARRIERS=1, K_STAGES=3), "tf32x3", "one barrier, two chunks ahead"),
-    (dict(BARRIERS=1, SPLIT=4), "tf32x3", "one barrier, 4 programs a tile (less redundant work)"),
-    (dict(BARRIERS=1, SPLIT=2), "tf32x3", "one barrier, 2 programs a tile"),
-    (dict(BARRIERS=1), "tf32", "one barrier, one TF32 product (the redundant product cheaper)"),
-    (dict(STATIC_H=1), "tf32x3", "H compiled in: 16-byte copies and vector loads at H = 120"),
-    (dict(BARRIERS=1, STATIC_H=1), "tf32x3", "one barrier, H compiled in"),
-    (dict(PREFETCH=1), "tf32x3", "inputs loaded a step ahead (their latency off the step's critical path)"),
-    (dict(PREFETCH=1, STATIC_H=1), "tf32x3", "inputs a step ahead, H compiled in (no spills)"),
-    (dict(BARRIERS=1, PREFETCH=1), "tf32x3", "one barrier, inputs a step ahead"),
-    (dict(BARRIERS=1, STATIC_H=1, PREFETCH=1), "tf32x3", "one barrier, H compiled in, inputs a step ahead"),
-    (dict(RESIDENT=1), "tf32x3", "weights loaded once (shared memory), one product a step"),
-    (dict(RESIDENT=1, STATIC_H=1), "tf32x3", "weights loaded once, H compiled in"),
-    (dict(RESIDENT=1, STATIC_H=1, num_warps=8), "tf32x3", "weights loaded once, H compiled in, 8 warps"),
-    (dict(RESIDENT=1, STATIC_H=1), "tf32", "weights loaded once, H compiled in, one TF32 product"),
-    (dict(BARRIERS=1, RESIDENT=1, STATIC_H=1), "tf32", "one barrier, weights loaded once, one TF32 product"),
-    (dict(BARRIERS=1, RESIDENT=1, STATIC_H=1, SPLIT=4), "tf32x3", "one barrier, weights loaded once, split 4"),
+    (dict(BARRIERS=1, SPLIT=8), "tf32x3", "one barrier, 8 programs a tile"),
     (dict(forward=dict(BARRIERS=1)), "tf32x3", "one-barrier forward, two-barrier backward"),
     (dict(backward=dict(BARRIERS=1)), "tf32x3", "two-barrier forward, one-barrier backward"),
-    (dict(num_warps=2), "tf32x3", "2 warps a program (16 x 16 tiles: fewer threads to synchronise)"),
-    (dict(STATIC_H=1, num_warps=2), "tf32x3", "H compiled in, 2 warps"),
-    ({}, "tf32", "one TF32 product"),
-    (dict(SPLIT=1), "tf32x3", "each tile's program alone (no barriers)"),
+    (dict(forward=dict(SPLIT=8)), "tf32x3", "forward 8 programs a tile, backward 4"),
+    (dict(backward=dict(SPLIT=8)), "tf32x3", "forward 4 programs a tile, backward 8"),
+    ({}, "tf32", "one TF32 product (the precision cuDNN's LSTM runs in by default)"),
+    (dict(RESIDENT=0), "tf32", "one TF32 product, weights re-read"),
+    (dict(SPLIT=2, RESIDENT=1), "tf32", "one TF32 product, 2 programs a tile, weights resident (tf32 fits)"),
+    (dict(BARRIERS=1, RESIDENT=1), "tf32", "one TF32 product, one barrier, weights resident"),
 ]
 
 
@@ -287,14 +314,25 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     layer = MLSTM(dim, dim).to(device)
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, dim, device=device)
-    lstm_both, lstm_fwd = layer_seconds(nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device, repeats)
+    lstm = nn.LSTM(dim, dim, batch_first=True).to(device)
+    lstm_both, lstm_fwd = layer_seconds(lstm, x, grad, device, repeats)
+    with cudnn_tf32(False):  # cuDNN in full fp32, as the kernels' tf32x3 is
+        fp32_both, fp32_fwd = layer_seconds(lstm, x, grad, device, repeats)
+        lstm_fp32 = step(lstm, x, grad)
+    lstm_difference = layers_module._largest_relative_difference(step(lstm, x, grad), lstm_fp32)
     layer.implementation = "fused"
     expected = step(layer, x, grad)
     layer.implementation = "triton"
-    print(f"Triton layer under other launch options (nn.LSTM here: fwd+bwd {lstm_both * 1e3:.2f} ms, "
-          f"fwd {lstm_fwd * 1e3:.2f} ms); difference: of the output and x.grad from the fused path's")
-    print(f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'fwd ms':>7} {'/LSTM':>6} {'difference':>10}  "
-          f"configuration")
+    print(f"nn.LSTM: fwd+bwd {lstm_both * 1e3:.2f} ms, fwd {lstm_fwd * 1e3:.2f} ms with cuDNN's TF32 (PyTorch's "
+          f"default, allow_tf32 = {torch.backends.cudnn.allow_tf32}); without: fwd+bwd {fp32_both * 1e3:.2f} ms, "
+          f"fwd {fp32_fwd * 1e3:.2f} ms; the two differ by {lstm_difference:.1e}")
+    RESULTS.add("lstm_precision", {"tf32_allowed": torch.backends.cudnn.allow_tf32, "seconds": lstm_both,
+                                   "forward_seconds": lstm_fwd, "fp32_seconds": fp32_both,
+                                   "fp32_forward_seconds": fp32_fwd, "difference": lstm_difference})
+    print("Triton layer under other launch options, against nn.LSTM as PyTorch runs it (/LSTM) and in full "
+          "fp32 (/fp32); difference: of the output and x.grad from the fused path's")
+    print(f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'/fp32':>6} {'fwd ms':>7} {'/LSTM':>6} "
+          f"{'difference':>10}  configuration")
     base, timed, measured = None, [], []
 
     def measure(options, precision, meaning):
@@ -307,7 +345,8 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         else:
             both, fwd, worst = outcome["seconds"], outcome["forward_seconds"], outcome["difference"]
             base = base or both
-            print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {fwd * 1e3:>7.2f} "
+            print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {both / fp32_both:>5.2f}x "
+                  f"{fwd * 1e3:>7.2f} "
                   f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
             if all(kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS):
@@ -334,7 +373,8 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         if agreeing:
             fastest = min(agreeing, key=lambda entry: entry.both)
             print(f"fastest that agrees with fused to {tolerance:.0e}: {describe(fastest.options, fastest.precision)}, "
-                  f"{fastest.both * 1e3:.2f} ms, {fastest.both / lstm_both:.2f}x nn.LSTM")
+                  f"{fastest.both * 1e3:.2f} ms, {fastest.both / lstm_both:.2f}x nn.LSTM, "
+                  f"{fastest.both / fp32_both:.2f}x in fp32")
             best = fastest.options, fastest.precision
             RESULTS.add(f"sweep_fastest_within_{tolerance:.0e}", {"options": best[0], "precision": best[1],
                                                                 "seconds": fastest.both})
@@ -495,7 +535,10 @@ def main() -> None:
         print(f"tuned: {describe(*tuned)}; measured below beside the defaults")
         layers["MLSTM triton tuned"] = WithOptions(MLSTM(120, 120, implementation="triton"), tuned[1], tuned[0])
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
-    RESULTS.add("layer_seconds", compare_layers(layers, device, args.repeats, 240, 100, 120))
+    measured = compare_layers(layers, device, args.repeats, 240, 100, 120)
+    if device.type == "cuda":
+        measured["nn.LSTM without TF32"] = lstm_without_tf32(measured, device, args.repeats)
+    RESULTS.add("layer_seconds", measured)
     training_benchmark(device, args.epochs, args.data_dir, tuned)
     if device.type == "cuda":
         print(f"MLSTM 'auto' verdicts on the kernels (None: used): {layers_module._triton_verdicts}")

@@ -32,8 +32,8 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
     ])
 
     def seconds(layer, x, grad, device, repeats):
-        if isinstance(layer, torch.nn.LSTM):
-            return 1.0, 0.4
+        if isinstance(layer, torch.nn.LSTM):  # cuDNN in fp32: slower
+            return (1.0, 0.4) if torch.backends.cudnn.allow_tf32 else (2.0, 0.8)
         forward, backward = (triton_mlstm._launch_overrides[kernel] for kernel in triton_mlstm.KERNELS)
         if forward.get("SPLIT") == 64:
             raise RuntimeError("out of resource: shared memory")
@@ -45,6 +45,8 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
 
     def step(layer, x, grad):
         out = torch.ones(3)
+        if isinstance(layer, torch.nn.LSTM):
+            return out + (1e-3 if torch.backends.cudnn.allow_tf32 else 0), out
         if layer.implementation == "fused":
             return out, out
         off = {"tf32": 5e-4, "tf32x3": 1e-7}[triton_mlstm._precision]  # WAIT=0 too: right by chance
@@ -64,6 +66,10 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
                                              "meaning": "does not build",
                                              "failed": "RuntimeError: out of resource: shared memory"}
     assert len(recorded["configurations"]) == 7 and recorded["lstm_seconds"] == 1.0
+    lstm = gpu.RESULTS.parts["lstm_precision"]  # cuDNN with and without TF32, the flag restored
+    assert (lstm["seconds"], lstm["fp32_seconds"]) == (1.0, 2.0) and lstm["difference"] == pytest.approx(1e-3, rel=1e-4)
+    assert torch.backends.cudnn.allow_tf32 == lstm["tf32_allowed"]
+    assert "9000.00    1.00x  9.00x  4.50x" in printed  # the defaults against the LSTM with and without TF32
     assert gpu.RESULTS.parts["sweep_fastest_within_1e-05"] == {"options": best[0], "precision": "tf32x3",
                                                              "seconds": 5.0}
 
@@ -78,7 +84,9 @@ def run_main(monkeypatch, *arguments):
     monkeypatch.setattr(gpu, "check_triton", lambda device: ["tf32x3"])
     tuned = ({"forward": {"BARRIERS": 1}}, "tf32x3")
     monkeypatch.setattr(gpu, "sweep_launch_options", lambda device, repeats: calls.append("sweep") or tuned)
-    monkeypatch.setattr(gpu, "compare_layers", lambda layers, *rest: calls.append(("layers", list(layers))))
+    monkeypatch.setattr(gpu, "compare_layers",
+                        lambda layers, *rest: calls.append(("layers", list(layers))) or {"nn.LSTM": {"seconds": 1}})
+    monkeypatch.setattr(gpu, "lstm_without_tf32", lambda measured, *rest: {"seconds": 2})
     monkeypatch.setattr(gpu, "training_benchmark", lambda *args: calls.append(("epoch",) + args[3:]))
     monkeypatch.setattr(gpu, "implementation_mrr", lambda *args: calls.append(("mrr",) + args[3:]))
     monkeypatch.setattr(gpu, "softmax_benchmark", lambda *args: calls.append("softmax"))
@@ -97,6 +105,7 @@ def test_json_has_each_part_as_it_ends(monkeypatch, tmp_path):
     assert list(written) == ["run", "tuned", "layer_seconds"]
     assert written["run"]["device"] == "a faked GPU" and written["run"]["arguments"]["json"] == str(path)
     assert written["tuned"] == {"options": tuned[0], "precision": "tf32x3"}
+    assert written["layer_seconds"] == {"nn.LSTM": {"seconds": 1}, "nn.LSTM without TF32": {"seconds": 2}}
     assert [p.name for p in path.parent.iterdir()] == ["gpu.json"]  # no temporary file left
 
 
@@ -155,3 +164,25 @@ def test_shape_scan_times_each_shape_against_the_lstm_and_goes_on_past_a_failure
         (2, 32, "nn.LSTM", None), (2, 32, "MLSTM triton", {}), (2, 32, "MLSTM triton", {"BARRIERS": 1})]
     assert recorded[1]["seconds"] == pytest.approx(3e-3 * 16) and recorded[1]["difference"] == 0.25
     assert recorded[5]["failed"] == "RuntimeError: out of resource" and "seconds" not in recorded[5]
+
+
+def test_lstm_without_tf32_times_cudnn_in_fp32_and_restores_the_flag(monkeypatch, capsys):
+    """The layer table's extra row: nn.LSTM timed with cuDNN's TF32 off, the Triton rows'
+    ratios to it, and PyTorch's flag as it was."""
+    seen = []
+
+    def seconds(layer, x, grad, device, repeats):
+        seen.append(torch.backends.cudnn.allow_tf32)
+        return 0.002, 0.001
+
+    monkeypatch.setattr(gpu, "layer_seconds", seconds)
+    before = torch.backends.cudnn.allow_tf32
+    measured = {"nn.LSTM": {"seconds": 0.0015, "forward_seconds": 0.0005},
+                "MLSTM fused": {"seconds": 0.04, "forward_seconds": 0.01},
+                "MLSTM triton": {"seconds": 0.003, "forward_seconds": 0.001}}
+    row = gpu.lstm_without_tf32(measured, torch.device("cpu"), 1, batch=2, seq=3, dim=4)
+    assert row == {"seconds": 0.002, "forward_seconds": 0.001} and seen == [False]
+    assert torch.backends.cudnn.allow_tf32 == before
+    printed = capsys.readouterr().out
+    assert "nn.LSTM no TF32            2.0   1.33x       1.0   2.00x" in printed
+    assert "fwd+bwd against nn.LSTM without TF32: MLSTM triton 1.50x" in printed
