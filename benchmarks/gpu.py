@@ -266,6 +266,7 @@ SWEEP = [
     (dict(backward=dict(SPLIT=8)), "tf32x3", "forward 4 programs a tile, backward 8"),
     ({}, "tf32", "one TF32 product (the precision cuDNN's LSTM runs in by default)"),
     (dict(RESIDENT=0), "tf32", "one TF32 product, weights re-read"),
+    (dict(SPLIT=8), "tf32", "one TF32 product, 8 programs a tile (run 7's fastest tf32)"),
     (dict(SPLIT=2, RESIDENT=1), "tf32", "one TF32 product, 2 programs a tile, weights resident (tf32 fits)"),
     (dict(BARRIERS=1, RESIDENT=1), "tf32", "one TF32 product, one barrier, weights resident"),
 ]

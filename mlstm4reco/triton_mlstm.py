@@ -21,9 +21,11 @@ ships ``ptxas``) and :func:`resource_usage` reports their shared memory, registe
 spills; the test suite checks them for sm_90.
 
 Matrix products run on tensor cores as ``tf32x3`` by default (three TF32 products that
-recover fp32 accuracy); ``with dot_precision('ieee'):`` gives plain fp32 FMA products and
-``'tf32'`` one TF32 product (faster; ~3e-4 relative error per product, like PyTorch's
-``allow_tf32``).
+recover fp32 accuracy), or as one TF32 product (``'tf32'``: faster; ~3e-4 relative error
+per product, like PyTorch's ``allow_tf32``) where PyTorch's float32 matmuls may use TF32
+(``torch.set_float32_matmul_precision('high')``; :func:`precision`);
+``with dot_precision('ieee'):`` gives plain fp32 FMA products, and any of the three
+whatever PyTorch's setting.
 With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors in Triton's interpreter:
 that is how the test suite checks their numbers on machines without a GPU
 (``MLSTM(..., implementation='triton')``).
@@ -44,11 +46,11 @@ try:
 except ImportError:  # the portable paths need no Triton
     triton = None
 
-__all__ = ["available", "usable", "dot_precision", "launch_options", "compile_for", "resource_usage",
+__all__ = ["available", "usable", "precision", "dot_precision", "launch_options", "compile_for", "resource_usage",
            "TritonMLSTM", "MAX_AUTO_HIDDEN"]
 
 PRECISIONS = ("tf32x3", "ieee", "tf32")
-_precision = "tf32x3"
+_precision: str | None = None  # set by dot_precision; None: as PyTorch's float32 matmuls (precision())
 
 #: MLSTM(implementation='auto') uses the kernels up to this hidden size (compiled for
 #: sm_90 they keep within registers up to 128 and spill a little at 256; beyond, untested).
@@ -61,10 +63,23 @@ def indexable(T: int, B: int, H: int) -> bool:
     return T * B * 5 * H < 2**31
 
 
+def precision() -> str:
+    """The precision of the kernels' matrix products now: the innermost
+    :func:`dot_precision` block's or, outside any, PyTorch's float32 matmul setting
+    (``torch.set_float32_matmul_precision``): ``'highest'``, PyTorch's default, gives
+    ``'tf32x3'`` (fp32 accuracy); ``'high'`` and ``'medium'``, with which PyTorch's own
+    float32 matmuls may use TF32 (or bfloat16), give ``'tf32'``, one TF32 product
+    (~1e-3 relative error, as cuDNN's LSTM has by default; 0.83x the time on an H200)."""
+    if _precision is not None:
+        return _precision
+    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
 @contextlib.contextmanager
 def dot_precision(precision: str):
-    """Within the block, the kernels' matrix products use ``precision``: ``'tf32x3'`` (the
-    default), ``'ieee'`` or ``'tf32'``. A layer's backward uses its forward's precision."""
+    """Within the block, the kernels' matrix products use ``precision``: ``'tf32x3'``,
+    ``'ieee'`` or ``'tf32'``, whatever PyTorch's float32 matmul setting (:func:`precision`).
+    A layer's backward uses its forward's precision."""
     global _precision
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -308,7 +323,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
                                              "RESIDENT", "PREFETCH")},
-                 "PRECISION": _precision}
+                 "PRECISION": precision()}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}
     signature.update({arg: "constexpr" for arg in constants})
@@ -377,7 +392,7 @@ class TritonMLSTM(torch.autograd.Function):
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
         gpu = dict(multiprocessors=_multiprocessors(x.device), shared_memory=_shared_memory(x.device))
-        ctx.precision, ctx.launch = _precision, _launch(H, B, kernel="backward", **gpu)
+        ctx.precision, ctx.launch = precision(), _launch(H, B, kernel="backward", **gpu)
         _run("forward", _launch(H, B, kernel="forward", **gpu), B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs,
              acts, tanh_cs, mh, ms, T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)

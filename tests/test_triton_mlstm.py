@@ -40,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b56 passed, 55 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b57 passed, 55 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -434,6 +434,34 @@ def test_split_kernels_in_the_interpreter(split, variant):
     with programs_at_once(), triton_mlstm.launch_options(SPLIT=split, **variant):
         actual = outputs_and_gradients(layer, "triton", x, hx, True)
     assert_same(actual, expected)
+
+
+def test_precision_follows_pytorchs_float32_matmul_setting(monkeypatch):
+    """Outside dot_precision, the kernels take their products as PyTorch's float32 matmuls
+    may: fp32-accurate tf32x3 at 'highest' (the default), one TF32 product at 'high' or
+    'medium'; a dot_precision block wins, and the backward launches in its forward's
+    precision (recorded at the launches; the kernels themselves are not run here)."""
+    launched = []
+    monkeypatch.setattr(triton_mlstm, "_run", lambda name, launch, *args, **flags:
+                        launched.append((name, flags["PRECISION"])))
+    layer = MLSTM(3, 16).cells[0]
+    x, state = torch.randn(2, 5, 3), torch.zeros(5, 16)
+
+    def launch(setting, block=None):
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: setting)
+        launched.clear()
+        with triton_mlstm.dot_precision(block) if block else contextlib.nullcontext():
+            hs, _ = triton_mlstm.TritonMLSTM.apply(x, layer.weight_ih, layer.bias_ih, state, state, layer.weight_hm,
+                                                   layer.bias_mh, layer.weight_mh)
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+        hs.sum().backward()
+        return launched
+
+    assert launch("highest") == [("forward", "tf32x3"), ("backward", "tf32x3")]
+    assert launch("high") == [("forward", "tf32"), ("backward", "tf32")]
+    assert launch("medium") == [("forward", "tf32"), ("backward", "tf32")]
+    assert launch("high", "ieee") == [("forward", "ieee"), ("backward", "ieee")]
+    assert triton_mlstm.precision() == "tf32x3"
 
 
 def test_dot_precision_is_checked_and_restored():
