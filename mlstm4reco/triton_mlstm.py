@@ -293,8 +293,8 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _shared_memory(device: torch.device) -> int:
-    """The shared memory a block may have on the GPU, in bytes, opting in (0 on the CPU:
-    the interpreter keeps the weights where the defaults say, re-read each step)."""
+    """The shared memory a block may have on the GPU, in bytes, opting in (0 on the CPU,
+    where the interpreter's kernels re-read the weights each step unless told otherwise)."""
     return torch.cuda.get_device_properties(device).shared_memory_per_block_optin if device.type == "cuda" else 0
 
 

@@ -230,15 +230,16 @@ def test_kernels_fit_an_h100():
     largest one 'auto' takes (256). The same for the variants the sweep times, at the
     benchmark's size (one barrier with the weights resident only in tf32: in tf32x3 its
     whole W_hm product spills kilobytes; the one-barrier backward spills 168 B at H = 256
-    with the inputs a step ahead, 128 registers a thread at 16 warps). The first version of the kernels asked for
-    664 KiB and spilled about 20 KB per thread."""
+    with the inputs a step ahead, 128 registers a thread at 16 warps). The first version
+    of the kernels asked for 664 KiB and spilled about 20 KB per thread."""
     both = (120, triton_mlstm.MAX_AUTO_HIDDEN)
     before = {"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0, "SPLIT": 8}  # the defaults before run 9
     configurations = [({}, 240, both, "tf32x3"), ({}, 10_000, both, "tf32x3"),  # the defaults
                       ({}, 240, (64, 32), "tf32x3"),
                       ({"BARRIERS": 1}, 240, (120,), "tf32x3"), (before, 240, both, "tf32x3"),
                       ({"BARRIERS": 1, "STATIC_H": 0}, 240, (120,), "tf32x3"),  # the variants the sweep times
-                      ({"RESIDENT": 1, "PREFETCH": 0, "SPLIT": 8}, 240, (120,), "tf32x3"), ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
+                      ({"RESIDENT": 1, "PREFETCH": 0, "SPLIT": 8}, 240, (120,), "tf32x3"),
+                      ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
                       ({"RESIDENT": 1, "BARRIERS": 1}, 240, (120,), "tf32"),
                       ({"PREFETCH": 0, "BARRIERS": 1}, 240, (120,), "tf32x3")]
     usage = {}
@@ -579,8 +580,9 @@ def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
 def test_static_hidden_size_gives_16_byte_accesses():
     """H = 120 is not a multiple of 16, so Triton's launcher does not tell the compiler that
     rows of H floats stay 16-byte aligned: as an argument (STATIC_H=0), every access is 4
-    bytes. Compiled in (STATIC_H=1, the default), the chunk copies become 16-byte ``cp.async.cg`` and the state loads and
-    stores vectors; at H = 128 the launcher's specialisation gives that already."""
+    bytes. Compiled in (STATIC_H=1, the default), the chunk copies become 16-byte
+    ``cp.async.cg`` and the state loads and stores vectors; at H = 128 the launcher's
+    specialisation gives that already."""
     def accesses(H, **options):
         with triton_mlstm.launch_options(RESIDENT=0, **options):
             ptx = triton_mlstm.compile_for("forward", H, 90, 240, 132).asm["ptx"]
