@@ -49,7 +49,7 @@ from mlstm4reco.layers import MLSTM
 from mlstm4reco.search import config_path, load_config, load_dataset, model_arguments, protocol_split
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 
-from layers import compare_layers, layer_seconds, median_seconds, step  # benchmarks/layers.py
+from layers import compare_layers, layer_seconds, median_seconds, print_row, step  # benchmarks/layers.py
 
 
 def best_arguments(model: str) -> dict:
@@ -197,13 +197,12 @@ def lstm_without_tf32(measured: dict, device: torch.device, repeats: int, batch:
     grad = torch.randn(batch, seq, dim, device=device)
     with cudnn_tf32(False):
         both, fwd = layer_seconds(nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device, repeats)
-    first = next(iter(measured.values()))
-    print(f"{'nn.LSTM no TF32':<18}{both * 1e3:>12.1f}{both / first['seconds']:>7.2f}x"
-          f"{fwd * 1e3:>10.1f}{fwd / first['forward_seconds']:>7.2f}x")
+    row = {"seconds": both, "forward_seconds": fwd}
+    print_row("nn.LSTM no TF32", row, next(iter(measured.values())))
     ratios = ", ".join(f"{name} {times['seconds'] / both:.2f}x" for name, times in measured.items()
                        if "triton" in name)
     print(f"fwd+bwd against nn.LSTM without TF32: {ratios}")
-    return {"seconds": both, "forward_seconds": fwd}
+    return row
 
 
 def check_triton(device: torch.device) -> list[str]:

@@ -67,15 +67,19 @@ def compare_layers(layers: dict, device: torch.device, repeats: int, batch: int,
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, dim, device=device)
     print(f"{'layer':<18}{'fwd+bwd ms':>12}{'ratio':>8}{'fwd ms':>10}{'ratio':>8}")
-    base, measured = {}, {}
+    measured = {}
     for name, layer in layers.items():
         both, fwd = layer_seconds(layer.to(device), x, grad, device, repeats)
-        base.setdefault("both", both)
-        base.setdefault("fwd", fwd)
-        print(f"{name:<18}{both * 1e3:>12.1f}{both / base['both']:>7.2f}x"
-              f"{fwd * 1e3:>10.1f}{fwd / base['fwd']:>7.2f}x")
         measured[name] = {"seconds": both, "forward_seconds": fwd}
+        print_row(name, measured[name], next(iter(measured.values())))
     return measured
+
+
+def print_row(name: str, times: dict[str, float], base: dict[str, float]) -> None:
+    """One row of :func:`compare_layers`' table: ``times`` (seconds, as it returns them) in
+    milliseconds, with their ratios to ``base``'s."""
+    print(f"{name:<18}{times['seconds'] * 1e3:>12.1f}{times['seconds'] / base['seconds']:>7.2f}x"
+          f"{times['forward_seconds'] * 1e3:>10.1f}{times['forward_seconds'] / base['forward_seconds']:>7.2f}x")
 
 
 def main() -> None:
