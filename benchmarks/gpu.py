@@ -243,6 +243,10 @@ def check_triton(device: torch.device) -> list[str]:
 SWEEP = [
     ({}, "tf32x3", "defaults (weights resident where they fit, inputs a step ahead, H compiled in)"),
     (dict(WAIT=0), "tf32x3", "the programs do not wait at the barriers: wrong results, the barriers' cost"),
+    (dict(POLL=1), "tf32x3", "no barriers: the programs poll the data itself (no fences, no atomics)"),
+    (dict(POLL=1, SPLIT=8), "tf32x3", "polling, 8 programs a tile"),
+    (dict(forward=dict(POLL=1)), "tf32x3", "polling in the forward only"),
+    (dict(backward=dict(POLL=1)), "tf32x3", "polling in the backward only"),
     (dict(PREFETCH=0, STATIC_H=0, RESIDENT=0, SPLIT=8), "tf32x3", "the defaults before run 9"),
     (dict(RESIDENT=0), "tf32x3", "weights re-read each step, KC rows at a time"),
     (dict(RESIDENT=0, K_STAGES=3), "tf32x3", "weights re-read, two chunks ahead"),
@@ -268,6 +272,8 @@ SWEEP = [
     (dict(SPLIT=8), "tf32", "one TF32 product, 8 programs a tile (run 7's fastest tf32)"),
     (dict(SPLIT=2, RESIDENT=1), "tf32", "one TF32 product, 2 programs a tile, weights resident (tf32 fits)"),
     (dict(BARRIERS=1, RESIDENT=1), "tf32", "one TF32 product, one barrier, weights resident"),
+    (dict(POLL=1), "tf32", "one TF32 product, polling"),
+    (dict(POLL=1, SPLIT=8), "tf32", "one TF32 product, polling, 8 programs a tile"),
 ]
 
 
@@ -286,16 +292,26 @@ class Timed(NamedTuple):
     precision: str
 
 
+#: a configuration whose forward+backward, once compiled, takes longer than this is not
+#: timed further (the benchmark's layer takes ~3 ms): its programs wait at barriers or polls
+#: that give up (2**16 reads each), which would take the sweep's time for nothing
+TOO_SLOW_SECONDS = 0.5
+
+
 def timed_against_fused(layer, x: torch.Tensor, grad: torch.Tensor, expected, options: dict, precision: str,
                         device: torch.device, repeats: int) -> dict:
     """The Triton ``layer``'s forward+backward and forward-only seconds :func:`within`
     ``options`` and ``precision``, and the largest difference of its output and input
     gradient from the fused path's (``expected``); or, for a configuration that does not
-    build or run, why: ``{'failed': ...}``."""
+    build or run, or runs slower than :data:`TOO_SLOW_SECONDS` once, why:
+    ``{'failed': ...}``."""
     try:
         with within(options, precision):
+            got = step(layer, x, grad)  # compiles the kernels
+            once = median_seconds(lambda: step(layer, x, grad), device, 1, warmup=0)
+            if once > TOO_SLOW_SECONDS:
+                return {"failed": f"one forward+backward took {once:.2f} s (over {TOO_SLOW_SECONDS} s): not timed"}
             both, fwd = layer_seconds(layer, x, grad, device, repeats)
-            got = step(layer, x, grad)
     except Exception as error:  # noqa: BLE001 - reported by the caller; the benchmark goes on
         return {"failed": f"{type(error).__name__}: {str(error)[:300]}"}
     return {"seconds": both, "forward_seconds": fwd,

@@ -25,7 +25,9 @@ step (every program of a tile computes all of m_t; the gradient of m_t is summed
 program's partial product); ``RESIDENT`` loads the weights each program needs once,
 before the first step; ``STATIC_H`` compiles the hidden size in; ``PREFETCH`` loads what a
 step reads that no barrier guards (the inputs, what the forward saved) one step ahead,
-carried across the time loop; ``WAIT=0`` (timing only) does not wait at the barriers.
+carried across the time loop; ``POLL`` (two barriers, weights resident) replaces the
+barriers by polling the data itself (:func:`_polled`); ``WAIT=0`` (timing only) does not
+wait at the barriers.
 """
 
 import triton
@@ -92,6 +94,43 @@ def _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr):
                    other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
 
 
+#: the bits (as int32) of what the buffers that POLL reads hold until written: a NaN that
+#: no arithmetic on an NVIDIA GPU gives (its NaNs are 0x7fffffff), and that the kernels
+#: store only where their arithmetic gave it (on a CPU, a NaN input's payload)
+UNWRITTEN = tl.constexpr(-1)
+
+
+@triton.jit
+def _polled(a_ptr, a_stride, rows, row_ok, ks, k_ok):
+    """Columns ks of this program's rows of A, as :func:`_a_chunk`, read where the tile's
+    programs write them without a barrier (POLL=1): A's elements hold :data:`UNWRITTEN`
+    until written, and each is written once, so the program reads (``volatile``: from L2,
+    never an old copy in L1) until none is :data:`UNWRITTEN`. What a barrier costs (its
+    stores made visible, a counter's atomics, a poll of the counter, then the reads) is
+    then one read, repeated while a program is late. As :func:`_sync`, it gives up after
+    2**16 reads (the results are then wrong, which :func:`mlstm4reco.layers._check_triton`
+    catches; an element whose value is :data:`UNWRITTEN`'s bits costs that time, not its
+    value)."""
+    at = a_ptr + rows[:, None] * a_stride + ks[None, :]
+    ok = row_ok[:, None] & k_ok[None, :]
+    a = tl.load(at, mask=ok, other=0.0, volatile=True)
+    polls = 0
+    while (tl.max(tl.max((a.to(tl.int32, bitcast=True) == UNWRITTEN).to(tl.int32), 1), 0) > 0) & (polls < 65536):
+        a = tl.load(at, mask=ok, other=0.0, volatile=True)
+        polls += 1
+    return a
+
+
+@triton.jit
+def _slab(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
+    """Columns ks of this program's rows of A: polled (:func:`_polled`) under POLL, after
+    a barrier (:func:`_a_chunk`) otherwise."""
+    if POLL:
+        return _polled(a_ptr, a_stride, rows, row_ok, ks, k_ok)
+    else:
+        return _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT)
+
+
 @triton.jit
 def _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
     """Rows ks of W[:, cols] (of W transposed if TRANSPOSED), W an (H, H) matrix."""
@@ -116,14 +155,14 @@ def _gate_weights(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
 @triton.jit
 def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B: tl.constexpr,
                     BLOCK_H: tl.constexpr, RESIDENT: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-                    K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+                    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr):
     """b_mh + h_{t-1} @ W_hm^T[:, cols], h_{t-1} this program's rows of hs_t: in one
-    product from w_hm, W_hm^T[:, cols] loaded before the first step (RESIDENT), or
-    reading W_hm KC rows at a time (:func:`_chunked_dot`)."""
+    product from w_hm, W_hm^T[:, cols] loaded before the first step (RESIDENT; h_{t-1}
+    polled under POLL), or reading W_hm KC rows at a time (:func:`_chunked_dot`)."""
     mh = tl.zeros((BLOCK_B, cols.shape[0]), tl.float32) + b_mh[None, :]
     if RESIDENT:
         units = tl.arange(0, BLOCK_H)
-        mh = tl.dot(_a_chunk(hs_t, H, rows, row_ok, units, units < H, SPLIT), w_hm, mh, input_precision=PRECISION)
+        mh = tl.dot(_slab(hs_t, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, mh, input_precision=PRECISION)
     else:
         mh = _chunked_dot(mh, hs_t, H, rows, row_ok, w_hm_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
     return mh
@@ -294,10 +333,14 @@ def forward_kernel(
     sync_ptr,  # (tiles,) zeroed counters of _sync
     HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
 ):
+    """The forward recurrence (module docstring): m_t, then the gates, c_t and h_t, with a
+    barrier after each of m_t and h_t (under POLL, hs[1:] and ms hold UNWRITTEN until
+    written, and the programs poll them instead)."""
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
+    tl.static_assert(POLL <= RESIDENT, "POLL reads whole slabs: the weights must be resident")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     c = tl.load(cs_ptr + state, mask=mask, other=0.0)
@@ -321,18 +364,19 @@ def forward_kernel(
             later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
             nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, cols, mask, cols, mask)
         mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B, BLOCK_H,
-                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
+                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT, POLL)
         if not PREFETCH:
             x_m = tl.load(xp_row, mask=mask, other=0.0)
         m = x_m * mh
         tl.store(mh_ptr + step, mh, mask=mask)
         tl.store(ms_ptr + step, m, mask=mask)
-        _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT, WAIT)
+        if not POLL:
+            _sync(count_ptr, (2 * t + 1) * SPLIT, SPLIT, WAIT)
         ms_t = ms_ptr + t * B * H
         if not PREFETCH:
             x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
         if RESIDENT:
-            pre_i, pre_f, pre_g, pre_o = _gate_products(_a_chunk(ms_t, H, rows, row_ok, units, units < H, SPLIT),
+            pre_i, pre_f, pre_g, pre_o = _gate_products(_slab(ms_t, H, rows, row_ok, units, units < H, SPLIT, POLL),
                                                         w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
         else:
             pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
@@ -342,7 +386,8 @@ def forward_kernel(
         tl.store(cs_ptr + B * H + step, c, mask=mask)
         tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
         _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
-        _sync(count_ptr, (2 * t + 2) * SPLIT, SPLIT, WAIT)
+        if not POLL:
+            _sync(count_ptr, (2 * t + 2) * SPLIT, SPLIT, WAIT)
 
 
 @triton.jit
@@ -355,10 +400,15 @@ def backward_kernel(
     HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
 ):
+    """The backward recurrence (module docstring), from the last step to the first: the
+    gate gradients, then the gradient of m_t, then dh_{t-1}, with a barrier after each of
+    the gate gradients and the gradient of W_mh h_{t-1} (under POLL, grad_xp's gate blocks
+    and grad_mh hold UNWRITTEN until written, and the programs poll them instead)."""
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
+    tl.static_assert(POLL <= RESIDENT, "POLL reads whole slabs: the weights must be resident")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
@@ -390,18 +440,19 @@ def backward_kernel(
         grad_xp_t = grad_xp_ptr + t * B * 5 * H
         grad_row = grad_xp_t + rows[:, None] * 5 * H + cols[None, :]
         _store_gates(grad_row + H, H, d_i, d_f, d_g, d_o, mask)
-        _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
+        if not POLL:
+            _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
         dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         if RESIDENT:  # each gate's gradient block loaded just before its product (all four at once: spills)
             unit_ok = units < H
             g_row = grad_xp_t + H
-            dm = tl.dot(_a_chunk(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_i, dm,
+            dm = tl.dot(_slab(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_i, dm,
                         input_precision=PRECISION)
-            dm = tl.dot(_a_chunk(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_f, dm,
+            dm = tl.dot(_slab(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_f, dm,
                         input_precision=PRECISION)
-            dm = tl.dot(_a_chunk(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_g, dm,
+            dm = tl.dot(_slab(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_g, dm,
                         input_precision=PRECISION)
-            dm = tl.dot(_a_chunk(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT), w_o, dm,
+            dm = tl.dot(_slab(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_o, dm,
                         input_precision=PRECISION)
         else:
             dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
@@ -411,10 +462,11 @@ def backward_kernel(
         at = t * B * H + state
         tl.store(grad_row, dm * mh, mask=mask)  # d loss / d (W_mx x_t + b_mx)
         tl.store(grad_mh_ptr + at, dm * xm, mask=mask)  # d loss / d (W_mh h_{t-1} + b_mh)
-        _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
+        if not POLL:
+            _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
         dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         if RESIDENT:
-            dh = tl.dot(_a_chunk(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT), w_hm, dh,
+            dh = tl.dot(_slab(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, dh,
                         input_precision=PRECISION)
         else:
             dh = _chunked_dot(dh, grad_mh_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols, False, KC,
@@ -444,7 +496,7 @@ def forward_one_barrier_kernel(
     own_ptr,  # (SPLIT, B, H): each program's copy of m_t
     HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
 ):
     """:func:`forward_kernel` with one barrier a step, not two: each of a tile's
     programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
@@ -454,6 +506,7 @@ def forward_one_barrier_kernel(
     stored after the barrier."""
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
+    tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
@@ -474,7 +527,7 @@ def forward_one_barrier_kernel(
             later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
             nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, units, full, cols, mask)
         mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, units, BLOCK_B, BLOCK_H,
-                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT)
+                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT, False)
         if not PREFETCH:
             x_m = tl.load(xp_row + units[None, :], mask=full, other=0.0)
         m = x_m * mh
@@ -535,7 +588,7 @@ def backward_one_barrier_kernel(
     HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr,
+    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
 ):
     """:func:`backward_kernel` with one barrier a step, not two. The gradient of m_t,
     dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
@@ -549,6 +602,7 @@ def backward_one_barrier_kernel(
     after the barrier."""
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
+    tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     col_ok = cols < H

@@ -112,10 +112,11 @@ if triton is not None:
 #: the kernels whose launches :func:`launch_options` sets, each on its own or both at once
 KERNELS = ("forward", "backward")
 _launch_overrides: dict[str, dict[str, int]] = {kernel: {} for kernel in KERNELS}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH",
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH", "POLL",
            "num_warps", "num_stages")
 #: the options that take one of a few values
-CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1)}
+CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1),
+           "POLL": (0, 1)}
 
 
 def _check(options: dict, where: str) -> None:
@@ -167,6 +168,12 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
       the forward saved) one step ahead, so that its latency from memory is off the step's
       critical path (at the cost of the registers that carry it: 10 to 20 a thread at
       H = 120, split 8); 0 to load it in that step.
+    - POLL: 0 (the default) for barriers on a counter; 1 for two-barrier kernels with the
+      weights resident (RESIDENT=1) and the hidden units split, whose programs read what
+      the others wrote without a barrier: the buffers they exchange hold a NaN no GPU
+      arithmetic gives until written (:data:`~mlstm4reco.triton_kernels.UNWRITTEN`), and
+      a program reads until none is left (:func:`~mlstm4reco.triton_kernels._polled`),
+      which saves the barriers' fences and atomics. Ignored when the units are not split.
     """
     per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
@@ -249,6 +256,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         # with two barriers, H up to 128 (at 256 they spill kilobytes)
         RESIDENT=int(barriers == 2 and block_h <= 128 and resident_bytes(block_h, block_j) <= shared_memory),
         PREFETCH=1,  # a step's inputs loaded a step ahead (0: in that step)
+        POLL=0,  # barriers on a counter (1: the data polled, with the weights resident)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
@@ -259,6 +267,11 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
     if block_j < 16:
         raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
+    if split == 1:  # no program reads what another wrote
+        launch["POLL"] = 0
+    elif launch["POLL"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
+        raise ValueError(f"POLL=1 needs the two-barrier kernels with their weights resident, got "
+                         f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
     launch["launch_cooperative_grid"] = split > 1  # CUDA refuses a grid that is not all resident at once
     return launch
 
@@ -284,6 +297,13 @@ def _run(name: str, launch: dict, B: int, H: int, device: torch.device, *args, *
     if not options["launch_cooperative_grid"]:
         del options["launch_cooperative_grid"]  # the interpreter takes no such option
     _kernel(name, barriers)[(tiles, options["SPLIT"])](*args, *extra, **flags, **options)
+
+
+def _unwritten(*buffers: torch.Tensor) -> None:
+    """Fill ``buffers`` (float32, any strides) with the bits the kernels' POLL reads as
+    not yet written (:data:`~mlstm4reco.triton_kernels.UNWRITTEN`)."""
+    for buffer in buffers:
+        buffer.view(torch.int32).fill_(triton_kernels.UNWRITTEN.value)
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -322,7 +342,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
-                                             "RESIDENT", "PREFETCH")},
+                                             "RESIDENT", "PREFETCH", "POLL")},
                  "PRECISION": precision()}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}
@@ -393,7 +413,10 @@ class TritonMLSTM(torch.autograd.Function):
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
         gpu = dict(multiprocessors=_multiprocessors(x.device), shared_memory=_shared_memory(x.device))
         ctx.precision, ctx.launch = precision(), _launch(H, B, kernel="backward", **gpu)
-        _run("forward", _launch(H, B, kernel="forward", **gpu), B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs,
+        launch = _launch(H, B, kernel="forward", **gpu)
+        if launch["POLL"]:  # what the programs exchange: h_t and m_t
+            _unwritten(hs[1:], ms)
+        _run("forward", launch, B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs,
              acts, tanh_cs, mh, ms, T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
@@ -410,6 +433,8 @@ class TritonMLSTM(torch.autograd.Function):
         grad_xp = xp.new_empty(T, B, 5 * H)
         grad_mh = xp.new_empty(T, B, H)
         grad_h0, grad_c0 = xp.new_empty(B, H), xp.new_empty(B, H)
+        if ctx.launch["POLL"]:  # what the programs exchange: the gate gradients, that of W_mh h_{t-1}
+            _unwritten(grad_xp[..., H:], grad_mh)
         grad_hs = grad_hs.contiguous() if grad_hs is not None else None
         grad_cs = grad_cs.contiguous() if grad_cs is not None else None
         _run("backward", ctx.launch, B, H, xp.device,

@@ -20,7 +20,8 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
     """Faked: each configuration's time follows its kernels' options and its difference
     from fused its precision. The sweep returns the fastest that agrees to 1e-5, never a
     WAIT=0 one (wrong by design, even where it happens to agree, as unsplit) nor one TF32
-    product (~5e-4), and times the fastest forward's configuration with the fastest
+    product (~5e-4) nor one whose first forward+backward took too long (not timed: it
+    would be the fastest), and times the fastest forward's configuration with the fastest
     backward's."""
     monkeypatch.setattr(gpu, "SWEEP", [
         ({}, "tf32x3", "defaults"),
@@ -29,7 +30,11 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
         (dict(BARRIERS=1), "tf32x3", "fast forward, slow backward"),
         (dict(K_STAGES=1), "tf32x3", "slow forward, fast backward"),
         (dict(SPLIT=64), "tf32x3", "does not build"),
+        (dict(POLL=1), "tf32x3", "waits that give up: fastest if timed"),
     ])
+    median = gpu.median_seconds
+    monkeypatch.setattr(gpu, "median_seconds", lambda fn, device, repeats, warmup=2: (
+        3.0 if triton_mlstm._launch_overrides["forward"].get("POLL") else median(fn, device, repeats, warmup)))
 
     def seconds(layer, x, grad, device, repeats):
         if isinstance(layer, torch.nn.LSTM):  # cuDNN in fp32: slower
@@ -37,7 +42,7 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
         forward, backward = (triton_mlstm._launch_overrides[kernel] for kernel in triton_mlstm.KERNELS)
         if forward.get("SPLIT") == 64:
             raise RuntimeError("out of resource: shared memory")
-        if forward.get("WAIT") == 0:
+        if forward.get("WAIT") == 0 or forward.get("POLL"):
             return 0.5, 0.2
         cheaper = 0.5 if triton_mlstm._precision == "tf32" else 1.0
         fwd = cheaper * (2.0 if forward.get("BARRIERS") == 1 else 4.0)
@@ -65,7 +70,8 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
     assert recorded["configurations"][5] == {"options": {"SPLIT": 64}, "precision": "tf32x3",
                                              "meaning": "does not build",
                                              "failed": "RuntimeError: out of resource: shared memory"}
-    assert len(recorded["configurations"]) == 7 and recorded["lstm_seconds"] == 1.0
+    assert recorded["configurations"][6]["failed"] == "one forward+backward took 3.00 s (over 0.5 s): not timed"
+    assert len(recorded["configurations"]) == 8 and recorded["lstm_seconds"] == 1.0
     lstm = gpu.RESULTS.parts["lstm_precision"]  # cuDNN with and without TF32, the flag restored
     assert (lstm["seconds"], lstm["fp32_seconds"]) == (1.0, 2.0) and lstm["difference"] == pytest.approx(1e-3, rel=1e-4)
     assert torch.backends.cudnn.allow_tf32 == lstm["tf32_allowed"]

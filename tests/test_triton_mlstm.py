@@ -40,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b57 passed, 55 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b61 passed, 62 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -149,6 +149,64 @@ def test_launch_options_are_checked_and_restored():
     assert triton_mlstm._launch(120, kernel="backward") == default
 
 
+def test_poll_needs_split_two_barrier_kernels_with_resident_weights():
+    """POLL=1 polls whole slabs, which only the two-barrier kernels with their weights
+    resident read: elsewhere a ValueError names what is set; with the hidden units unsplit
+    no program reads another's writes, and it is off."""
+    h100 = triton_mlstm.SHARED_MEMORY[90]
+    with triton_mlstm.launch_options(POLL=1):
+        assert triton_mlstm._launch(120, 240, 132, "forward", h100)["POLL"] == 1  # split 4, resident
+        assert triton_mlstm._launch(120, 10_000, 132, "backward", h100)["POLL"] == 0  # unsplit
+        with pytest.raises(ValueError, match="POLL=1 needs .* got BARRIERS=2, RESIDENT=0 at H=120"):
+            triton_mlstm._launch(120, 240, 132, "forward", 0)  # no shared memory figure: not resident
+        with triton_mlstm.launch_options(BARRIERS=1, RESIDENT=1):
+            with pytest.raises(ValueError, match="POLL=1 needs .* got BARRIERS=1, RESIDENT=1"):
+                triton_mlstm._launch(120, 240, 132, "backward", h100)
+    assert triton_mlstm._launch(120, 240, 132, "forward", h100)["POLL"] == 0  # the default
+    with pytest.raises(ValueError, match=r"POLL must be one of \(0, 1\), got 2"):
+        with triton_mlstm.launch_options(POLL=2):
+            pass
+
+
+def test_poll_marks_what_the_programs_exchange_as_unwritten(monkeypatch):
+    """Under POLL the buffers the programs poll hold UNWRITTEN's bits when each kernel is
+    launched (h_1.. but not h_0, and m_t in the forward; the gate gradients and that of
+    W_mh h_{t-1} in the backward); without it nothing is filled. The kernels are not run
+    here (recorded at their launch)."""
+    seen, filled = {}, []
+
+    def recording(name, launch, B, H, device, *args, **flags):
+        if name == "forward":  # hs[1:], ms, hs[0]
+            seen[name] = (args[4][1:].clone(), args[9].clone(), args[4][0].clone())
+        else:  # grad_xp's gate blocks, grad_mh
+            seen[name] = (args[9][..., H:].clone(), args[10].clone())
+
+    unwritten_fill = triton_mlstm._unwritten
+    monkeypatch.setattr(triton_mlstm, "_run", recording)
+    monkeypatch.setattr(triton_mlstm, "_unwritten", lambda *buffers: (filled.append(len(buffers)),
+                                                                      unwritten_fill(*buffers)))
+    monkeypatch.setattr(triton_mlstm, "_multiprocessors", lambda device: 132)  # 2 tiles of 16: split 2
+    monkeypatch.setattr(triton_mlstm, "_shared_memory", lambda device: triton_mlstm.SHARED_MEMORY[90])
+    layer = MLSTM(3, 40).cells[0]
+    x, h0 = torch.randn(4, 32, 3), torch.randn(32, 40)
+    unwritten = triton_mlstm.triton_kernels.UNWRITTEN.value
+
+    def run(poll):
+        filled.clear()
+        with triton_mlstm.launch_options(POLL=poll):
+            hs, _ = triton_mlstm.TritonMLSTM.apply(x, layer.weight_ih, layer.bias_ih, h0, h0, layer.weight_hm,
+                                                   layer.bias_mh, layer.weight_mh)
+        hs.sum().backward()
+        return list(filled)
+
+    assert run(0) == []
+    assert run(1) == [2, 2]
+    for name in ("forward", "backward"):
+        for polled in seen[name][:2]:
+            assert (polled.view(torch.int32) == unwritten).all(), name
+    assert torch.equal(seen["forward"][2], h0)
+
+
 def test_each_kernel_takes_its_own_launch_options():
     """forward= and backward= set one kernel's options, over those for both, inner blocks
     over outer ones; each is checked, and named in the error."""
@@ -241,6 +299,7 @@ def test_kernels_fit_an_h100():
                       ({"RESIDENT": 1, "PREFETCH": 0, "SPLIT": 8}, 240, (120,), "tf32x3"),
                       ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
                       ({"RESIDENT": 1, "BARRIERS": 1}, 240, (120,), "tf32"),
+                      ({"POLL": 1}, 240, (120,), "tf32x3"),
                       ({"PREFETCH": 0, "BARRIERS": 1}, 240, (120,), "tf32x3")]
     usage = {}
     try:
@@ -310,7 +369,7 @@ def test_resident_weights_take_what_resident_bytes_says(hidden, split):
 
 #: the kernels' variants the split tests run
 VARIANTS = ({}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 0}, {"RESIDENT": 1, "STATIC_H": 0},
-            {"RESIDENT": 1, "BARRIERS": 1})
+            {"RESIDENT": 1, "BARRIERS": 1}, {"RESIDENT": 1, "POLL": 1})
 #: the inputs loaded in their step, not a step ahead (the defaults before run 9, with two
 #: barriers; and with one)
 UNPREFETCHED = ({"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0}, {"PREFETCH": 0, "BARRIERS": 1})
@@ -558,12 +617,14 @@ def test_kernels_index_with_int32_only_where_it_reaches():
 @pytest.mark.parametrize("kernel, flags", [("forward", {"HAS_B_MH": False}),
                                            ("backward", {"HAS_GRAD_HS": False}),
                                            ("backward", {"HAS_GRAD_CS": False})])
-@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}, {"PREFETCH": 0}])
+@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}, {"PREFETCH": 0}, {"POLL": 1}])
 def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     """The interpreter runs every branch as Python; here each variant (an optional input
     absent; one barrier a step; the timing-only barrier that does not wait; the inputs
-    loaded in their step) goes through Triton's GPU compiler down to sm_90 machine code,
-    split as for 32 sequences on an H100, within the shared memory a block may have."""
+    loaded in their step; the data polled instead of barriers) goes through Triton's GPU
+    compiler down to sm_90 machine code, split as for 32 sequences on an H100, within the
+    shared memory a block may have. The barriers' atomics are there unless the programs
+    do not wait or poll; polling reads 16 bytes at a time, past L1 (``ld.volatile``)."""
     try:
         with triton_mlstm.launch_options(**launch):
             compiled = triton_mlstm.compile_for(kernel, 64, 90, 32, 132, **flags)  # split 2
@@ -573,7 +634,11 @@ def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     ptx = compiled.asm["ptx"]
     barrier = (re.search(r"(?:red|atom)\.global\.gpu\.release\.add", ptx)  # red: Triton 3.9; atom: 3.6
                and re.search(r"ld\.global\.gpu\.acquire", ptx))
-    assert bool(barrier) == (launch.get("WAIT", 1) == 1), "the programs wait at the barriers unless WAIT=0"
+    assert bool(barrier) == (launch.get("WAIT", 1) == 1 and not launch.get("POLL")), \
+        "the programs wait at the barriers unless WAIT=0 or POLL=1"
+    assert not launch.get("POLL") or not re.search(r"\b(?:atom|red)\.", ptx), "POLL: no atomics at all"
+    polls = re.findall(r"ld\.volatile\.global(?:\.[a-z0-9]+)*", ptx)
+    assert set(polls) == ({"ld.volatile.global.v4.b32"} if launch.get("POLL") else set()), polls
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
