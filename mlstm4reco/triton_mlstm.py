@@ -162,7 +162,8 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
       BLOCK_H / SPLIT floats, and with one barrier BLOCK_H x BLOCK_H more in the
       forward), and take each step's products in one piece instead of KC rows at a time;
       0 to re-read them each step. The default is 1 with two barriers, BLOCK_H up to 128
-      and :func:`resident_bytes` within the GPU's shared memory, else 0.
+      and :func:`resident_bytes` (in the products' precision) within the GPU's shared
+      memory, else 0.
     - PREFETCH: 1 (the default) for kernels that load what a step reads and no barrier
       guards (the forward's input projections; the backward's upstream gradients and what
       the forward saved) one step ahead, so that its latency from memory is off the step's
@@ -195,11 +196,13 @@ def overrides_key() -> tuple:
     return tuple((kernel, tuple(sorted(_launch_overrides[kernel].items()))) for kernel in KERNELS)
 
 
-#: the fewest hidden units a program of a split tile gets by default: with 16 (16 x 16
-#: products) Triton gives each of a program's warps the same product to compute; the
-#: H200 ran the benchmark's layer (H = 120) faster split 4 ways than 8: 0.87x the time with
-#: the weights resident, 0.91-0.97x without (docs/results/gpu_h200, runs 6 and 7)
-MIN_UNITS = 32
+#: the fewest hidden units a program of a split tile gets by default, by the precision of
+#: the products: with 16 (16 x 16 products) Triton gives each of a program's warps the
+#: same product to compute. The H200 ran the benchmark's layer (H = 120, batch 240) in
+#: tf32x3 faster split 4 ways than 8 (0.87x the time with the weights resident, 0.91-0.97x
+#: without), with one TF32 product faster split 8 ways (1.97 against 2.14 ms, weights
+#: resident, in one run: 0.92x) (docs/results/gpu_h200, runs 6 and 7)
+MIN_UNITS = {"tf32x3": 32, "ieee": 32, "tf32": 16}
 
 #: the shared memory a block may have (bytes, opt-in) by NVIDIA architecture, for
 #: :func:`compile_for` without the GPU (on a GPU, its own figure): sm_80 (A100),
@@ -207,23 +210,24 @@ MIN_UNITS = 32
 SHARED_MEMORY = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 
 
-def _split(block_h: int, tiles: int, multiprocessors: int) -> int:
+def _split(block_h: int, tiles: int, multiprocessors: int, fewest: int = MIN_UNITS["tf32x3"]) -> int:
     """How many programs share each tile's hidden units: the most (a power of two, at
-    least :data:`MIN_UNITS` units each) with which every program of the grid has a
-    multiprocessor of its own, so that all are resident at once (their barriers wait for
-    each other)."""
+    least ``fewest`` units each: :data:`MIN_UNITS`) with which every program of the grid
+    has a multiprocessor of its own, so that all are resident at once (their barriers
+    wait for each other)."""
     split = 1
-    while block_h // (2 * split) >= MIN_UNITS and tiles * 2 * split <= multiprocessors:
+    while block_h // (2 * split) >= fewest and tiles * 2 * split <= multiprocessors:
         split *= 2
     return split
 
 
-def resident_bytes(block_h: int, block_j: int) -> int:
+def resident_bytes(block_h: int, block_j: int, products: str = "tf32x3") -> int:
     """The shared memory the two-barrier kernels ask for with their weights resident
-    (RESIDENT=1): a program keeps five BLOCK_H x BLOCK_J blocks of weights; Triton 3.6
-    (PyTorch 2.11's) lays them out twice (3.9 once), and the kernels' other buffers
+    (RESIDENT=1) and their products in precision ``products``: a program keeps five
+    BLOCK_H x BLOCK_J blocks of weights; in tf32x3 (and ieee) Triton 3.6 (PyTorch 2.11's)
+    lays them out twice (3.9 once), one TF32 product once, and the kernels' other buffers
     take under 16 KiB (``test_resident_weights_take_what_resident_bytes_says``)."""
-    return 2 * 5 * block_h * block_j * 4 + 16 * 1024
+    return (1 if products == "tf32" else 2) * 5 * block_h * block_j * 4 + 16 * 1024
 
 
 def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward", shared_memory: int = 0) -> dict:
@@ -231,12 +235,14 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
     hidden size H for B sequences on a GPU with ``multiprocessors`` multiprocessors (0: the
     hidden units unsplit) and ``shared_memory`` bytes of shared memory a block may have
     (0: the weights never resident), with :func:`launch_options`' overrides for that
-    kernel; the defaults follow the tile and the split, and are the fastest measured on an
-    H200 at fp32 accuracy (``benchmarks/gpu.py --sweep``; docs/results/gpu_h200/NOTES.md)."""
-    overrides = _launch_overrides[kernel]
+    kernel; the defaults follow the tile, the split and the products' precision now
+    (:func:`precision`: the split and whether the weights fit in shared memory depend on
+    it), and are the fastest measured on an H200 (``benchmarks/gpu.py --sweep``;
+    docs/results/gpu_h200/NOTES.md)."""
+    overrides, products = _launch_overrides[kernel], precision()
     block_h = max(16, triton.next_power_of_2(H))
     block_b = overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
-    split = overrides.get("SPLIT", _split(block_h, triton.cdiv(B, block_b), multiprocessors))
+    split = overrides.get("SPLIT", _split(block_h, triton.cdiv(B, block_b), multiprocessors, MIN_UNITS[products]))
     block_j = block_h // split  # each program's hidden units
     barriers = overrides.get("BARRIERS", 2)
     widest = block_h if barriers == 1 else block_j  # one barrier: the forward's m_t is whole in each program
@@ -254,7 +260,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         STATIC_H=1,  # H compiled in (one compilation per size; 0: a kernel argument)
         # the weights loaded once where they fit (0: re-read each step, KC rows at a time):
         # with two barriers, H up to 128 (at 256 they spill kilobytes)
-        RESIDENT=int(barriers == 2 and block_h <= 128 and resident_bytes(block_h, block_j) <= shared_memory),
+        RESIDENT=int(barriers == 2 and block_h <= 128 and resident_bytes(block_h, block_j, products) <= shared_memory),
         PREFETCH=1,  # a step's inputs loaded a step ahead (0: in that step)
         POLL=0,  # barriers on a counter (1: the data polled, with the weights resident)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128

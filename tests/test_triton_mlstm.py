@@ -40,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b61 passed, 62 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b61 passed, 64 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -300,6 +300,7 @@ def test_kernels_fit_an_h100():
                       ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
                       ({"RESIDENT": 1, "BARRIERS": 1}, 240, (120,), "tf32"),
                       ({"POLL": 1}, 240, (120,), "tf32x3"),
+                      ({}, 240, (120,), "tf32"), ({}, 1024, (120,), "tf32"),  # split 8; split 2 resident
                       ({"PREFETCH": 0, "BARRIERS": 1}, 240, (120,), "tf32x3")]
     usage = {}
     try:
@@ -320,13 +321,20 @@ def test_kernels_fit_an_h100():
 
 def test_split_gives_every_program_a_multiprocessor():
     """The hidden units are split across as many programs as keep at least 32 units each
-    and one multiprocessor per program of the grid (all resident: they wait for each
-    other), compared with a search over every split; unsplit without a GPU."""
-    for block_h in (16, 32, 64, 128, 256):
-        for tiles in (1, 2, 15, 16, 33, 66, 67, 132, 500):
-            for multiprocessors in (0, 1, 108, 132):
-                fits = [s for s in (2, 4, 8, 16, 32) if block_h // s >= 32 and tiles * s <= multiprocessors]
-                assert triton_mlstm._split(block_h, tiles, multiprocessors) == max([1] + fits)
+    (16 with one TF32 product) and one multiprocessor per program of the grid (all
+    resident: they wait for each other), compared with a search over every split; unsplit
+    without a GPU. _launch takes the fewest units of the precision in force."""
+    for fewest in (16, 32):
+        for block_h in (16, 32, 64, 128, 256):
+            for tiles in (1, 2, 15, 16, 33, 66, 67, 132, 500):
+                for multiprocessors in (0, 1, 108, 132):
+                    fits = [s for s in (2, 4, 8, 16, 32) if block_h // s >= fewest and tiles * s <= multiprocessors]
+                    assert triton_mlstm._split(block_h, tiles, multiprocessors, fewest) == max([1] + fits)
+    splits = {}
+    for products in ("tf32x3", "ieee", "tf32"):
+        with triton_mlstm.dot_precision(products):
+            splits[products] = triton_mlstm._launch(120, 240, 132)["SPLIT"]
+    assert splits == {"tf32x3": 4, "ieee": 4, "tf32": 8}
 
 
 def test_weights_are_resident_by_default_where_they_fit():
@@ -339,30 +347,37 @@ def test_weights_are_resident_by_default_where_they_fit():
         with triton_mlstm.launch_options(**options):
             return triton_mlstm._launch(H, B, 132, "backward", shared_memory)["RESIDENT"]
 
-    for H in (16, 32, 64, 120, 128, 256):
-        for B in (19, 240, 1024, 10_000):
-            for shared_memory in (0, 101376, a100, h100):
-                launch = triton_mlstm._launch(H, B, 132, "forward", shared_memory)
-                need = 2 * 5 * launch["BLOCK_H"] * (launch["BLOCK_H"] // launch["SPLIT"]) * 4 + 16384
-                assert launch["RESIDENT"] == int(H <= 128 and need <= shared_memory), (H, B, shared_memory)
+    for products, copies in (("tf32x3", 2), ("ieee", 2), ("tf32", 1)):
+        with triton_mlstm.dot_precision(products):
+            for H in (16, 32, 64, 120, 128, 256):
+                for B in (19, 240, 1024, 10_000):
+                    for shared_memory in (0, 101376, a100, h100):
+                        launch = triton_mlstm._launch(H, B, 132, "forward", shared_memory)
+                        need = copies * 5 * launch["BLOCK_H"] * (launch["BLOCK_H"] // launch["SPLIT"]) * 4 + 16384
+                        assert launch["RESIDENT"] == int(H <= 128 and need <= shared_memory), \
+                            (products, H, B, shared_memory)
     assert resident(120, 240, h100) == 1 and resident(120, 240, a100) == 0  # split 4: 176 KiB
     assert resident(120, 1024, h100) == 0  # split 2: 336 KiB
     assert resident(120, 240, h100, BARRIERS=1) == 0 and resident(120, 240, 0, RESIDENT=1) == 1
+    with triton_mlstm.dot_precision("tf32"):  # the weights laid out once
+        assert resident(120, 1024, h100) == 1 and resident(120, 1024, a100) == 0  # split 2: 176 KiB
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
-@pytest.mark.parametrize("hidden, split", [(120, 4), (64, 1)])
-def test_resident_weights_take_what_resident_bytes_says(hidden, split):
+@pytest.mark.parametrize("hidden, split, products", [(120, 4, "tf32x3"), (64, 1, "tf32x3"), (120, 8, "tf32"),
+                                                     (120, 2, "tf32")])
+def test_resident_weights_take_what_resident_bytes_says(hidden, split, products):
     """Compiled for sm_90 with the weights resident, neither kernel asks for more shared
-    memory than :func:`resident_bytes` (the default's rule) says, nor for less than the
-    weights take once (five blocks of BLOCK_H x BLOCK_H / SPLIT floats: they are there)."""
+    memory than :func:`resident_bytes` (the default's rule) says in that precision, nor
+    for less than the weights take once (five blocks of BLOCK_H x BLOCK_H / SPLIT floats:
+    they are there)."""
     try:
-        with triton_mlstm.launch_options(RESIDENT=1, SPLIT=split):
+        with triton_mlstm.launch_options(RESIDENT=1, SPLIT=split), triton_mlstm.dot_precision(products):
             usage = triton_mlstm.resource_usage(hidden, 90, 240, 132)
     except (RuntimeError, FileNotFoundError, ImportError) as error:
         pytest.skip(f"cannot compile for sm_90 here: {error}")
     block_h = max(16, triton_mlstm.triton.next_power_of_2(hidden))
-    estimate = triton_mlstm.resident_bytes(block_h, block_h // split)
+    estimate = triton_mlstm.resident_bytes(block_h, block_h // split, products)
     for kernel, resources in usage.items():
         assert 5 * block_h * block_h // split * 4 <= resources["shared"] <= estimate, (kernel, resources, estimate)
 
