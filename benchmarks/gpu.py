@@ -247,6 +247,10 @@ SWEEP = [
     (dict(POLL=1, SPLIT=8), "tf32x3", "polling, 8 programs a tile"),
     (dict(forward=dict(POLL=1)), "tf32x3", "polling in the forward only"),
     (dict(backward=dict(POLL=1)), "tf32x3", "polling in the backward only"),
+    (dict(BATCHED=1), "tf32x3", "the backward's gate products batched (4 chains of 48 MMAs, not 192; spills 320 B)"),
+    (dict(BATCHED=1, SPLIT=8), "tf32x3", "gate products batched, 8 programs a tile (no spills)"),
+    (dict(BATCHED=1, num_warps=8), "tf32x3", "gate products batched, 8 warps (spills 152 B)"),
+    (dict(BATCHED=1, POLL=1), "tf32x3", "gate products batched, polling"),
     (dict(PREFETCH=0, STATIC_H=0, RESIDENT=0, SPLIT=8), "tf32x3", "the defaults before run 9"),
     (dict(RESIDENT=0), "tf32x3", "weights re-read each step, KC rows at a time"),
     (dict(RESIDENT=0, K_STAGES=3), "tf32x3", "weights re-read, two chunks ahead"),
@@ -274,6 +278,8 @@ SWEEP = [
     (dict(BARRIERS=1, RESIDENT=1), "tf32", "one TF32 product, one barrier, weights resident"),
     (dict(POLL=1), "tf32", "one TF32 product, polling"),
     (dict(POLL=1, SPLIT=4), "tf32", "one TF32 product, polling, 4 programs a tile"),
+    (dict(BATCHED=1), "tf32", "one TF32 product, the backward's gate products batched"),
+    (dict(BATCHED=1, POLL=1), "tf32", "one TF32 product, gate products batched, polling"),
 ]
 
 

@@ -26,8 +26,9 @@ program's partial product); ``RESIDENT`` loads the weights each program needs on
 before the first step; ``STATIC_H`` compiles the hidden size in; ``PREFETCH`` loads what a
 step reads that no barrier guards (the inputs, what the forward saved) one step ahead,
 carried across the time loop; ``POLL`` (two barriers, weights resident) replaces the
-barriers by polling the data itself (:func:`_polled`); ``WAIT=0`` (timing only) does not
-wait at the barriers.
+barriers by polling the data itself (:func:`_polled`); ``BATCHED`` (two-barrier backward,
+weights resident) takes the gradient of m_t as one product batched over the gates;
+``WAIT=0`` (timing only) does not wait at the barriers.
 """
 
 import triton
@@ -101,34 +102,40 @@ UNWRITTEN = tl.constexpr(-1)
 
 
 @triton.jit
-def _polled(a_ptr, a_stride, rows, row_ok, ks, k_ok):
-    """Columns ks of this program's rows of A, as :func:`_a_chunk`, read where the tile's
-    programs write them without a barrier (POLL=1): A's elements hold :data:`UNWRITTEN`
-    until written, and each is written once, so the program reads (``volatile``: from L2,
-    never an old copy in L1) until none is :data:`UNWRITTEN`. What a barrier costs (its
-    stores made visible, a counter's atomics, a poll of the counter, then the reads) is
-    then one read, repeated while a program is late. As :func:`_sync`, it gives up after
-    2**16 reads (the results are then wrong, which :func:`mlstm4reco.layers._check_triton`
-    catches; an element whose value is :data:`UNWRITTEN`'s bits costs that time, not its
-    value)."""
-    at = a_ptr + rows[:, None] * a_stride + ks[None, :]
-    ok = row_ok[:, None] & k_ok[None, :]
+def _polled(at, ok):
+    """What pointers ``at`` (any shape) point to where ``ok``, read where the tile's
+    programs write it without a barrier (POLL=1): the buffer holds :data:`UNWRITTEN`
+    until written, and each element is written once, so the program reads (``volatile``:
+    from L2, never an old copy in L1) until none is :data:`UNWRITTEN`. What a barrier
+    costs (its stores made visible, a counter's atomics, a poll of the counter, then the
+    reads) is then one read, repeated while a program is late. As :func:`_sync`, it gives
+    up after 2**16 reads (the results are then wrong, which
+    :func:`mlstm4reco.layers._check_triton` catches; an element whose value has
+    :data:`UNWRITTEN`'s bits costs that time, not its value)."""
     a = tl.load(at, mask=ok, other=0.0, volatile=True)
     polls = 0
-    while (tl.max(tl.max((a.to(tl.int32, bitcast=True) == UNWRITTEN).to(tl.int32), 1), 0) > 0) & (polls < 65536):
+    while (tl.max((a.to(tl.int32, bitcast=True) == UNWRITTEN).to(tl.int32)) > 0) & (polls < 65536):
         a = tl.load(at, mask=ok, other=0.0, volatile=True)
         polls += 1
     return a
 
 
 @triton.jit
-def _slab(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
-    """Columns ks of this program's rows of A: polled (:func:`_polled`) under POLL, after
-    a barrier (:func:`_a_chunk`) otherwise."""
+def _read(at, ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
+    """What pointers ``at`` point to where ``ok`` (else 0), others programs' writes among
+    it: polled (:func:`_polled`) under POLL, else after a barrier, from L2 where the tile is
+    split (``.cg``, as :func:`_a_chunk`)."""
     if POLL:
-        return _polled(a_ptr, a_stride, rows, row_ok, ks, k_ok)
+        return _polled(at, ok)
     else:
-        return _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT)
+        return tl.load(at, mask=ok, other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
+
+
+@triton.jit
+def _slab(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
+    """Columns ks of this program's rows of A, an (rows, H) slab with row stride a_stride
+    (:func:`_read`)."""
+    return _read(a_ptr + rows[:, None] * a_stride + ks[None, :], row_ok[:, None] & k_ok[None, :], SPLIT, POLL)
 
 
 @triton.jit
@@ -150,6 +157,16 @@ def _gate_weights(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
             _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, TRANSPOSED),
             _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, TRANSPOSED),
             _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, TRANSPOSED))
+
+
+@triton.jit
+def _stacked_gate_weights(w_ptr, H, cols, ks, k_ok):
+    """Rows ks of each of the four gates' W[:, cols], W the (4H, H) stack of the gates'
+    weights, as one (4, rows, cols) tensor: the right operand of a product batched over
+    the gates (BATCHED)."""
+    gates = tl.arange(0, 4)
+    return tl.load(w_ptr + gates[:, None, None] * H * H + ks[None, :, None] * H + cols[None, None, :],
+                   mask=(gates < 4)[:, None, None] & k_ok[None, :, None] & (cols < H)[None, None, :], other=0.0)
 
 
 @triton.jit
@@ -334,6 +351,7 @@ def forward_kernel(
     HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
+    BATCHED: tl.constexpr,  # the backward's (backward_kernel)
 ):
     """The forward recurrence (module docstring): m_t, then the gates, c_t and h_t, with a
     barrier after each of m_t and h_t (under POLL, hs[1:] and ms hold UNWRITTEN until
@@ -401,11 +419,19 @@ def backward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
+    BATCHED: tl.constexpr,
 ):
     """The backward recurrence (module docstring), from the last step to the first: the
     gate gradients, then the gradient of m_t, then dh_{t-1}, with a barrier after each of
     the gate gradients and the gradient of W_mh h_{t-1} (under POLL, grad_xp's gate blocks
-    and grad_mh hold UNWRITTEN until written, and the programs poll them instead)."""
+    and grad_mh hold UNWRITTEN until written, and the programs poll them instead).
+
+    The gradient of m_t sums four products, one a gate: chained on one accumulator, as by
+    default, a warp's tensor-core instructions for them wait each for the one before (192
+    in a row in tf32x3 at H = 120, each adding its latency to the step); BATCHED=1 (with
+    the weights resident) takes them as one product batched over the gates, four
+    independent chains summed at the end (48 in a row)."""
+    tl.static_assert(BATCHED <= RESIDENT, "BATCHED multiplies the resident weights")
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     tl.static_assert(POLL <= RESIDENT, "POLL reads whole slabs: the weights must be resident")
@@ -416,7 +442,10 @@ def backward_kernel(
     if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
         units = tl.arange(0, BLOCK_H)
         w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
-        w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
+        if BATCHED:
+            w_gates = _stacked_gate_weights(w_mh_ptr, H, cols, units, units < H)
+        else:
+            w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
     if PREFETCH:  # what the last step reads that no barrier guards
         n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
                                                             cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
@@ -443,7 +472,12 @@ def backward_kernel(
         if not POLL:
             _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
         dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-        if RESIDENT:  # each gate's gradient block loaded just before its product (all four at once: spills)
+        if BATCHED:  # the four gates' gradient blocks, (4, rows, units), in one product
+            gates = tl.arange(0, 4)
+            blocks = grad_xp_t + H + gates[:, None, None] * H + rows[None, :, None] * 5 * H + units[None, None, :]
+            ok = (gates < 4)[:, None, None] & row_ok[None, :, None] & (units < H)[None, None, :]
+            dm = tl.sum(tl.dot(_read(blocks, ok, SPLIT, POLL), w_gates, input_precision=PRECISION), axis=0)
+        elif RESIDENT:  # each gate's gradient block loaded just before its product (all four at once: spills)
             unit_ok = units < H
             g_row = grad_xp_t + H
             dm = tl.dot(_slab(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_i, dm,
@@ -497,6 +531,7 @@ def forward_one_barrier_kernel(
     HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
+    BATCHED: tl.constexpr,  # the backward's (backward_kernel)
 ):
     """:func:`forward_kernel` with one barrier a step, not two: each of a tile's
     programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
@@ -507,6 +542,7 @@ def forward_one_barrier_kernel(
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
+    tl.static_assert(BATCHED == 0, "BATCHED is for the two-barrier backward")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
@@ -589,6 +625,7 @@ def backward_one_barrier_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
+    BATCHED: tl.constexpr,  # the backward's (backward_kernel)
 ):
     """:func:`backward_kernel` with one barrier a step, not two. The gradient of m_t,
     dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
@@ -603,6 +640,7 @@ def backward_one_barrier_kernel(
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
+    tl.static_assert(BATCHED == 0, "BATCHED is for the two-barrier backward")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     col_ok = cols < H

@@ -113,10 +113,10 @@ if triton is not None:
 KERNELS = ("forward", "backward")
 _launch_overrides: dict[str, dict[str, int]] = {kernel: {} for kernel in KERNELS}
 TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH", "POLL",
-           "num_warps", "num_stages")
+           "BATCHED", "num_warps", "num_stages")
 #: the options that take one of a few values
 CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1),
-           "POLL": (0, 1)}
+           "POLL": (0, 1), "BATCHED": (0, 1)}
 
 
 def _check(options: dict, where: str) -> None:
@@ -175,6 +175,11 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
       arithmetic gives until written (:data:`~mlstm4reco.triton_kernels.UNWRITTEN`), and
       a program reads until none is left (:func:`~mlstm4reco.triton_kernels._polled`),
       which saves the barriers' fences and atomics. Ignored when the units are not split.
+    - BATCHED: 0 (the default) or 1 for a two-barrier backward with the weights resident
+      that takes the gradient of m_t (a sum of four products, one a gate) as one product
+      batched over the gates: four independent chains of tensor-core instructions instead
+      of one four times as long (compiled for sm_90 at H = 120: 48 instead of 192 in a
+      row, at the cost of registers). Ignored by the forward.
     """
     per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
@@ -263,6 +268,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         RESIDENT=int(barriers == 2 and block_h <= 128 and resident_bytes(block_h, block_j, products) <= shared_memory),
         PREFETCH=1,  # a step's inputs loaded a step ahead (0: in that step)
         POLL=0,  # barriers on a counter (1: the data polled, with the weights resident)
+        BATCHED=0,  # the backward's gate products chained (1: batched, with the weights resident)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
@@ -273,6 +279,11 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
     if block_j < 16:
         raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
+    if kernel == "forward":  # its four gate products have an accumulator each already
+        launch["BATCHED"] = 0
+    elif launch["BATCHED"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
+        raise ValueError(f"BATCHED=1 needs the two-barrier backward with its weights resident, got "
+                         f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
     if split == 1:  # no program reads what another wrote
         launch["POLL"] = 0
     elif launch["POLL"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
@@ -348,7 +359,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
-                                             "RESIDENT", "PREFETCH", "POLL")},
+                                             "RESIDENT", "PREFETCH", "POLL", "BATCHED")},
                  "PRECISION": precision()}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}

@@ -40,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b61 passed, 64 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b68 passed, 73 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -72,12 +72,13 @@ PRECISIONS = ("tf32x3", "ieee") if DEVICE == "cuda" else ("tf32x3",)
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("use_cells", [True, False])
-@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"RESIDENT": 1}, {"PREFETCH": 0, "STATIC_H": 0}])
+@pytest.mark.parametrize("variant", [{}, {"BARRIERS": 1}, {"RESIDENT": 1}, {"PREFETCH": 0, "STATIC_H": 0},
+                                     {"RESIDENT": 1, "BATCHED": 1}])
 def test_triton_equals_reference(multiplicative_bias, use_cells, precision, variant):
     """Both kernels of each kind (two barriers a step, or one, or two with the weights
     loaded once, or with each step's inputs loaded in that step and H an argument, as the
-    defaults were before run 9; unsplit here, so no program waits for another) with every
-    optional input present or absent."""
+    defaults were before run 9, or with the backward's gate products batched; unsplit here,
+    so no program waits for another) with every optional input present or absent."""
     torch.manual_seed(0)
     # 19 sequences: two tiles of 16, the second partly masked; H = 12 pads to 16
     layer = MLSTM(5, 12, num_layers=2, multiplicative_bias=multiplicative_bias, batch_first=False).to(DEVICE)
@@ -166,6 +167,44 @@ def test_poll_needs_split_two_barrier_kernels_with_resident_weights():
     with pytest.raises(ValueError, match=r"POLL must be one of \(0, 1\), got 2"):
         with triton_mlstm.launch_options(POLL=2):
             pass
+
+
+def test_batched_needs_the_two_barrier_backward_with_resident_weights():
+    """BATCHED=1 batches the backward's resident gate weights: elsewhere a ValueError
+    names what is set; the forward, whose gate products each have their own accumulator,
+    ignores it."""
+    h100 = triton_mlstm.SHARED_MEMORY[90]
+    with triton_mlstm.launch_options(BATCHED=1):
+        assert triton_mlstm._launch(120, 240, 132, "backward", h100)["BATCHED"] == 1
+        assert triton_mlstm._launch(120, 240, 132, "forward", h100)["BATCHED"] == 0
+        assert triton_mlstm._launch(120, 240, 132, "forward", 0)["BATCHED"] == 0  # not resident: no matter
+        with pytest.raises(ValueError, match="BATCHED=1 needs .* got BARRIERS=2, RESIDENT=0 at H=120"):
+            triton_mlstm._launch(120, 240, 132, "backward", 0)
+        with triton_mlstm.launch_options(BARRIERS=1, RESIDENT=1):
+            with pytest.raises(ValueError, match="BATCHED=1 needs .* got BARRIERS=1, RESIDENT=1"):
+                triton_mlstm._launch(120, 240, 132, "backward", h100)
+    assert triton_mlstm._launch(120, 240, 132, "backward", h100)["BATCHED"] == 0  # the default
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@pytest.mark.parametrize("products", ["tf32x3", "tf32"])
+def test_batched_backward_takes_the_gate_products_in_one_batched_product(products):
+    """Compiled for sm_90 (H = 120, batch 240): by default the backward's products for
+    the gradient of m_t are four (times three in tf32x3) 2-D products chained on one
+    accumulator; BATCHED=1 makes them one product over (4, 16, 128) x (4, 128, 32): the
+    gates are the batch."""
+    def products_of(**options):
+        with triton_mlstm.launch_options(SPLIT=4, **options), triton_mlstm.dot_precision(products):
+            ttgir = triton_mlstm.compile_for("backward", 120, 90, 240, 132).asm["ttgir"]
+        return re.findall(r"tt\.dot [^\n]*-> tensor<([0-9x]+)xf32", ttgir)
+
+    try:
+        chained, batched = products_of(), products_of(BATCHED=1)
+    except (RuntimeError, FileNotFoundError, ImportError) as error:
+        pytest.skip(f"cannot compile for sm_90 here: {error}")
+    per_product = 3 if products == "tf32x3" else 1
+    assert chained == ["16x32"] * (5 * per_product), chained  # four gates, then W_hm
+    assert batched == ["4x16x32"] * per_product + ["16x32"] * per_product, batched
 
 
 def test_poll_marks_what_the_programs_exchange_as_unwritten(monkeypatch):
@@ -287,7 +326,9 @@ def test_kernels_fit_an_h100():
     in, 4 programs a tile) at the benchmark's hidden size, and with the split at the
     largest one 'auto' takes (256). The same for the variants the sweep times, at the
     benchmark's size (one barrier with the weights resident only in tf32: in tf32x3 its
-    whole W_hm product spills kilobytes; the one-barrier backward spills 168 B at H = 256
+    whole W_hm product spills kilobytes; the backward's gate products batched only in
+    tf32: in tf32x3 each warp holds a gate's high and low weights, 320 B spilled at split
+    4 with Triton 3.6, 256-568 B with 3.9; the one-barrier backward spills 168 B at H = 256
     with the inputs a step ahead, 128 registers a thread at 16 warps). The first version
     of the kernels asked for 664 KiB and spilled about 20 KB per thread."""
     both = (120, triton_mlstm.MAX_AUTO_HIDDEN)
@@ -300,6 +341,7 @@ def test_kernels_fit_an_h100():
                       ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
                       ({"RESIDENT": 1, "BARRIERS": 1}, 240, (120,), "tf32"),
                       ({"POLL": 1}, 240, (120,), "tf32x3"),
+                      ({"BATCHED": 1}, 240, (120,), "tf32"), ({"BATCHED": 1, "SPLIT": 4}, 240, (120,), "tf32"),
                       ({}, 240, (120,), "tf32"), ({}, 1024, (120,), "tf32"),  # split 8; split 2 resident
                       ({"PREFETCH": 0, "BARRIERS": 1}, 240, (120,), "tf32x3")]
     usage = {}
@@ -384,7 +426,7 @@ def test_resident_weights_take_what_resident_bytes_says(hidden, split, products)
 
 #: the kernels' variants the split tests run
 VARIANTS = ({}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 0}, {"RESIDENT": 1, "STATIC_H": 0},
-            {"RESIDENT": 1, "BARRIERS": 1}, {"RESIDENT": 1, "POLL": 1})
+            {"RESIDENT": 1, "BARRIERS": 1}, {"RESIDENT": 1, "POLL": 1}, {"RESIDENT": 1, "BATCHED": 1, "POLL": 1})
 #: the inputs loaded in their step, not a step ahead (the defaults before run 9, with two
 #: barriers; and with one)
 UNPREFETCHED = ({"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0}, {"PREFETCH": 0, "BARRIERS": 1})
@@ -632,14 +674,16 @@ def test_kernels_index_with_int32_only_where_it_reaches():
 @pytest.mark.parametrize("kernel, flags", [("forward", {"HAS_B_MH": False}),
                                            ("backward", {"HAS_GRAD_HS": False}),
                                            ("backward", {"HAS_GRAD_CS": False})])
-@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}, {"PREFETCH": 0}, {"POLL": 1}])
+@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}, {"PREFETCH": 0}, {"POLL": 1},
+                                    {"POLL": 1, "BATCHED": 1}])
 def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     """The interpreter runs every branch as Python; here each variant (an optional input
     absent; one barrier a step; the timing-only barrier that does not wait; the inputs
-    loaded in their step; the data polled instead of barriers) goes through Triton's GPU
-    compiler down to sm_90 machine code, split as for 32 sequences on an H100, within the
-    shared memory a block may have. The barriers' atomics are there unless the programs
-    do not wait or poll; polling reads 16 bytes at a time, past L1 (``ld.volatile``)."""
+    loaded in their step; the data polled instead of barriers, with the backward's gate
+    products batched or not) goes through Triton's GPU compiler down to sm_90 machine
+    code, split as for 32 sequences on an H100, within the shared memory a block may have.
+    The barriers' atomics are there unless the programs do not wait or poll; polling
+    reads 16 bytes at a time, past L1 (``ld.volatile``)."""
     try:
         with triton_mlstm.launch_options(**launch):
             compiled = triton_mlstm.compile_for(kernel, 64, 90, 32, 132, **flags)  # split 2
