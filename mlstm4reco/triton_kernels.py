@@ -170,6 +170,26 @@ def _stacked_gate_weights(w_ptr, H, cols, ks, k_ok):
 
 
 @triton.jit
+def _gate_batched_dot(g_ptr, rows, row_ok, H, w_front, w_back, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr,
+                      SPLIT: tl.constexpr, POLL: tl.constexpr):
+    """The sum over the gates of dGate @ W_gate[:, cols] (dGate this program's rows of
+    the gate's block of a (rows, 5H) slab, g_ptr the first gate's) as products batched
+    over the gates, whose four accumulators are independent, summed after. The inner
+    dimension goes in two halves (w_front: :func:`_stacked_gate_weights` of units
+    0..BLOCK_H/2, w_back of the rest), so that a warp holds half a gate's weights at a
+    time (whole, they spill)."""
+    gates = tl.arange(0, 4)
+    front = tl.arange(0, BLOCK_H // 2)
+    back = front + BLOCK_H // 2
+    at = g_ptr + gates[:, None, None] * H + rows[None, :, None] * 5 * H + front[None, None, :]
+    ok = (gates < 4)[:, None, None] & row_ok[None, :, None]
+    parts = tl.dot(_read(at, ok & (front < H)[None, None, :], SPLIT, POLL), w_front, input_precision=PRECISION)
+    parts = tl.dot(_read(at + BLOCK_H // 2, ok & (back < H)[None, None, :], SPLIT, POLL), w_back, parts,
+                   input_precision=PRECISION)
+    return tl.sum(parts, axis=0)
+
+
+@triton.jit
 def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B: tl.constexpr,
                     BLOCK_H: tl.constexpr, RESIDENT: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
                     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr):
@@ -429,7 +449,7 @@ def backward_kernel(
     The gradient of m_t sums four products, one a gate: chained on one accumulator, as by
     default, a warp's tensor-core instructions for them wait each for the one before (192
     in a row in tf32x3 at H = 120, each adding its latency to the step); BATCHED=1 (with
-    the weights resident) takes them as one product batched over the gates, four
+    the weights resident) batches them over the gates (:func:`_gate_batched_dot`): four
     independent chains summed at the end (48 in a row)."""
     tl.static_assert(BATCHED <= RESIDENT, "BATCHED multiplies the resident weights")
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
@@ -442,8 +462,10 @@ def backward_kernel(
     if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
         units = tl.arange(0, BLOCK_H)
         w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
-        if BATCHED:
-            w_gates = _stacked_gate_weights(w_mh_ptr, H, cols, units, units < H)
+        if BATCHED:  # the gates' weights stacked, (4, units, cols), in two halves of the units
+            front, back = tl.arange(0, BLOCK_H // 2), tl.arange(BLOCK_H // 2, BLOCK_H)
+            w_front = _stacked_gate_weights(w_mh_ptr, H, cols, front, front < H)
+            w_back = _stacked_gate_weights(w_mh_ptr, H, cols, back, back < H)
         else:
             w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
     if PREFETCH:  # what the last step reads that no barrier guards
@@ -472,11 +494,8 @@ def backward_kernel(
         if not POLL:
             _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
         dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-        if BATCHED:  # the four gates' gradient blocks, (4, rows, units), in one product
-            gates = tl.arange(0, 4)
-            blocks = grad_xp_t + H + gates[:, None, None] * H + rows[None, :, None] * 5 * H + units[None, None, :]
-            ok = (gates < 4)[:, None, None] & row_ok[None, :, None] & (units < H)[None, None, :]
-            dm = tl.sum(tl.dot(_read(blocks, ok, SPLIT, POLL), w_gates, input_precision=PRECISION), axis=0)
+        if BATCHED:  # the four gates' gradient blocks, (4, rows, units), batched over the gates
+            dm = _gate_batched_dot(grad_xp_t + H, rows, row_ok, H, w_front, w_back, BLOCK_H, PRECISION, SPLIT, POLL)
         elif RESIDENT:  # each gate's gradient block loaded just before its product (all four at once: spills)
             unit_ok = units < H
             g_row = grad_xp_t + H

@@ -178,8 +178,9 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
     - BATCHED: 0 (the default) or 1 for a two-barrier backward with the weights resident
       that takes the gradient of m_t (a sum of four products, one a gate) as one product
       batched over the gates: four independent chains of tensor-core instructions instead
-      of one four times as long (compiled for sm_90 at H = 120: 48 instead of 192 in a
-      row, at the cost of registers). Ignored by the forward.
+      of one four times as long (compiled for sm_90 at H = 120, 4 programs a tile: 59
+      instead of 168 in a row in the step, at the cost of some registers); H above 16.
+      Ignored by the forward.
     """
     per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
@@ -281,9 +282,10 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
     if kernel == "forward":  # its four gate products have an accumulator each already
         launch["BATCHED"] = 0
-    elif launch["BATCHED"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
-        raise ValueError(f"BATCHED=1 needs the two-barrier backward with its weights resident, got "
-                         f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
+    elif launch["BATCHED"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"] or block_h < 32):
+        raise ValueError(f"BATCHED=1 needs the two-barrier backward with its weights resident and at least 32 "
+                         f"padded hidden units (products over halves of 16), got BARRIERS={launch['BARRIERS']}, "
+                         f"RESIDENT={launch['RESIDENT']} at H={H}")
     if split == 1:  # no program reads what another wrote
         launch["POLL"] = 0
     elif launch["POLL"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
