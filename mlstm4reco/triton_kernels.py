@@ -170,46 +170,101 @@ def _stacked_gate_weights(w_ptr, H, cols, ks, k_ok):
 
 
 @triton.jit
-def _gate_batched_dot(g_ptr, rows, row_ok, H, w_front, w_back, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr,
-                      SPLIT: tl.constexpr, POLL: tl.constexpr):
+def _tf32_split(x):
+    """x as high + low parts: high x rounded to TF32 (10 mantissa bits, to nearest, ties
+    away from zero, as ``cvt.rna.tf32.f32``), low the rest, exact in fp32: for X3."""
+    high = ((x.to(tl.int32, bitcast=True) + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+    return high, x - high
+
+
+@triton.jit
+def _product(a, w, w_low, acc, zero, PRECISION: tl.constexpr, X3: tl.constexpr):
+    """acc + a @ w in PRECISION; under X3 (tf32x3 by hand: w the weights' high TF32 part,
+    w_low the rest, split once before the first step), as three TF32 products with an
+    accumulator each, a_high @ w + a_high @ w_low + a_low @ w: Triton's tf32x3 chains the
+    three on one accumulator, so that a warp's tensor-core instructions wait each for
+    the one before, three times as many in a row. ``zero``: a 0.0 Triton cannot tell is
+    zero (:func:`_opaque_zero`): it folds dot(a, b, zeros) + c into dot(a, b, c), which
+    would chain the three again."""
+    if X3:
+        a_high, a_low = _tf32_split(a)
+        acc += zero  # (where acc is a constant, as zeros: folding dot(a_high, w, 0) + c too)
+        zeros = tl.zeros(acc.shape, tl.float32) + zero
+        corrections = tl.dot(a_high, w_low, zeros, input_precision="tf32") + \
+            tl.dot(a_low, w, zeros, input_precision="tf32")
+        return tl.dot(a_high, w, acc, input_precision="tf32") + corrections
+    else:
+        return tl.dot(a, w, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _opaque_zero(T):
+    """0.0, from the number of steps T (at least 1), which Triton cannot fold to a
+    constant: :func:`_product`'s accumulators of zeros."""
+    return tl.minimum(T, 0).to(tl.float32)
+
+
+@triton.jit
+def _low_parts(w_hm, w_i, w_f, w_g, w_o, X3: tl.constexpr):
+    """The five resident weight blocks and their low parts: under X3 split
+    (:func:`_tf32_split`), else as they are (the low parts then unused)."""
+    if X3:
+        w_hm, l_hm = _tf32_split(w_hm)
+        w_i, l_i = _tf32_split(w_i)
+        w_f, l_f = _tf32_split(w_f)
+        w_g, l_g = _tf32_split(w_g)
+        w_o, l_o = _tf32_split(w_o)
+        return w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o
+    else:
+        return w_hm, w_i, w_f, w_g, w_o, w_hm, w_i, w_f, w_g, w_o
+
+
+@triton.jit
+def _gate_batched_dot(g_ptr, rows, row_ok, H, w_front, w_back, l_front, l_back, zero, BLOCK_H: tl.constexpr,
+                      PRECISION: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr, X3: tl.constexpr):
     """The sum over the gates of dGate @ W_gate[:, cols] (dGate this program's rows of
     the gate's block of a (rows, 5H) slab, g_ptr the first gate's) as products batched
     over the gates, whose four accumulators are independent, summed after. The inner
     dimension goes in two halves (w_front: :func:`_stacked_gate_weights` of units
     0..BLOCK_H/2, w_back of the rest), so that a warp holds half a gate's weights at a
-    time (whole, they spill)."""
+    time (whole, they spill); l_front and l_back: their low parts under X3 (:func:`_product`)."""
     gates = tl.arange(0, 4)
     front = tl.arange(0, BLOCK_H // 2)
     back = front + BLOCK_H // 2
     at = g_ptr + gates[:, None, None] * H + rows[None, :, None] * 5 * H + front[None, None, :]
     ok = (gates < 4)[:, None, None] & row_ok[None, :, None]
-    parts = tl.dot(_read(at, ok & (front < H)[None, None, :], SPLIT, POLL), w_front, input_precision=PRECISION)
-    parts = tl.dot(_read(at + BLOCK_H // 2, ok & (back < H)[None, None, :], SPLIT, POLL), w_back, parts,
-                   input_precision=PRECISION)
+    parts = _product(_read(at, ok & (front < H)[None, None, :], SPLIT, POLL), w_front, l_front,
+                     tl.zeros((4, rows.shape[0], w_front.shape[2]), tl.float32), zero, PRECISION, X3)
+    parts = _product(_read(at + BLOCK_H // 2, ok & (back < H)[None, None, :], SPLIT, POLL), w_back, l_back, parts,
+                     zero, PRECISION, X3)
     return tl.sum(parts, axis=0)
 
 
 @triton.jit
-def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B: tl.constexpr,
+def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, l_hm, zero, H, cols, BLOCK_B: tl.constexpr,
                     BLOCK_H: tl.constexpr, RESIDENT: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-                    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr):
+                    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr, X3: tl.constexpr):
     """b_mh + h_{t-1} @ W_hm^T[:, cols], h_{t-1} this program's rows of hs_t: in one
     product from w_hm, W_hm^T[:, cols] loaded before the first step (RESIDENT; h_{t-1}
-    polled under POLL), or reading W_hm KC rows at a time (:func:`_chunked_dot`)."""
+    polled under POLL; l_hm its low part under X3, :func:`_product`), or reading W_hm KC
+    rows at a time (:func:`_chunked_dot`)."""
     mh = tl.zeros((BLOCK_B, cols.shape[0]), tl.float32) + b_mh[None, :]
     if RESIDENT:
         units = tl.arange(0, BLOCK_H)
-        mh = tl.dot(_slab(hs_t, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, mh, input_precision=PRECISION)
+        mh = _product(_slab(hs_t, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, l_hm, mh, zero, PRECISION,
+                      X3)
     else:
         mh = _chunked_dot(mh, hs_t, H, rows, row_ok, w_hm_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
     return mh
 
 
 @triton.jit
-def _gate_products(a, w_i, w_f, w_g, w_o, pre_i, pre_f, pre_g, pre_o, PRECISION: tl.constexpr):
-    """pre_gate + a @ w_gate for each of the four gates."""
-    return (tl.dot(a, w_i, pre_i, input_precision=PRECISION), tl.dot(a, w_f, pre_f, input_precision=PRECISION),
-            tl.dot(a, w_g, pre_g, input_precision=PRECISION), tl.dot(a, w_o, pre_o, input_precision=PRECISION))
+def _gate_products(a, w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o, pre_i, pre_f, pre_g, pre_o, zero,
+                   PRECISION: tl.constexpr, X3: tl.constexpr):
+    """pre_gate + a @ w_gate for each of the four gates (l_gate: w_gate's low part under
+    X3, :func:`_product`)."""
+    return (_product(a, w_i, l_i, pre_i, zero, PRECISION, X3), _product(a, w_f, l_f, pre_f, zero, PRECISION, X3),
+            _product(a, w_g, l_g, pre_g, zero, PRECISION, X3), _product(a, w_o, l_o, pre_o, zero, PRECISION, X3))
 
 
 @triton.jit
@@ -372,6 +427,7 @@ def forward_kernel(
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
     BATCHED: tl.constexpr,  # the backward's (backward_kernel)
+    X3: tl.constexpr,
 ):
     """The forward recurrence (module docstring): m_t, then the gates, c_t and h_t, with a
     barrier after each of m_t and h_t (under POLL, hs[1:] and ms hold UNWRITTEN until
@@ -379,15 +435,19 @@ def forward_kernel(
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     tl.static_assert(POLL <= RESIDENT, "POLL reads whole slabs: the weights must be resident")
+    tl.static_assert(X3 <= RESIDENT, "X3 splits the resident weights")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     c = tl.load(cs_ptr + state, mask=mask, other=0.0)
     b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_J,), tl.float32)
     units = tl.arange(0, BLOCK_H)
     w_hm = w_hm_ptr  # the product reads its weights, KC rows at a time (_chunked_dot)...
+    l_hm = w_hm_ptr
+    zero = _opaque_zero(T)
     if RESIDENT:  # ... or they are this program's columns of them, loaded once (into shared memory)
-        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, True)
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
+        w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(
+            _w_chunk(w_hm_ptr, H, cols, units, units < H, True), w_i, w_f, w_g, w_o, X3)
     # disable_licm: the weight chunks are the same at every step, and hoisted out of the
     # loop they would all be live at once, in registers (that spilled)
     if PREFETCH:  # the first step's input projections
@@ -401,8 +461,8 @@ def forward_kernel(
             x_m, x_i, x_f, x_g, x_o = nx_m, nx_i, nx_f, nx_g, nx_o
             later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
             nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, cols, mask, cols, mask)
-        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, cols, BLOCK_B, BLOCK_H,
-                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT, POLL)
+        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, l_hm, zero, H, cols, BLOCK_B,
+                             BLOCK_H, RESIDENT, KC, PRECISION, K_STAGES, SPLIT, POLL, X3)
         if not PREFETCH:
             x_m = tl.load(xp_row, mask=mask, other=0.0)
         m = x_m * mh
@@ -415,7 +475,8 @@ def forward_kernel(
             x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
         if RESIDENT:
             pre_i, pre_f, pre_g, pre_o = _gate_products(_slab(ms_t, H, rows, row_ok, units, units < H, SPLIT, POLL),
-                                                        w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
+                                                        w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o, x_i, x_f, x_g, x_o,
+                                                        zero, PRECISION, X3)
         else:
             pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
                                                     KC, PRECISION, K_STAGES, SPLIT)
@@ -439,7 +500,7 @@ def backward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
-    BATCHED: tl.constexpr,
+    BATCHED: tl.constexpr, X3: tl.constexpr,
 ):
     """The backward recurrence (module docstring), from the last step to the first: the
     gate gradients, then the gradient of m_t, then dh_{t-1}, with a barrier after each of
@@ -452,6 +513,7 @@ def backward_kernel(
     the weights resident) batches them over the gates (:func:`_gate_batched_dot`): four
     independent chains summed at the end (48 in a row)."""
     tl.static_assert(BATCHED <= RESIDENT, "BATCHED multiplies the resident weights")
+    tl.static_assert(X3 <= RESIDENT, "X3 splits the resident weights")
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     tl.static_assert(POLL <= RESIDENT, "POLL reads whole slabs: the weights must be resident")
@@ -459,15 +521,23 @@ def backward_kernel(
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
     dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
+    zero = _opaque_zero(T)
     if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
         units = tl.arange(0, BLOCK_H)
-        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
         if BATCHED:  # the gates' weights stacked, (4, units, cols), in two halves of the units
             front, back = tl.arange(0, BLOCK_H // 2), tl.arange(BLOCK_H // 2, BLOCK_H)
+            w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
             w_front = _stacked_gate_weights(w_mh_ptr, H, cols, front, front < H)
             w_back = _stacked_gate_weights(w_mh_ptr, H, cols, back, back < H)
+            l_hm, l_front, l_back = w_hm, w_front, w_back  # the low parts, used under X3 only
+            if X3:
+                w_hm, l_hm = _tf32_split(w_hm)
+                w_front, l_front = _tf32_split(w_front)
+                w_back, l_back = _tf32_split(w_back)
         else:
             w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
+            w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(
+                _w_chunk(w_hm_ptr, H, cols, units, units < H, False), w_i, w_f, w_g, w_o, X3)
     if PREFETCH:  # what the last step reads that no barrier guards
         n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
                                                             cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
@@ -495,18 +565,19 @@ def backward_kernel(
             _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
         dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         if BATCHED:  # the four gates' gradient blocks, (4, rows, units), batched over the gates
-            dm = _gate_batched_dot(grad_xp_t + H, rows, row_ok, H, w_front, w_back, BLOCK_H, PRECISION, SPLIT, POLL)
+            dm = _gate_batched_dot(grad_xp_t + H, rows, row_ok, H, w_front, w_back, l_front, l_back, zero, BLOCK_H,
+                                   PRECISION, SPLIT, POLL, X3)
         elif RESIDENT:  # each gate's gradient block loaded just before its product (all four at once: spills)
             unit_ok = units < H
             g_row = grad_xp_t + H
-            dm = tl.dot(_slab(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_i, dm,
-                        input_precision=PRECISION)
-            dm = tl.dot(_slab(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_f, dm,
-                        input_precision=PRECISION)
-            dm = tl.dot(_slab(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_g, dm,
-                        input_precision=PRECISION)
-            dm = tl.dot(_slab(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_o, dm,
-                        input_precision=PRECISION)
+            dm = _product(_slab(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_i, l_i, dm,
+                          zero, PRECISION, X3)
+            dm = _product(_slab(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_f, l_f, dm,
+                          zero, PRECISION, X3)
+            dm = _product(_slab(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_g, l_g, dm,
+                          zero, PRECISION, X3)
+            dm = _product(_slab(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_o, l_o, dm,
+                          zero, PRECISION, X3)
         else:
             dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
                                     SPLIT)
@@ -519,8 +590,8 @@ def backward_kernel(
             _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
         dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         if RESIDENT:
-            dh = tl.dot(_slab(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, dh,
-                        input_precision=PRECISION)
+            dh = _product(_slab(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, l_hm,
+                          dh, zero, PRECISION, X3)
         else:
             dh = _chunked_dot(dh, grad_mh_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols, False, KC,
                               PRECISION, K_STAGES, SPLIT)
@@ -551,6 +622,7 @@ def forward_one_barrier_kernel(
     PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
     BATCHED: tl.constexpr,  # the backward's (backward_kernel)
+    X3: tl.constexpr,
 ):
     """:func:`forward_kernel` with one barrier a step, not two: each of a tile's
     programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
@@ -562,6 +634,7 @@ def forward_one_barrier_kernel(
         H = STATIC_H
     tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
     tl.static_assert(BATCHED == 0, "BATCHED is for the two-barrier backward")
+    tl.static_assert(X3 == 0, "X3 is for the two-barrier kernels")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
@@ -581,8 +654,8 @@ def forward_one_barrier_kernel(
             x_m, x_i, x_f, x_g, x_o = nx_m, nx_i, nx_f, nx_g, nx_o
             later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
             nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, units, full, cols, mask)
-        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, H, units, BLOCK_B, BLOCK_H,
-                             RESIDENT, KC, PRECISION, K_STAGES, SPLIT, False)
+        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, w_hm, 0.0, H, units, BLOCK_B,
+                             BLOCK_H, RESIDENT, KC, PRECISION, K_STAGES, SPLIT, False, False)
         if not PREFETCH:
             x_m = tl.load(xp_row + units[None, :], mask=full, other=0.0)
         m = x_m * mh
@@ -591,7 +664,8 @@ def forward_one_barrier_kernel(
         if not PREFETCH:
             x_i, x_f, x_g, x_o = _load_gates(xp_row + H + cols[None, :], H, mask)
         if RESIDENT:  # m_t straight from registers
-            pre_i, pre_f, pre_g, pre_o = _gate_products(m, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, PRECISION)
+            pre_i, pre_f, pre_g, pre_o = _gate_products(m, w_i, w_f, w_g, w_o, w_i, w_f, w_g, w_o, x_i, x_f, x_g,
+                                                        x_o, 0.0, PRECISION, False)
         else:
             tl.store(own_m + all_state, m, mask=full)
             tl.debug_barrier()  # the program's own copy of m_t is written
@@ -645,6 +719,7 @@ def backward_one_barrier_kernel(
     K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
     STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
     BATCHED: tl.constexpr,  # the backward's (backward_kernel)
+    X3: tl.constexpr,
 ):
     """:func:`backward_kernel` with one barrier a step, not two. The gradient of m_t,
     dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
@@ -660,6 +735,7 @@ def backward_one_barrier_kernel(
         H = STATIC_H
     tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
     tl.static_assert(BATCHED == 0, "BATCHED is for the two-barrier backward")
+    tl.static_assert(X3 == 0, "X3 is for the two-barrier kernels")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     col_ok = cols < H

@@ -113,10 +113,10 @@ if triton is not None:
 KERNELS = ("forward", "backward")
 _launch_overrides: dict[str, dict[str, int]] = {kernel: {} for kernel in KERNELS}
 TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH", "POLL",
-           "BATCHED", "num_warps", "num_stages")
+           "BATCHED", "X3", "num_warps", "num_stages")
 #: the options that take one of a few values
 CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1),
-           "POLL": (0, 1), "BATCHED": (0, 1)}
+           "POLL": (0, 1), "BATCHED": (0, 1), "X3": (0, 1)}
 
 
 def _check(options: dict, where: str) -> None:
@@ -181,6 +181,11 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
       of one four times as long (compiled for sm_90 at H = 120, 4 programs a tile: 59
       instead of 168 in a row in the step, at the cost of some registers); H above 16.
       Ignored by the forward.
+    - X3: 0 (the default) or 1 for two-barrier kernels with the weights resident that take
+      tf32x3 by hand: the weights split into high and low TF32 parts once, before the first
+      step, and each product as three TF32 products with an accumulator each, summed after
+      (Triton's tf32x3 chains its three on one accumulator: three times the tensor-core
+      instructions in a row). Ignored in other precisions.
     """
     per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
@@ -270,6 +275,7 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         PREFETCH=1,  # a step's inputs loaded a step ahead (0: in that step)
         POLL=0,  # barriers on a counter (1: the data polled, with the weights resident)
         BATCHED=0,  # the backward's gate products chained (1: batched, with the weights resident)
+        X3=0,  # Triton's tf32x3 (1: three TF32 products by hand, with the weights resident)
         num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
@@ -286,6 +292,11 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         raise ValueError(f"BATCHED=1 needs the two-barrier backward with its weights resident and at least 32 "
                          f"padded hidden units (products over halves of 16), got BARRIERS={launch['BARRIERS']}, "
                          f"RESIDENT={launch['RESIDENT']} at H={H}")
+    if products != "tf32x3":  # X3 is tf32x3 by hand
+        launch["X3"] = 0
+    elif launch["X3"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
+        raise ValueError(f"X3=1 needs the two-barrier kernels with their weights resident, got "
+                         f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
     if split == 1:  # no program reads what another wrote
         launch["POLL"] = 0
     elif launch["POLL"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
@@ -361,7 +372,7 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     function = _kernel(kernel, options["BARRIERS"])
     constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
                  **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
-                                             "RESIDENT", "PREFETCH", "POLL", "BATCHED")},
+                                             "RESIDENT", "PREFETCH", "POLL", "BATCHED", "X3")},
                  "PRECISION": precision()}
     signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
                  for arg in function.arg_names}

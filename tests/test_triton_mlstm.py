@@ -40,7 +40,7 @@ def test_kernels_in_the_interpreter():
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b66 passed, 73 skipped\b", summary), summary  # all but this test ran
+    assert re.search(r"\b72 passed, 80 skipped\b", summary), summary  # all but this test ran
 
 
 def outputs_and_gradients(layer, implementation, x, hx, use_cells):
@@ -107,15 +107,18 @@ def test_triton_without_gate_bias_and_with_full_tiles():
                                     {"STATIC_H": 1}, {"STATIC_H": 1, "BARRIERS": 1}, {"RESIDENT": 1, "STATIC_H": 1},
                                     {"RESIDENT": 1, "BARRIERS": 1}, {"PREFETCH": 0, "BLOCK_B": 32, "K_STAGES": 1},
                                     {"PREFETCH": 1, "BARRIERS": 1, "RESIDENT": 1}, {"RESIDENT": 1, "BATCHED": 1},
-                                    {"RESIDENT": 1, "BATCHED": 1, "BLOCK_B": 32}])
+                                    {"RESIDENT": 1, "BATCHED": 1, "BLOCK_B": 32}, {"RESIDENT": 1, "X3": 1},
+                                    {"RESIDENT": 1, "X3": 1, "BATCHED": 1}])
 def test_triton_over_several_chunks_and_tile_sizes(launch):
     """H = 40: the products take three chunks of 16 columns (default, the next chunk
     prefetched; or not) or two of 32, the last partly masked; 19 sequences fill part of
     one tile of 32. The same for the one-barrier kernels, whose loops over chunks of
     the hidden units differ, with H compiled in, with the weights loaded once, with
-    the inputs loaded in their step rather than a step ahead, and with the backward's
-    gate products batched (over two halves of the 64 padded units, the second partly
-    padding)."""
+    the inputs loaded in their step rather than a step ahead, with the backward's gate
+    products batched (over two halves of the 64 padded units, the second partly
+    padding), and with tf32x3 by hand (X3; in the interpreter the TF32 products are fp32,
+    so only the sum of the three parts is checked here: the parts by
+    test_tf32_split_rounds_to_nearest_tf32, the whole on a GPU)."""
     torch.manual_seed(2)
     layer = MLSTM(6, 40, batch_first=False).to(DEVICE)
     x = torch.randn(3, 19, 6, device=DEVICE)
@@ -152,44 +155,6 @@ def test_launch_options_are_checked_and_restored():
     assert triton_mlstm._launch(120, kernel="backward") == default
 
 
-def test_poll_needs_split_two_barrier_kernels_with_resident_weights():
-    """POLL=1 polls whole slabs, which only the two-barrier kernels with their weights
-    resident read: elsewhere a ValueError names what is set; with the hidden units unsplit
-    no program reads another's writes, and it is off."""
-    h100 = triton_mlstm.SHARED_MEMORY[90]
-    with triton_mlstm.launch_options(POLL=1):
-        assert triton_mlstm._launch(120, 240, 132, "forward", h100)["POLL"] == 1  # split 4, resident
-        assert triton_mlstm._launch(120, 10_000, 132, "backward", h100)["POLL"] == 0  # unsplit
-        with pytest.raises(ValueError, match="POLL=1 needs .* got BARRIERS=2, RESIDENT=0 at H=120"):
-            triton_mlstm._launch(120, 240, 132, "forward", 0)  # no shared memory figure: not resident
-        with triton_mlstm.launch_options(BARRIERS=1, RESIDENT=1):
-            with pytest.raises(ValueError, match="POLL=1 needs .* got BARRIERS=1, RESIDENT=1"):
-                triton_mlstm._launch(120, 240, 132, "backward", h100)
-    assert triton_mlstm._launch(120, 240, 132, "forward", h100)["POLL"] == 0  # the default
-    with pytest.raises(ValueError, match=r"POLL must be one of \(0, 1\), got 2"):
-        with triton_mlstm.launch_options(POLL=2):
-            pass
-
-
-def test_batched_needs_the_two_barrier_backward_with_resident_weights():
-    """BATCHED=1 batches the backward's resident gate weights: elsewhere a ValueError
-    names what is set; the forward, whose gate products each have their own accumulator,
-    ignores it."""
-    h100 = triton_mlstm.SHARED_MEMORY[90]
-    with triton_mlstm.launch_options(BATCHED=1):
-        assert triton_mlstm._launch(120, 240, 132, "backward", h100)["BATCHED"] == 1
-        assert triton_mlstm._launch(120, 240, 132, "forward", h100)["BATCHED"] == 0
-        assert triton_mlstm._launch(120, 240, 132, "forward", 0)["BATCHED"] == 0  # not resident: no matter
-        with pytest.raises(ValueError, match="BATCHED=1 needs .* got BARRIERS=2, RESIDENT=0 at H=120"):
-            triton_mlstm._launch(120, 240, 132, "backward", 0)
-        with pytest.raises(ValueError, match="at least 32 padded hidden units .* RESIDENT=1 at H=12"):
-            triton_mlstm._launch(12, 240, 132, "backward", h100)
-        with triton_mlstm.launch_options(BARRIERS=1, RESIDENT=1):
-            with pytest.raises(ValueError, match="BATCHED=1 needs .* got BARRIERS=1, RESIDENT=1"):
-                triton_mlstm._launch(120, 240, 132, "backward", h100)
-    assert triton_mlstm._launch(120, 240, 132, "backward", h100)["BATCHED"] == 0  # the default
-
-
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
 @pytest.mark.parametrize("products", ["tf32x3", "tf32"])
 def test_batched_backward_takes_the_gate_products_in_one_batched_product(products):
@@ -209,6 +174,100 @@ def test_batched_backward_takes_the_gate_products_in_one_batched_product(product
     per_product = 3 if products == "tf32x3" else 1
     assert chained == ["16x32"] * (5 * per_product), chained  # four gates, then W_hm
     assert batched == ["4x16x32"] * (2 * per_product) + ["16x32"] * per_product, batched
+
+
+@pytest.mark.parametrize("option, kernel", [("POLL", "forward"), ("POLL", "backward"), ("BATCHED", "backward"),
+                                            ("X3", "forward"), ("X3", "backward")])
+def test_opt_in_variants_need_two_barrier_kernels_with_resident_weights(option, kernel):
+    """POLL, BATCHED and X3 work on the two-barrier kernels' resident weights: set where
+    those are (H = 120, batch 240 on an H100: split 4), a ValueError naming what is set
+    elsewhere; off by default."""
+    h100 = triton_mlstm.SHARED_MEMORY[90]
+    with triton_mlstm.launch_options(**{option: 1}):
+        assert triton_mlstm._launch(120, 240, 132, kernel, h100)[option] == 1
+        with pytest.raises(ValueError, match=f"{option}=1 needs .* got BARRIERS=2, RESIDENT=0 at H=120"):
+            triton_mlstm._launch(120, 240, 132, kernel, 0)  # no shared memory figure: not resident
+        with triton_mlstm.launch_options(BARRIERS=1, RESIDENT=1):
+            with pytest.raises(ValueError, match=f"{option}=1 needs .* got BARRIERS=1, RESIDENT=1"):
+                triton_mlstm._launch(120, 240, 132, kernel, h100)
+    assert triton_mlstm._launch(120, 240, 132, kernel, h100)[option] == 0
+
+
+def test_opt_in_variants_are_off_where_they_do_nothing():
+    """POLL with the hidden units unsplit (no program reads another's writes), BATCHED in
+    the forward (its gate products have an accumulator each), X3 in a precision other
+    than tf32x3: off, even where the weights are not resident; BATCHED refuses H under 17
+    (its products go over halves of the units, at least 16 each)."""
+    h100 = triton_mlstm.SHARED_MEMORY[90]
+    with triton_mlstm.launch_options(POLL=1):
+        assert triton_mlstm._launch(120, 10_000, 132, "backward", h100)["POLL"] == 0
+    with triton_mlstm.launch_options(BATCHED=1):
+        assert triton_mlstm._launch(120, 240, 132, "forward", 0)["BATCHED"] == 0
+        with pytest.raises(ValueError, match="at least 32 padded hidden units .* RESIDENT=1 at H=12"):
+            triton_mlstm._launch(12, 240, 132, "backward", h100)
+    for other in ("tf32", "ieee"):
+        with triton_mlstm.launch_options(X3=1), triton_mlstm.dot_precision(other):
+            assert triton_mlstm._launch(120, 240, 132, "backward", 0)["X3"] == 0
+    with pytest.raises(ValueError, match=r"POLL must be one of \(0, 1\), got 2"):
+        with triton_mlstm.launch_options(POLL=2):
+            pass
+
+
+@kernels
+def test_tf32_split_rounds_to_nearest_tf32():
+    """X3's split of x into high + low: high is x rounded to TF32 (11 significant bits, to
+    nearest, ties away from zero: ``cvt.rna.tf32.f32``), computed here with numpy's frexp,
+    and low is exactly x - high; over normal numbers of every magnitude and sign, and
+    values exactly halfway between two TF32 numbers."""
+    import numpy as np
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def split(x_ptr, high_ptr, low_ptr, N: tl.constexpr):
+        at = tl.arange(0, N)
+        high, low = triton_mlstm.triton_kernels._tf32_split(tl.load(x_ptr + at))
+        tl.store(high_ptr + at, high)
+        tl.store(low_ptr + at, low)
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(384) * 10.0 ** rng.integers(-30, 30, 384)
+    ties = (1 + np.arange(128) * 2.0 ** -10 + 2.0 ** -11) * 2.0 ** rng.integers(-20, 20, 128)  # 12th bit only
+    x_np = np.concatenate([values, -values, ties, -ties]).astype(np.float32)
+    x = torch.from_numpy(x_np).to(DEVICE)
+    high, low = torch.empty_like(x), torch.empty_like(x)
+    split[(1,)](x, high, low, N=1024)
+    mantissa, exponent = np.frexp(x_np.astype(np.float64))
+    expected = np.sign(mantissa) * np.floor(np.abs(mantissa) * 2.0 ** 11 + 0.5) * 2.0 ** (exponent - 11)
+    np.testing.assert_array_equal(high.cpu().numpy(), expected.astype(np.float32))
+    np.testing.assert_array_equal(low.cpu().numpy(), (x_np - high.cpu().numpy()).astype(np.float32))
+    assert (high.cpu().view(torch.int32) & 0x1FFF == 0).all()
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_x3_takes_tf32_products_each_on_its_own_accumulator(kernel):
+    """Compiled for sm_90 (H = 120, batch 240): by default every product is Triton's
+    tf32x3, which it lowers to TF32 products chained (at least one of each three takes
+    another's result as its accumulator); with X3 all are
+    TF32, three for each of the five, and none accumulates onto another's result."""
+    def dots(stage, **options):
+        with triton_mlstm.launch_options(**options):
+            ir = triton_mlstm.compile_for(kernel, 120, 90, 240, 132).asm[stage]
+        return re.findall(r"(%[\w#]+) = tt\.dot %[\w#]+, %[\w#]+, (%[\w#]+)[^\n]*inputPrecision = (\w+)", ir)
+
+    def chained(found):
+        results = {result for result, _, _ in found}
+        return sum(accumulator in results for _, accumulator, _ in found)
+
+    try:
+        default, by_hand = dots("ttir"), dots("ttir", X3=1)
+        lowered, lowered_by_hand = dots("ttgir"), dots("ttgir", X3=1)
+    except (RuntimeError, FileNotFoundError, ImportError) as error:
+        pytest.skip(f"cannot compile for sm_90 here: {error}")
+    assert [precision for *_, precision in default] == ["tf32x3"] * 5, default
+    assert [precision for *_, precision in by_hand] == ["tf32"] * 15, by_hand
+    assert chained(lowered) >= 5 and chained(lowered_by_hand) == 0, (lowered, lowered_by_hand)
 
 
 def test_poll_marks_what_the_programs_exchange_as_unwritten(monkeypatch):
@@ -342,9 +401,7 @@ def test_kernels_fit_an_h100():
                       ({"RESIDENT": 1, "PREFETCH": 0, "SPLIT": 8}, 240, (120,), "tf32x3"),
                       ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
                       ({"RESIDENT": 1, "BARRIERS": 1}, 240, (120,), "tf32"),
-                      ({"POLL": 1}, 240, (120,), "tf32x3"),
-                      ({"BATCHED": 1}, 240, (120,), "tf32x3"), ({"BATCHED": 1, "POLL": 1}, 240, (120,), "tf32x3"),
-                      ({"BATCHED": 1}, 240, (120,), "tf32"),
+                      ({"X3": 1, "BATCHED": 1, "POLL": 1}, 240, (120,), "tf32x3"),
                       ({}, 240, (120,), "tf32"), ({}, 1024, (120,), "tf32"),  # split 8; split 2 resident
                       ({"PREFETCH": 0, "BARRIERS": 1}, 240, (120,), "tf32x3")]
     usage = {}
@@ -429,7 +486,12 @@ def test_resident_weights_take_what_resident_bytes_says(hidden, split, products)
 
 #: the kernels' variants the split tests run
 VARIANTS = ({}, {"BARRIERS": 1}, {"BARRIERS": 1, "STATIC_H": 0}, {"RESIDENT": 1, "STATIC_H": 0},
-            {"RESIDENT": 1, "BARRIERS": 1}, {"RESIDENT": 1, "POLL": 1}, {"RESIDENT": 1, "BATCHED": 1, "POLL": 1})
+            {"RESIDENT": 1, "BARRIERS": 1})
+#: the opt-in variants not yet timed on a GPU: polling instead of barriers, the backward's
+#: gate products batched, tf32x3 by hand (X3: in the interpreter its TF32 products are fp32,
+#: so its split is checked on a GPU)
+OPT_IN = ({"RESIDENT": 1, "POLL": 1}, {"RESIDENT": 1, "BATCHED": 1, "POLL": 1}, {"RESIDENT": 1, "X3": 1},
+          {"RESIDENT": 1, "X3": 1, "BATCHED": 1, "POLL": 1})
 #: the inputs loaded in their step, not a step ahead (the defaults before run 9, with two
 #: barriers; and with one)
 UNPREFETCHED = ({"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0}, {"PREFETCH": 0, "BARRIERS": 1})
@@ -441,12 +503,14 @@ MIXED = ({"forward": {"BARRIERS": 1}}, {"forward": {"SPLIT": 1}, "backward": {"B
 @pytest.mark.skipif(DEVICE != "cuda", reason="compiled on a GPU; in the interpreter, "
                                              "test_split_kernels_in_the_interpreter")
 @pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
-@pytest.mark.parametrize("variant", VARIANTS + MIXED + UNPREFETCHED)
+@pytest.mark.parametrize("variant", VARIANTS + MIXED + UNPREFETCHED + OPT_IN)
 def test_split_kernels_equal_reference(hidden, split, variant):
     """Hidden units split across programs that meet at a barrier twice a step (or once;
     with the weights loaded once or not; with the inputs loaded a step ahead; forward and
-    backward kernels of different kinds): outputs and every gradient as the reference
-    path's, with a masked second tile and padded units."""
+    backward kernels of different kinds; or polling the data instead, with the backward's
+    gate products batched, with tf32x3 by hand): outputs and every gradient as the
+    reference path's (2e-5: one TF32 product instead of tf32x3 would not pass), with a
+    masked second tile and padded units."""
     if variant.get("RESIDENT"):  # the weights a program needs must fit in its shared memory
         major, minor = torch.cuda.get_device_capability()
         with triton_mlstm.launch_options(SPLIT=split, **variant):
@@ -540,7 +604,8 @@ def programs_at_once():
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs the split kernels' programs as threads in Triton's interpreter")
 @pytest.mark.parametrize("split, variant", [(split, variant) for variant in VARIANTS for split in (2, 4)]
-                         + [(2, variant) for variant in MIXED + UNPREFETCHED])  # these at one split
+                         + [(2, variant) for variant in MIXED + UNPREFETCHED]  # these at one split
+                         + [(4, variant) for variant in OPT_IN if variant != {"RESIDENT": 1, "X3": 1}])
 def test_split_kernels_in_the_interpreter(split, variant):
     """The split kernels (hidden units across programs that meet at barriers) on the CPU,
     their programs run at once as threads (:func:`programs_at_once`): outputs and every
@@ -677,14 +742,14 @@ def test_kernels_index_with_int32_only_where_it_reaches():
 @pytest.mark.parametrize("kernel, flags", [("forward", {"HAS_B_MH": False}),
                                            ("backward", {"HAS_GRAD_HS": False}),
                                            ("backward", {"HAS_GRAD_CS": False})])
-@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}, {"PREFETCH": 0}, {"POLL": 1},
-                                    {"POLL": 1, "BATCHED": 1}])
+@pytest.mark.parametrize("launch", [{}, {"BARRIERS": 1}, {"BARRIERS": 1, "WAIT": 0}, {"PREFETCH": 0},
+                                    {"POLL": 1, "BATCHED": 1, "X3": 1}])
 def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     """The interpreter runs every branch as Python; here each variant (an optional input
     absent; one barrier a step; the timing-only barrier that does not wait; the inputs
     loaded in their step; the data polled instead of barriers, with the backward's gate
-    products batched or not) goes through Triton's GPU compiler down to sm_90 machine
-    code, split as for 32 sequences on an H100, within the shared memory a block may have.
+    products batched and tf32x3 by hand) goes through Triton's GPU compiler down to sm_90
+    machine code, split as for 32 sequences on an H100, within the shared memory a block may have.
     The barriers' atomics are there unless the programs do not wait or poll; polling
     reads 16 bytes at a time, past L1 (``ld.volatile``)."""
     try:
