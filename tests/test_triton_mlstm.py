@@ -31,6 +31,14 @@ kernels = pytest.mark.skipif(
     reason="run by test_kernels_in_the_interpreter in a process with TRITON_INTERPRET=1")
 
 
+def sm90(test):
+    """For tests that compile the kernels for sm_90 with the ``ptxas`` Triton ships, on any
+    machine but not in the interpreter; marked ``sm90``, so that a run on a lent GPU may
+    leave them out (``-m 'not sm90'``, as benchmarks/gpu_check.sh does: CI runs them)."""
+    skip = pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+    return pytest.mark.sm90(skip(test))
+
+
 @pytest.mark.skipif(DEVICE == "cuda" or INTERPRETED, reason="the kernels run compiled here")
 def test_kernels_in_the_interpreter():
     """Triton reads TRITON_INTERPRET when the kernels are defined: this module's kernel
@@ -155,7 +163,7 @@ def test_launch_options_are_checked_and_restored():
     assert triton_mlstm._launch(120, kernel="backward") == default
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@sm90
 @pytest.mark.parametrize("products", ["tf32x3", "tf32"])
 def test_batched_backward_takes_the_gate_products_in_one_batched_product(products):
     """Compiled for sm_90 (H = 120, batch 240): by default the backward's products for
@@ -244,7 +252,7 @@ def test_tf32_split_rounds_to_nearest_tf32():
     assert (high.cpu().view(torch.int32) & 0x1FFF == 0).all()
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@sm90
 @pytest.mark.parametrize("kernel", ["forward", "backward"])
 def test_x3_takes_tf32_products_each_on_its_own_accumulator(kernel):
     """Compiled for sm_90 (H = 120, batch 240): by default every product is Triton's
@@ -379,7 +387,7 @@ def test_auto_uses_triton_only_on_cuda_float32(monkeypatch):
         assert layer._layer_function(x.cuda().transpose(0, 1)).__name__ == "_layer_triton_or_fused"
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@sm90
 def test_kernels_fit_an_h100():
     """Compiled for sm_90 (H100/H200, 132 multiprocessors), with the hidden units split as
     for the benchmark's batch of 240 or unsplit (a batch too large to split), neither
@@ -465,7 +473,7 @@ def test_weights_are_resident_by_default_where_they_fit():
         assert resident(120, 1024, h100) == 1 and resident(120, 1024, a100) == 0  # split 2: 176 KiB
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@sm90
 @pytest.mark.parametrize("hidden, split, products", [(120, 4, "tf32x3"), (64, 1, "tf32x3"), (120, 8, "tf32"),
                                                      (120, 2, "tf32")])
 def test_resident_weights_take_what_resident_bytes_says(hidden, split, products):
@@ -738,7 +746,7 @@ def test_kernels_index_with_int32_only_where_it_reaches():
     assert not triton_mlstm.indexable(256, 4096, 512)  # 2.7e9 elements of input projections
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@sm90
 @pytest.mark.parametrize("kernel, flags", [("forward", {"HAS_B_MH": False}),
                                            ("backward", {"HAS_GRAD_HS": False}),
                                            ("backward", {"HAS_GRAD_CS": False})])
@@ -768,7 +776,7 @@ def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     assert set(polls) == ({"ld.volatile.global.v4.b32"} if launch.get("POLL") else set()), polls
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@sm90
 def test_static_hidden_size_gives_16_byte_accesses():
     """H = 120 is not a multiple of 16, so Triton's launcher does not tell the compiler that
     rows of H floats stay 16-byte aligned: as an argument (STATIC_H=0), every access is 4
@@ -790,7 +798,7 @@ def test_static_hidden_size_gives_16_byte_accesses():
     assert multiple[0] > 0 and multiple[1] > 0, multiple
 
 
-@pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
+@sm90
 @pytest.mark.parametrize("barriers, carried", [(2, {"forward": 5, "backward": 10}), (1, {"forward": 5, "backward": 8})])
 def test_prefetch_carries_the_next_steps_inputs_across_the_time_loop(barriers, carried):
     """With PREFETCH=1 (the default) what a step reads that no barrier guards is loaded in the step
