@@ -27,8 +27,10 @@ before the first step; ``STATIC_H`` compiles the hidden size in; ``PREFETCH`` lo
 step reads that no barrier guards (the inputs, what the forward saved) one step ahead,
 carried across the time loop; ``POLL`` (two barriers, weights resident) replaces the
 barriers by polling the data itself (:func:`_polled`); ``BATCHED`` (two-barrier backward,
-weights resident) takes the gradient of m_t as one product batched over the gates;
-``WAIT=0`` (timing only) does not wait at the barriers.
+weights resident) takes the gradient of m_t as products batched over the gates; ``X3``
+(two barriers, weights resident) takes tf32x3 by hand, three TF32 products on
+accumulators of their own (:func:`_product`); ``WAIT=0`` (timing only) does not wait at
+the barriers.
 """
 
 import triton
@@ -91,8 +93,7 @@ def _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr):
     barrier is: by the PTX memory model, the acquire in :func:`_sync` followed by the
     block's ``bar.sync`` makes the other programs' writes visible to all its threads
     (as after CUDA's grid.sync)."""
-    return tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                   other=0.0, cache_modifier=".cg" if SPLIT > 1 else "")
+    return _read(a_ptr + rows[:, None] * a_stride + ks[None, :], row_ok[:, None] & k_ok[None, :], SPLIT, False)
 
 
 #: the bits (as int32) of what the buffers that POLL reads hold until written: a NaN that
@@ -122,7 +123,7 @@ def _polled(at, ok):
 
 @triton.jit
 def _read(at, ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
-    """What pointers ``at`` point to where ``ok`` (else 0), others programs' writes among
+    """What pointers ``at`` point to where ``ok`` (else 0), other programs' writes among
     it: polled (:func:`_polled`) under POLL, else after a barrier, from L2 where the tile is
     split (``.cg``, as :func:`_a_chunk`)."""
     if POLL:
@@ -133,8 +134,7 @@ def _read(at, ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
 
 @triton.jit
 def _slab(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
-    """Columns ks of this program's rows of A, an (rows, H) slab with row stride a_stride
-    (:func:`_read`)."""
+    """:func:`_a_chunk`, polled under POLL (:func:`_read`)."""
     return _read(a_ptr + rows[:, None] * a_stride + ks[None, :], row_ok[:, None] & k_ok[None, :], SPLIT, POLL)
 
 
@@ -445,9 +445,9 @@ def forward_kernel(
     l_hm = w_hm_ptr
     zero = _opaque_zero(T)
     if RESIDENT:  # ... or they are this program's columns of them, loaded once (into shared memory)
+        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, True)
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
-        w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(
-            _w_chunk(w_hm_ptr, H, cols, units, units < H, True), w_i, w_f, w_g, w_o, X3)
+        w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(w_hm, w_i, w_f, w_g, w_o, X3)
     # disable_licm: the weight chunks are the same at every step, and hoisted out of the
     # loop they would all be live at once, in registers (that spilled)
     if PREFETCH:  # the first step's input projections
@@ -512,11 +512,11 @@ def backward_kernel(
     in a row in tf32x3 at H = 120, each adding its latency to the step); BATCHED=1 (with
     the weights resident) batches them over the gates (:func:`_gate_batched_dot`): four
     independent chains summed at the end (48 in a row)."""
-    tl.static_assert(BATCHED <= RESIDENT, "BATCHED multiplies the resident weights")
-    tl.static_assert(X3 <= RESIDENT, "X3 splits the resident weights")
     if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
         H = STATIC_H
     tl.static_assert(POLL <= RESIDENT, "POLL reads whole slabs: the weights must be resident")
+    tl.static_assert(BATCHED <= RESIDENT, "BATCHED multiplies the resident weights")
+    tl.static_assert(X3 <= RESIDENT, "X3 splits the resident weights")
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
@@ -535,9 +535,9 @@ def backward_kernel(
                 w_front, l_front = _tf32_split(w_front)
                 w_back, l_back = _tf32_split(w_back)
         else:
+            w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
             w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
-            w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(
-                _w_chunk(w_hm_ptr, H, cols, units, units < H, False), w_i, w_f, w_g, w_o, X3)
+            w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(w_hm, w_i, w_f, w_g, w_o, X3)
     if PREFETCH:  # what the last step reads that no barrier guards
         n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
                                                             cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
