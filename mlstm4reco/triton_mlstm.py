@@ -286,22 +286,19 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
     if block_j < 16:
         raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
-    if kernel == "forward":  # its four gate products have an accumulator each already
-        launch["BATCHED"] = 0
-    elif launch["BATCHED"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"] or block_h < 32):
-        raise ValueError(f"BATCHED=1 needs the two-barrier backward with its weights resident and at least 32 "
-                         f"padded hidden units (products over halves of 16), got BARRIERS={launch['BARRIERS']}, "
-                         f"RESIDENT={launch['RESIDENT']} at H={H}")
-    if products != "tf32x3":  # X3 is tf32x3 by hand
-        launch["X3"] = 0
-    elif launch["X3"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
-        raise ValueError(f"X3=1 needs the two-barrier kernels with their weights resident, got "
-                         f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
+    # the opt-in variants: off where they would do nothing, refused where they cannot run
     if split == 1:  # no program reads what another wrote
         launch["POLL"] = 0
-    elif launch["POLL"] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"]):
-        raise ValueError(f"POLL=1 needs the two-barrier kernels with their weights resident, got "
-                         f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
+    if kernel == "forward":  # its four gate products have an accumulator each already
+        launch["BATCHED"] = 0
+    if products != "tf32x3":  # X3 is tf32x3 by hand
+        launch["X3"] = 0
+    for option in ("POLL", "BATCHED", "X3"):
+        halves = option == "BATCHED"  # its products go over halves of the units, at least 16 each
+        if launch[option] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"] or (halves and block_h < 32)):
+            raise ValueError(f"{option}=1 needs the two-barrier kernels with their weights resident"
+                             f"{' and at least 32 padded hidden units' if halves else ''}, got "
+                             f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
     launch["launch_cooperative_grid"] = split > 1  # CUDA refuses a grid that is not all resident at once
     return launch
 
