@@ -205,18 +205,13 @@ def _opaque_zero(T):
 
 
 @triton.jit
-def _low_parts(w_hm, w_i, w_f, w_g, w_o, X3: tl.constexpr):
-    """The five resident weight blocks and their low parts: under X3 split
-    (:func:`_tf32_split`), else as they are (the low parts then unused)."""
+def _parts(w, X3: tl.constexpr):
+    """A resident weight block as the high part and the low part :func:`_product` takes:
+    split under X3 (:func:`_tf32_split`), else the block twice (the low part unused)."""
     if X3:
-        w_hm, l_hm = _tf32_split(w_hm)
-        w_i, l_i = _tf32_split(w_i)
-        w_f, l_f = _tf32_split(w_f)
-        w_g, l_g = _tf32_split(w_g)
-        w_o, l_o = _tf32_split(w_o)
-        return w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o
+        return _tf32_split(w)
     else:
-        return w_hm, w_i, w_f, w_g, w_o, w_hm, w_i, w_f, w_g, w_o
+        return w, w
 
 
 @triton.jit
@@ -445,9 +440,12 @@ def forward_kernel(
     l_hm = w_hm_ptr
     zero = _opaque_zero(T)
     if RESIDENT:  # ... or they are this program's columns of them, loaded once (into shared memory)
-        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, True)
+        w_hm, l_hm = _parts(_w_chunk(w_hm_ptr, H, cols, units, units < H, True), X3)
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
-        w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(w_hm, w_i, w_f, w_g, w_o, X3)
+        w_i, l_i = _parts(w_i, X3)
+        w_f, l_f = _parts(w_f, X3)
+        w_g, l_g = _parts(w_g, X3)
+        w_o, l_o = _parts(w_o, X3)
     # disable_licm: the weight chunks are the same at every step, and hoisted out of the
     # loop they would all be live at once, in registers (that spilled)
     if PREFETCH:  # the first step's input projections
@@ -524,20 +522,17 @@ def backward_kernel(
     zero = _opaque_zero(T)
     if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
         units = tl.arange(0, BLOCK_H)
+        w_hm, l_hm = _parts(_w_chunk(w_hm_ptr, H, cols, units, units < H, False), X3)
         if BATCHED:  # the gates' weights stacked, (4, units, cols), in two halves of the units
             front, back = tl.arange(0, BLOCK_H // 2), tl.arange(BLOCK_H // 2, BLOCK_H)
-            w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
-            w_front = _stacked_gate_weights(w_mh_ptr, H, cols, front, front < H)
-            w_back = _stacked_gate_weights(w_mh_ptr, H, cols, back, back < H)
-            l_hm, l_front, l_back = w_hm, w_front, w_back  # the low parts, used under X3 only
-            if X3:
-                w_hm, l_hm = _tf32_split(w_hm)
-                w_front, l_front = _tf32_split(w_front)
-                w_back, l_back = _tf32_split(w_back)
+            w_front, l_front = _parts(_stacked_gate_weights(w_mh_ptr, H, cols, front, front < H), X3)
+            w_back, l_back = _parts(_stacked_gate_weights(w_mh_ptr, H, cols, back, back < H), X3)
         else:
-            w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
             w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
-            w_hm, w_i, w_f, w_g, w_o, l_hm, l_i, l_f, l_g, l_o = _low_parts(w_hm, w_i, w_f, w_g, w_o, X3)
+            w_i, l_i = _parts(w_i, X3)
+            w_f, l_f = _parts(w_f, X3)
+            w_g, l_g = _parts(w_g, X3)
+            w_o, l_o = _parts(w_o, X3)
     if PREFETCH:  # what the last step reads that no barrier guards
         n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
                                                             cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
