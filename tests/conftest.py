@@ -44,3 +44,43 @@ def seeded(request):
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+# Tests marked ``early(start=f)`` wait for a subprocess that ``f()`` begins and returns as
+# (process, log file). It is begun as soon as the tests are collected, so that it runs
+# beside the rest of the suite (on a second core) instead of after the tests before it.
+_started: dict[str, tuple] = {}
+
+
+def _skipped(item) -> bool:
+    """Whether a boolean ``skipif`` marks the item (string conditions count as not)."""
+    return any(mark.args and mark.args[0] is True for mark in item.iter_markers("skipif"))
+
+
+def pytest_collection_finish(session):
+    for item in session.items:
+        mark = item.get_closest_marker("early")
+        if mark is not None and not _skipped(item):
+            _started[item.nodeid] = mark.kwargs["start"]()
+
+
+def pytest_sessionfinish(session):
+    """What a stopped run (``-x``, Ctrl-C) left running is stopped too."""
+    for process, log in _started.values():
+        process.kill()
+        process.wait()
+        log.close()
+    _started.clear()
+
+
+@pytest.fixture
+def early(request):
+    """(process, log file) that the test's ``early`` marker started when the tests were
+    collected (or starts now); the log is read from its start."""
+    started = _started.pop(request.node.nodeid, None) or request.node.get_closest_marker("early").kwargs["start"]()
+    yield started
+    process, log = started
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()

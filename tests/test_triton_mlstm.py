@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -39,15 +40,26 @@ def sm90(test):
     return pytest.mark.sm90(skip(test))
 
 
+def run_in_the_interpreter():
+    """This module's kernel tests again, in a fresh process where TRITON_INTERPRET=1 (Triton
+    reads it when the kernels are defined); (process, its output in a temporary file)."""
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                               env=dict(os.environ, TRITON_INTERPRET="1"), stdout=log, stderr=subprocess.STDOUT,
+                               text=True)
+    return process, log
+
+
 @pytest.mark.skipif(DEVICE == "cuda" or INTERPRETED, reason="the kernels run compiled here")
-def test_kernels_in_the_interpreter():
-    """Triton reads TRITON_INTERPRET when the kernels are defined: this module's kernel
-    tests run again in a fresh process where it is set."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = result.stdout.strip().splitlines()[-1]
+@pytest.mark.early(start=run_in_the_interpreter)  # started when the tests are collected (conftest)
+def test_kernels_in_the_interpreter(early):
+    """The kernel tests of this module in Triton's interpreter, all passed."""
+    process, log = early
+    process.wait(timeout=900)
+    log.seek(0)
+    output = log.read()
+    assert process.returncode == 0, output[-6000:]
+    summary = output.strip().splitlines()[-1]
     assert re.search(r"\b72 passed, 80 skipped\b", summary), summary  # all but this test ran
 
 
