@@ -47,14 +47,18 @@ def seeded(request):
 
 
 # Tests marked ``early(start=f)`` wait for a subprocess that ``f()`` begins and returns as
-# (process, log file). It is begun as soon as the tests are collected, so that it runs
-# beside the rest of the suite (on a second core) instead of after the tests before it.
+# (process, log file). It is begun as soon as the tests are collected and the test itself
+# runs last, so that the subprocess runs beside the rest of the suite (on a second core).
 _started: dict[str, tuple] = {}
 
 
 def _skipped(item) -> bool:
     """Whether a boolean ``skipif`` marks the item (string conditions count as not)."""
     return any(mark.args and mark.args[0] is True for mark in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.get_closest_marker("early") is not None)  # stable: the rest keep their order
 
 
 def pytest_collection_finish(session):

@@ -51,7 +51,7 @@ def run_in_the_interpreter():
 
 
 @pytest.mark.skipif(DEVICE == "cuda" or INTERPRETED, reason="the kernels run compiled here")
-@pytest.mark.early(start=run_in_the_interpreter)  # started when the tests are collected (conftest)
+@pytest.mark.early(start=run_in_the_interpreter)  # started when the tests are collected, run last (conftest)
 def test_kernels_in_the_interpreter(early):
     """The kernel tests of this module in Triton's interpreter, all passed."""
     process, log = early
