@@ -62,6 +62,8 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
     for item in session.items:
         mark = item.get_closest_marker("early")
         if mark is not None and not _skipped(item):
