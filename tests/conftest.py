@@ -57,6 +57,17 @@ def _skipped(item) -> bool:
     return any(mark.args and mark.args[0] is True for mark in item.iter_markers("skipif"))
 
 
+def _start(item) -> tuple:
+    return item.get_closest_marker("early").kwargs["start"]()
+
+
+def _stop(process, log) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("early") is not None)  # stable: the rest keep their order
 
@@ -65,17 +76,14 @@ def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
     for item in session.items:
-        mark = item.get_closest_marker("early")
-        if mark is not None and not _skipped(item):
-            _started[item.nodeid] = mark.kwargs["start"]()
+        if item.get_closest_marker("early") is not None and not _skipped(item):
+            _started[item.nodeid] = _start(item)
 
 
 def pytest_sessionfinish(session):
     """What a stopped run (``-x``, Ctrl-C) left running is stopped too."""
-    for process, log in _started.values():
-        process.kill()
-        process.wait()
-        log.close()
+    for started in _started.values():
+        _stop(*started)
     _started.clear()
 
 
@@ -83,10 +91,6 @@ def pytest_sessionfinish(session):
 def early(request):
     """(process, log file) that the test's ``early`` marker started when the tests were
     collected (or starts now); the log is read from its start."""
-    started = _started.pop(request.node.nodeid, None) or request.node.get_closest_marker("early").kwargs["start"]()
+    started = _started.pop(request.node.nodeid, None) or _start(request.node)
     yield started
-    process, log = started
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
+    _stop(*started)
