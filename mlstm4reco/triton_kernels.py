@@ -215,6 +215,17 @@ def _parts(w, X3: tl.constexpr):
 
 
 @triton.jit
+def _gate_parts(w_i, w_f, w_g, w_o, X3: tl.constexpr):
+    """The four gates' resident weight blocks as :func:`_parts`: their high parts, then
+    their low parts."""
+    w_i, l_i = _parts(w_i, X3)
+    w_f, l_f = _parts(w_f, X3)
+    w_g, l_g = _parts(w_g, X3)
+    w_o, l_o = _parts(w_o, X3)
+    return w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o
+
+
+@triton.jit
 def _gate_batched_dot(g_ptr, rows, row_ok, H, w_front, w_back, l_front, l_back, zero, BLOCK_H: tl.constexpr,
                       PRECISION: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr, X3: tl.constexpr):
     """The sum over the gates of dGate @ W_gate[:, cols] (dGate this program's rows of
@@ -442,10 +453,7 @@ def forward_kernel(
     if RESIDENT:  # ... or they are this program's columns of them, loaded once (into shared memory)
         w_hm, l_hm = _parts(_w_chunk(w_hm_ptr, H, cols, units, units < H, True), X3)
         w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
-        w_i, l_i = _parts(w_i, X3)
-        w_f, l_f = _parts(w_f, X3)
-        w_g, l_g = _parts(w_g, X3)
-        w_o, l_o = _parts(w_o, X3)
+        w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o = _gate_parts(w_i, w_f, w_g, w_o, X3)
     # disable_licm: the weight chunks are the same at every step, and hoisted out of the
     # loop they would all be live at once, in registers (that spilled)
     if PREFETCH:  # the first step's input projections
@@ -529,10 +537,7 @@ def backward_kernel(
             w_back, l_back = _parts(_stacked_gate_weights(w_mh_ptr, H, cols, back, back < H), X3)
         else:
             w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
-            w_i, l_i = _parts(w_i, X3)
-            w_f, l_f = _parts(w_f, X3)
-            w_g, l_g = _parts(w_g, X3)
-            w_o, l_o = _parts(w_o, X3)
+            w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o = _gate_parts(w_i, w_f, w_g, w_o, X3)
     if PREFETCH:  # what the last step reads that no barrier guards
         n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
                                                             cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
