@@ -10,6 +10,9 @@ stopping poor trials early with ASHA:
 Reproduce (the study's best configurations over several seeds, with a paired test):
     python experiments/run.py reproduce --dataset ml1m --seeds 5
 
+Rewrite a reproduction's report from its runs.json, with more paired tests (MODEL:AGAINST):
+    python experiments/run.py report results/ml1m_reproduce --pairs mlstm:mlstm_hidden
+
 A learning curve (validation MRR every epoch) of a config's best arguments, changed:
     python experiments/run.py curve --dataset ml1m --model mlstm_softmax --set representation_kwargs.dropout=0.25
 """
@@ -36,6 +39,38 @@ def common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(ROOT / "results"), help="results folder (default: results/)")
     parser.add_argument("--config-dir", default=None, help="folder of configs (default: configs/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def comparison_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", default=None,
+                        help="model every other is paired against, and epoch times are relative to (default lstm)")
+    parser.add_argument("--pairs", nargs="+", default=[], metavar="MODEL:AGAINST",
+                        help="more paired tests, each of MODEL against AGAINST (e.g. mlstm:mlstm_hidden)")
+
+
+def parse_pairs(texts: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for text in texts:
+        model, sep, against = text.partition(":")
+        if not sep or not model.strip() or not against.strip():
+            raise UserError(f"--pairs expects MODEL:AGAINST, got {text!r}")
+        pairs.append((model.strip(), against.strip()))
+    return pairs
+
+
+def check_comparisons(args: argparse.Namespace, models: list[str], where: str) -> dict:
+    """The report's baseline and pairs, checked against the models there will be runs of
+    (before any training, so a misspelt name costs nothing)."""
+    models = list(dict.fromkeys(models))
+    if args.baseline is not None and args.baseline not in models:
+        raise UserError(f"--baseline {args.baseline!r}: no such model in {where} (models: {', '.join(models)})")
+    baseline = args.baseline or "lstm"
+    pairs = parse_pairs(args.pairs)
+    try:
+        report.comparisons(models, baseline, pairs)
+    except ValueError as error:
+        raise UserError(f"--pairs: {error} in {where}") from error
+    return dict(baseline=baseline, pairs=pairs)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -69,6 +104,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                        help="runs at a time, in worker processes (default 1)")
     again.add_argument("--threads", type=int, default=None,
                        help="torch threads per worker (default: CPUs / workers)")
+    comparison_options(again)
+    redo = commands.add_parser("report", help="rewrite a reproduction's table and tests from its runs.json")
+    redo.add_argument("folder", help="a reproduction's results folder (holding runs.json)")
+    comparison_options(redo)
     curve = commands.add_parser("curve", help="validation MRR every epoch of one run of a config")
     common_options(curve)
     curve.add_argument("--model", required=True, help="model name (a config <dataset>_<model>.yaml)")
@@ -77,7 +116,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     curve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="change one of the config's best arguments (dotted names for nested ones); repeatable")
     curve.add_argument("--every", type=int, default=1, help="epochs between evaluations (default 1)")
-    if argv and argv[0] not in ("search", "reproduce", "curve", "-h", "--help"):
+    if argv and argv[0] not in ("search", "reproduce", "report", "curve", "-h", "--help"):
         argv = ["search", *argv]
     return parser.parse_args(argv)
 
@@ -86,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parse(["--help"])
-    progress = not args.quiet
+    progress = not getattr(args, "quiet", False)  # report has no progress to show
     try:
         if args.command in ("search", "curve"):
             path = args.config or search.config_path(args.dataset, args.model, args.config_dir)
@@ -116,13 +155,22 @@ def main(argv: list[str] | None = None) -> int:
                 records = search.run_search(config, args.trials, out, args.device, args.data_dir,
                                             args.seed, progress)
             paths = report.write_search_report(records, out, config.name)
+        elif args.command == "report":
+            out = pathlib.Path(args.folder)
+            records = search.RecordFile(out / "runs.json").records
+            if not records:
+                raise UserError(f"{out / 'runs.json'}: no runs to report (is this a reproduction's folder?)")
+            compare = check_comparisons(args, [r["model"] for r in records], out / "runs.json")
+            paths = report.write_reproduction_report(records, out, **compare)
         else:
             configs = [search.load_config(search.config_path(args.dataset, m, args.config_dir))
                        for m in args.models]
             out = pathlib.Path(args.out) / f"{args.dataset}_reproduce"
+            stored = [r["model"] for r in search.RecordFile(out / "runs.json").records]
+            compare = check_comparisons(args, [*args.models, *stored], "--models and " + str(out / "runs.json"))
             records = search.run_reproduce(configs, args.seeds, out, args.device, args.data_dir, progress,
                                            workers=args.workers, threads=args.threads)
-            paths = report.write_reproduction_report(records, out)
+            paths = report.write_reproduction_report(records, out, **compare)
     except UserError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2

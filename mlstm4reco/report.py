@@ -49,11 +49,11 @@ def _epoch_seconds(runs: list[dict]) -> float:
     return float(np.mean([r["fit_seconds"] / r.get("epochs", r["arguments"]["n_iter"]) for r in runs]))
 
 
-def reproduction_rows(records: list[dict]) -> list[dict]:
+def reproduction_rows(records: list[dict], baseline: str = "lstm") -> list[dict]:
     """One row per model: mean and std of valid/test MRR over seeds beside the study's,
-    seconds per run and per epoch, and the epoch time relative to the LSTM's."""
-    lstm_ok = _ok([r for r in records if r["model"] == "lstm"])
-    lstm_epoch = _epoch_seconds(lstm_ok) if lstm_ok else None
+    seconds per run and per epoch, and the epoch time relative to ``baseline``'s."""
+    base_ok = _ok([r for r in records if r["model"] == baseline])
+    base_epoch = _epoch_seconds(base_ok) if base_ok else None
     rows = []
     for model in dict.fromkeys(r["model"] for r in records):
         runs = [r for r in records if r["model"] == model]
@@ -70,9 +70,23 @@ def reproduction_rows(records: list[dict]) -> list[dict]:
             "study_test_mrr": published.get("test_mrr", ""),
             "seconds_per_run": f"{np.mean([r['seconds'] for r in ok]):.0f}" if ok else "n/a",
             "seconds_per_epoch": f"{_epoch_seconds(ok):.2f}" if ok else "n/a",
-            "epoch_vs_lstm": f"{_epoch_seconds(ok) / lstm_epoch:.2f}x" if ok and lstm_epoch else "n/a",
+            f"epoch_vs_{baseline}": f"{_epoch_seconds(ok) / base_epoch:.2f}x" if ok and base_epoch else "n/a",
         })
     return rows
+
+
+def comparisons(models: list[str], baseline: str = "lstm",
+                pairs: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """The (model, against) pairs a report tests: every model against ``baseline`` (when
+    it is among ``models``), then ``pairs``, each pair once and in that order."""
+    unknown = [m for pair in pairs for m in pair if m not in models]
+    if unknown:
+        raise ValueError(f"no runs of model {unknown[0]!r} to compare (models: {', '.join(models)})")
+    same = [pair for pair in pairs if pair[0] == pair[1]]
+    if same:
+        raise ValueError(f"cannot compare {same[0][0]!r} with itself")
+    default = [(m, baseline) for m in models if m != baseline] if baseline in models else []
+    return list(dict.fromkeys([*default, *pairs]))
 
 
 def paired_test(records: list[dict], a: str, b: str, metric: str = "test_mrr") -> dict | None:
@@ -121,16 +135,18 @@ def describe_test(test: dict | None) -> str:
     )
 
 
-def write_reproduction_report(records: list[dict], out_dir) -> dict[str, pathlib.Path]:
-    """table.md (table and paired tests), table.csv and comparison.png in ``out_dir``."""
+def write_reproduction_report(records: list[dict], out_dir, baseline: str = "lstm",
+                              pairs: list[tuple[str, str]] = ()) -> dict[str, pathlib.Path]:
+    """table.md (table and paired tests), table.csv and comparison.png in ``out_dir``.
+
+    The paired tests are those of :func:`comparisons`: each model against ``baseline``,
+    then each ``(model, against)`` of ``pairs``."""
     out_dir = pathlib.Path(out_dir)
-    rows = reproduction_rows(records)
-    models = [row["model"] for row in rows]
+    rows = reproduction_rows(records, baseline)
     tests = ""
-    if "lstm" in models:
-        for other in (m for m in models if m != "lstm"):
-            for metric in ("test_mrr", "valid_mrr"):
-                tests += describe_test(paired_test(records, "lstm", other, metric))
+    for model, against in comparisons([row["model"] for row in rows], baseline, pairs):
+        for metric in ("test_mrr", "valid_mrr"):
+            tests += describe_test(paired_test(records, against, model, metric))
     paths = {"markdown": out_dir / "table.md", "csv": out_dir / "table.csv",
              "plot": out_dir / "comparison.png"}
     _write(paths["markdown"], markdown_table(rows) + "\n" + tests)

@@ -98,6 +98,61 @@ def test_reproduce_end_to_end(tmp_path):
     assert is_png(out / "comparison.png")
 
 
+def fake_runs(values: dict, seconds_per_epoch: dict) -> list[dict]:
+    """Reproduction records of finished runs: ``values[model]`` lists (valid, test) per seed."""
+    return [dict(model=m, dataset="synthetic", seed=s, status="ok", valid_mrr=v, test_mrr=t,
+                 seconds=10 * seconds_per_epoch[m] + 1, fit_seconds=10 * seconds_per_epoch[m],
+                 arguments=dict(n_iter=10), published=None)
+            for m, pairs in values.items() for s, (v, t) in enumerate(pairs)]
+
+
+def test_report_rewrites_the_tests_from_runs_json(tmp_path, capsys):
+    """`report` pairs each model with --baseline and then each --pairs MODEL:AGAINST, with
+    the figures scipy gives; epoch times are relative to the baseline's."""
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(0)
+    values = {m: rng.uniform(0.05, 0.15, size=(4, 2)).tolist() for m in ("a", "b", "c")}
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "runs.json").write_text(json.dumps({"records": fake_runs(values, dict(a=2.0, b=3.0, c=5.0))}))
+    assert run.main(["report", str(out), "--baseline", "a", "--pairs", "c:b", "b:a"]) == 0
+    table = (out / "table.md").read_text()
+    assert "| epoch_vs_a |" in table and "| 3.00 | 1.50x |" in table and "| 5.00 | 2.50x |" in table
+    tests = [line for line in table.splitlines() if line.startswith("- Paired")]
+    expected = [(m, against, metric) for m, against in (("b", "a"), ("c", "a"), ("c", "b"))
+                for metric in ("test_mrr", "valid_mrr")]
+    assert len(tests) == len(expected)  # b:a is the baseline's pair already: tested once
+    for line, (model, against, metric) in zip(tests, expected):
+        column = 0 if metric == "valid_mrr" else 1
+        x, y = (np.array(values[name])[:, column] for name in (against, model))
+        result = ttest_rel(y, x)
+        assert line.startswith(f"- Paired t-test, {model} vs {against}, {metric} over 4 seeds: "
+                               f"mean difference {np.mean(y - x):+.4f}"), line
+        assert f"t = {result.statistic:.2f}, p = {result.pvalue:.3f}; {model} better on {int((y > x).sum())} of 4" in line
+    capsys.readouterr()
+    for bad, message in ((["--pairs", "c"], "--pairs expects MODEL:AGAINST, got 'c'"),
+                         (["--pairs", "c:lstm"], "no runs of model 'lstm' to compare (models: a, b, c)"),
+                         (["--pairs", "c:c"], "cannot compare 'c' with itself"),
+                         (["--baseline", "lstm"], "--baseline 'lstm': no such model")):
+        assert run.main(["report", str(out), *bad]) == 2
+        assert message in capsys.readouterr().err
+        assert (out / "table.md").read_text() == table  # a refused report keeps the last one
+    assert run.main(["report", str(tmp_path / "empty")]) == 2
+    assert "empty/runs.json: no runs to report" in capsys.readouterr().err
+
+
+def test_reproduce_checks_its_pairs_before_training(tmp_path, capsys):
+    configs = tmp_path / "configs"
+    for model in ("lstm", "mlstm"):
+        tiny_config(configs, model=model)
+    argv = ["reproduce", "--dataset", "synthetic", "--seeds", "1", "--config-dir", str(configs),
+            "--out", str(tmp_path / "out"), "--quiet", "--pairs", "mlstm:mlstm_hidden"]
+    assert run.main(argv) == 2
+    assert "no runs of model 'mlstm_hidden' to compare (models: lstm, mlstm)" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "synthetic_reproduce" / "runs.json").exists()  # nothing trained
+
+
 def test_reproduce_with_workers_gives_the_same_runs(tmp_path):
     """Two worker processes of one thread each give the records one process of one
     thread gives, and resume from the same runs.json."""
