@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -76,7 +77,7 @@ def reproduction_rows(records: list[dict], baseline: str = "lstm") -> list[dict]
 
 
 def comparisons(models: list[str], baseline: str = "lstm",
-                pairs: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+                pairs: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """The (model, against) pairs a report tests: every model against ``baseline`` (when
     it is among ``models``), then ``pairs``, each pair once and in that order."""
     unknown = [m for pair in pairs for m in pair if m not in models]
@@ -136,7 +137,7 @@ def describe_test(test: dict | None) -> str:
 
 
 def write_reproduction_report(records: list[dict], out_dir, baseline: str = "lstm",
-                              pairs: list[tuple[str, str]] = ()) -> dict[str, pathlib.Path]:
+                              pairs: Sequence[tuple[str, str]] = ()) -> dict[str, pathlib.Path]:
     """table.md (table and paired tests), table.csv and comparison.png in ``out_dir``.
 
     The paired tests are those of :func:`comparisons`: each model against ``baseline``,
