@@ -189,12 +189,20 @@ class EarlyStopping:
         self.every, self.patience, self.listener = every, patience, listener
         self.best_mrr, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
         self.history: list[tuple[int, float]] = []
+        self.seconds = 0.0
 
     def __call__(self, epoch: int, loss: float) -> bool:
-        from mlstm4reco.evaluation import sequence_mrr_score
-
         if (epoch + 1) % self.every:
             return False
+        start = time.perf_counter()
+        try:
+            return self._evaluate(epoch)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _evaluate(self, epoch: int) -> bool:
+        from mlstm4reco.evaluation import sequence_mrr_score
+
         mrr = float(sequence_mrr_score(self.model, self.valid, exclude_preceding=self.exclude).mean())
         self.history.append((epoch + 1, mrr))
         if self.listener is not None:
@@ -216,7 +224,8 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
                        verbose: bool = False, early_stopping: dict | None = None,
                        monitor: dict | None = None) -> dict:
     """Fit one model and return its validation and test MRR and timings (with early
-    stopping: of the weights with the best validation MRR). ``monitor``
+    stopping: of the weights with the best validation MRR): ``fit_seconds`` for ``fit``
+    and, of those, ``eval_seconds`` in validation evaluations during it. ``monitor``
     (``{every: E, listener: f}``) calls ``f(epoch, valid_mrr)`` every E epochs (every
     ``early_stopping.every`` epochs when early stopping is on) and changes nothing else."""
     from mlstm4reco.evaluation import sequence_mrr_score
@@ -244,7 +253,9 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
     if not (math.isfinite(valid_mrr) and math.isfinite(test_mrr)):
         raise ValueError(f"non-finite MRR: valid {valid_mrr}, test {test_mrr}")
     return dict(valid_mrr=valid_mrr, test_mrr=test_mrr, final_loss=losses[-1],
-                epochs=len(losses), fit_seconds=fit_seconds, device=str(model.device), **extra)
+                epochs=len(losses), fit_seconds=fit_seconds,
+                eval_seconds=stopper.seconds if stopper is not None else 0.0,
+                device=str(model.device), **extra)
 
 
 def provenance() -> dict:

@@ -99,16 +99,20 @@ def test_reproduce_end_to_end(tmp_path):
 
 
 def fake_runs(values: dict, seconds_per_epoch: dict) -> list[dict]:
-    """Reproduction records of finished runs: ``values[model]`` lists (valid, test) per seed."""
+    """Reproduction records of finished runs: ``values[model]`` lists (valid, test) per seed.
+    Each fit takes 10 epochs of ``seconds_per_epoch[model]`` plus validation evaluations
+    (timed apart) and, at seed 0, a one-off 100 s (as a GPU kernel's compilation)."""
     return [dict(model=m, dataset="synthetic", seed=s, status="ok", valid_mrr=v, test_mrr=t,
-                 seconds=10 * seconds_per_epoch[m] + 1, fit_seconds=10 * seconds_per_epoch[m],
+                 seconds=10 * seconds_per_epoch[m] + 3 * s + 100 * (s == 0) + 1,
+                 fit_seconds=10 * seconds_per_epoch[m] + 3 * s + 100 * (s == 0), eval_seconds=3.0 * s,
                  arguments=dict(n_iter=10), published=None)
             for m, pairs in values.items() for s, (v, t) in enumerate(pairs)]
 
 
 def test_report_rewrites_the_tests_from_runs_json(tmp_path, capsys):
     """`report` pairs each model with --baseline and then each --pairs MODEL:AGAINST, with
-    the figures scipy gives; epoch times are relative to the baseline's."""
+    the figures scipy gives; epoch times are training alone, medians over seeds, relative
+    to the baseline's."""
     from scipy.stats import ttest_rel
 
     rng = np.random.default_rng(0)
@@ -119,6 +123,9 @@ def test_report_rewrites_the_tests_from_runs_json(tmp_path, capsys):
     assert run.main(["report", str(out), "--baseline", "a", "--pairs", "c:b", "b:a"]) == 0
     table = (out / "table.md").read_text()
     assert "| epoch_vs_a |" in table and "| 3.00 | 1.50x |" in table and "| 5.00 | 2.50x |" in table
+    assert "| 2.00 | 1.00x |" in table
+    # seconds per run: the median of 10 x 2 + 3 s + 1 over seeds 0..3 (one outlier at seed 0)
+    assert f"| {np.median([20 + 3 * s + 100 * (s == 0) + 1 for s in range(4)]):.0f} | 2.00 |" in table
     tests = [line for line in table.splitlines() if line.startswith("- Paired")]
     expected = [(m, against, metric) for m, against in (("b", "a"), ("c", "a"), ("c", "b"))
                 for metric in ("test_mrr", "valid_mrr")]
@@ -357,6 +364,35 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
             assert record["epochs"] - best_epoch == 2
     with pytest.raises(search.UserError, match="early_stopping needs positive"):
         search.load_config(tiny_config(tmp_path / "bad", early_stopping={"every": 0, "patience": 1}))
+
+
+def test_validation_evaluations_are_timed_apart_from_training(tmp_path, monkeypatch):
+    """`eval_seconds` is the time fit spent in validation evaluations: at least what each
+    of them took, measured around the evaluation function itself, and none without them."""
+    from mlstm4reco import evaluation
+
+    config = search.load_config(tiny_config(tmp_path))
+    splits = search.load_splits(config)
+    score, durations = evaluation.sequence_mrr_score, []
+
+    def slow_score(*args, **kwargs):
+        start = time.perf_counter()
+        time.sleep(0.2)
+        result = score(*args, **kwargs)
+        durations.append(time.perf_counter() - start)
+        return result
+
+    monkeypatch.setattr(evaluation, "sequence_mrr_score", slow_score)
+    arguments = search.model_arguments(config, {**config.best, "n_iter": 3})
+    result = search.train_and_evaluate(arguments, splits, config.protocol, seed=0, device="cpu",
+                                       early_stopping=dict(every=1, patience=5))
+    assert len(durations) == 3 + 2  # one a epoch, then the final valid and test MRR
+    during_fit = sum(durations[:3])
+    assert during_fit <= result["eval_seconds"] <= during_fit + 0.2
+    assert result["eval_seconds"] < result["fit_seconds"]
+    durations.clear()
+    result = search.train_and_evaluate(arguments, splits, config.protocol, seed=0, device="cpu")
+    assert len(durations) == 2 and result["eval_seconds"] == 0.0
 
 
 def test_bad_bounds_are_a_config_error(tmp_path):
