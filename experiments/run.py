@@ -15,6 +15,9 @@ Rewrite a reproduction's report from its runs.json, with more paired tests (MODE
 
 A learning curve (validation MRR every epoch) of a config's best arguments, changed:
     python experiments/run.py curve --dataset ml1m --model mlstm_softmax --set representation_kwargs.dropout=0.25
+
+Learning curves side by side (validation MRR over windows of epochs, one figure):
+    python experiments/run.py curves results/curves/A results/curves/B --out results/curves/A_vs_B
 """
 
 from __future__ import annotations
@@ -73,6 +76,25 @@ def check_comparisons(args: argparse.Namespace, models: list[str], where: str) -
     return dict(baseline=baseline, pairs=pairs)
 
 
+def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[dict]]:
+    """``{label: records}`` of the ``curve.json`` in each folder, checked."""
+    if labels is not None and len(labels) != len(folders):
+        raise UserError(f"--labels: {len(labels)} labels for {len(folders)} folders")
+    labels = labels or [pathlib.Path(folder).name for folder in folders]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"two curves with one label: {', '.join(labels)} (give --labels)")
+    curves = {}
+    for label, folder in zip(labels, folders):
+        path = pathlib.Path(folder) / "curve.json"
+        if not path.is_file():
+            raise UserError(f"{path}: no such file (is {folder} a folder of 'run.py curve'?)")
+        records = search.RecordFile(path).records
+        if not any("epoch" in r for r in records):
+            raise UserError(f"{path}: no points of a learning curve")
+        curves[label] = records
+    return curves
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,7 +138,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     curve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="change one of the config's best arguments (dotted names for nested ones); repeatable")
     curve.add_argument("--every", type=int, default=1, help="epochs between evaluations (default 1)")
-    if argv and argv[0] not in ("search", "reproduce", "report", "curve", "-h", "--help"):
+    side = commands.add_parser("curves", help="learning curves of 'curve' side by side")
+    side.add_argument("folders", nargs="+", help="folders of 'curve' (each holding curve.json)")
+    side.add_argument("--out", required=True, help="folder for curves.md, curves.csv and curves.png")
+    side.add_argument("--labels", nargs="+", default=None, help="a label per folder (default: the folder names)")
+    side.add_argument("--window", type=int, default=10, help="epochs averaged per column (default 10)")
+    if argv and argv[0] not in ("search", "reproduce", "report", "curve", "curves", "-h", "--help"):
         argv = ["search", *argv]
     return parser.parse_args(argv)
 
@@ -155,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                 records = search.run_search(config, args.trials, out, args.device, args.data_dir,
                                             args.seed, progress)
             paths = report.write_search_report(records, out, config.name)
+        elif args.command == "curves":
+            if args.window < 1:
+                raise UserError(f"--window must be at least 1 epoch, got {args.window}")
+            paths = report.write_curves_comparison(read_curves(args.folders, args.labels), args.out, args.window)
         elif args.command == "report":
             out = pathlib.Path(args.folder)
             records = search.RecordFile(out / "runs.json").records

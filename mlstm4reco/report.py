@@ -268,3 +268,53 @@ def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pa
     fig.tight_layout()
     _save_figure(fig, paths["plot"])
     return paths
+
+
+def curve_rows(curves: dict[str, list[dict]], window: int = 10) -> list[dict]:
+    """One row per learning curve (``{label: records of a curve.json}``): the mean
+    validation MRR over each ``window`` epochs (1..window, window+1..2 window, ...; the
+    points a curve has there), the best validation MRR and its epoch, and the final
+    validation and test MRR. Means over windows rather than single epochs, whose
+    validation MRR moves by about as much as the differences one looks for."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1 epoch, got {window}")
+    points = {label: [r for r in records if not r.get("final")] for label, records in curves.items()}
+    last = max((p["epoch"] for curve in points.values() for p in curve), default=0)
+    windows = [(start, min(start + window - 1, last)) for start in range(1, last + 1, window)]
+    rows = []
+    for label, records in curves.items():
+        curve = points[label]
+        final = next((r for r in records if r.get("final") and r["status"] == "ok"), None)
+        best = max(curve, key=lambda p: p["valid_mrr"], default=None)
+        row = {"curve": label, "epochs": max((p["epoch"] for p in curve), default=0)}
+        for low, high in windows:
+            inside = [p["valid_mrr"] for p in curve if low <= p["epoch"] <= high]
+            row[f"valid_{low}-{high}"] = f"{np.mean(inside):.4f}" if inside else ""
+        row["best_valid"] = f"{best['valid_mrr']:.4f} (epoch {best['epoch']})" if best else ""
+        row["final_valid"] = f"{final['valid_mrr']:.4f}" if final else ""
+        row["final_test"] = f"{final['test_mrr']:.4f}" if final else ""
+        rows.append(row)
+    return rows
+
+
+def write_curves_comparison(curves: dict[str, list[dict]], out_dir, window: int = 10) -> dict[str, pathlib.Path]:
+    """curves.md (:func:`curve_rows`), curves.csv and curves.png (the curves overlaid)
+    in ``out_dir``, for learning curves of ``run.py curve`` side by side."""
+    rows = curve_rows(curves, window)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "curves.md", "csv": out_dir / "curves.csv", "plot": out_dir / "curves.png"}
+    head = (f"# Learning curves\n\nValidation MRR averaged over windows of {window} epochs, the best "
+            "epoch's, and the final model's validation and test MRR.\n\n")
+    _write(paths["markdown"], head + markdown_table(rows))
+    _write(paths["csv"], csv_text(rows))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
+    for label, records in curves.items():
+        curve = [r for r in records if not r.get("final")]
+        ax.plot([p["epoch"] for p in curve], [p["valid_mrr"] for p in curve], ".-", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation MRR")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_figure(fig, paths["plot"])
+    return paths

@@ -186,6 +186,46 @@ def test_reproduce_with_workers_gives_the_same_runs(tmp_path):
         search.run_reproduce(configs, 1, tmp_path / "bad", workers=0)
 
 
+def test_curves_side_by_side(tmp_path, capsys):
+    """`curves` averages each curve's validation MRR over windows of epochs (a short curve
+    has blanks where it has no points), with its best and final MRR; bad input is refused
+    and the last report kept."""
+    rng = np.random.default_rng(3)
+    folders, values = [], {}
+    for name, epochs, every in (("long", 8, 1), ("short", 5, 1), ("sparse", 8, 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        points = [dict(epoch=e, valid_mrr=float(rng.uniform(0.05, 0.2)), seconds=float(e))
+                  for e in range(every, epochs + 1, every)]
+        records = points + ([dict(final=True, status="ok", valid_mrr=0.3, test_mrr=0.4)] if name != "short" else [])
+        (folder / "curve.json").write_text(json.dumps({"records": records}))
+        folders.append(str(folder))
+        values[name] = {p["epoch"]: p["valid_mrr"] for p in points}
+    out = tmp_path / "cmp"
+    assert run.main(["curves", *folders, "--out", str(out), "--window", "3"]) == 0
+    table = (out / "curves.md").read_text()
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
+    rows = {row[0]: row for row in cells[2:]}
+    assert table.splitlines()[4].startswith("| curve | epochs | valid_1-3 | valid_4-6 | valid_7-8 | best_valid |")
+    for name, curve in values.items():
+        expected = [f"{np.mean([v for e, v in curve.items() if low <= e <= high]):.4f}"
+                    if any(low <= e <= high for e in curve) else "" for low, high in ((1, 3), (4, 6), (7, 8))]
+        assert rows[name][2:5] == expected, name
+        best = max(curve, key=curve.get)
+        assert rows[name][5] == f"{curve[best]:.4f} (epoch {best})"
+    assert rows["long"][6:] == ["0.3000", "0.4000"] and rows["short"][6:] == ["", ""]
+    assert rows["short"][4] == ""  # no points after epoch 5
+    assert is_png(out / "curves.png") and (out / "curves.csv").read_text().startswith("curve,epochs,")
+    capsys.readouterr()
+    for bad, message in (([folders[0], str(tmp_path)], f"{tmp_path / 'curve.json'}: no such file"),
+                         ([*folders[:2], "--labels", "a"], "--labels: 1 labels for 2 folders"),
+                         ([*folders[:2], "--labels", "a", "a"], "two curves with one label: a, a"),
+                         ([folders[0], "--window", "0"], "--window must be at least 1 epoch, got 0")):
+        assert run.main(["curves", *bad, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert (out / "curves.md").read_text() == table
+
+
 def test_curve_end_to_end(tmp_path, capsys):
     """The validation MRR of every epoch, with the overrides applied; the last point is the
     final model's validation MRR (no early stopping, same weights)."""
