@@ -16,8 +16,10 @@ Rewrite a reproduction's report from its runs.json, with more paired tests (MODE
 A learning curve (validation MRR every epoch) of a config's best arguments, changed:
     python experiments/run.py curve --dataset ml1m --model mlstm_softmax --set representation_kwargs.dropout=0.25
 
-Learning curves side by side (validation MRR over windows of epochs, one figure):
+Learning curves side by side (validation MRR over windows of epochs, one figure); folders
+given one label are seeds of one configuration, averaged and paired by seed:
     python experiments/run.py curves results/curves/A results/curves/B --out results/curves/A_vs_B
+    python experiments/run.py curves A_seed0 A_seed1 B_seed0 B_seed1 --labels A A B B --out A_vs_B
 """
 
 from __future__ import annotations
@@ -76,14 +78,15 @@ def check_comparisons(args: argparse.Namespace, models: list[str], where: str) -
     return dict(baseline=baseline, pairs=pairs)
 
 
-def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[dict]]:
-    """``{label: records}`` of the ``curve.json`` in each folder, checked."""
+def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[list[dict]]]:
+    """``{label: [records, ...]}`` of the ``curve.json`` in each folder, checked. Folders
+    given one label are seeds of one configuration: each needs its final record (for its
+    seed), and their seeds must differ."""
     if labels is not None and len(labels) != len(folders):
         raise UserError(f"--labels: {len(labels)} labels for {len(folders)} folders")
     labels = labels or [pathlib.Path(folder).name for folder in folders]
-    if len(set(labels)) != len(labels):
-        raise UserError(f"two curves with one label: {', '.join(labels)} (give --labels)")
-    curves = {}
+    curves: dict[str, list[list[dict]]] = {}
+    seeds: dict[str, dict[int, str]] = {}
     for label, folder in zip(labels, folders):
         path = pathlib.Path(folder) / "curve.json"
         if not path.is_file():
@@ -91,7 +94,15 @@ def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[
         records = search.RecordFile(path).records
         if not any("epoch" in r for r in records):
             raise UserError(f"{path}: no points of a learning curve")
-        curves[label] = records
+        curves.setdefault(label, []).append(records)
+        seed = next((r.get("seed") for r in records if r.get("final")), None)
+        if labels.count(label) > 1:
+            if seed is None:
+                raise UserError(f"{path}: no final record with a seed (a run in progress?), so nothing "
+                                f"to pair it by under label {label!r}")
+            if seed in seeds.setdefault(label, {}):
+                raise UserError(f"label {label!r}: {seeds[label][seed]} and {folder} are both seed {seed}")
+            seeds[label][seed] = folder
     return curves
 
 
@@ -141,7 +152,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     side = commands.add_parser("curves", help="learning curves of 'curve' side by side")
     side.add_argument("folders", nargs="+", help="folders of 'curve' (each holding curve.json)")
     side.add_argument("--out", required=True, help="folder for curves.md, curves.csv and curves.png")
-    side.add_argument("--labels", nargs="+", default=None, help="a label per folder (default: the folder names)")
+    side.add_argument("--labels", nargs="+", default=None,
+                      help="a label per folder (default: the folder names); folders with one label are seeds, "
+                           "averaged, with paired tests against the first label")
     side.add_argument("--window", type=int, default=10, help="epochs averaged per column (default 10)")
     if argv and argv[0] not in ("search", "reproduce", "report", "curve", "curves", "-h", "--help"):
         argv = ["search", *argv]

@@ -130,9 +130,7 @@ def csv_text(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def describe_test(test: dict | None) -> str:
-    if test is None:
-        return "- Paired test: needs both models on at least two common seeds.\n"
+def describe_test(test: dict) -> str:
     low, high = test["ci95"]
     return (
         f"- Paired t-test, {test['b']} vs {test['a']}, {test['metric']} over {test['seeds']} seeds: "
@@ -140,6 +138,14 @@ def describe_test(test: dict | None) -> str:
         f"t = {test['t']:.2f}, p = {test['p']:.3f}; {test['b']} better on {test['b_wins']} of "
         f"{test['seeds']} seeds.\n"
     )
+
+
+def paired_line(records: list[dict], a: str, b: str, metric: str) -> str:
+    """:func:`paired_test` of ``b`` against ``a`` on ``metric``, as a line of a report."""
+    test = paired_test(records, a, b, metric)
+    if test is None:
+        return f"- Paired test, {b} vs {a}, {metric}: needs both on at least two common seeds.\n"
+    return describe_test(test)
 
 
 def write_reproduction_report(records: list[dict], out_dir, baseline: str = "lstm",
@@ -153,7 +159,7 @@ def write_reproduction_report(records: list[dict], out_dir, baseline: str = "lst
     tests = ""
     for model, against in comparisons([row["model"] for row in rows], baseline, pairs):
         for metric in ("test_mrr", "valid_mrr"):
-            tests += describe_test(paired_test(records, against, model, metric))
+            tests += paired_line(records, against, model, metric)
     paths = {"markdown": out_dir / "table.md", "csv": out_dir / "table.csv",
              "plot": out_dir / "comparison.png"}
     times = ("Times are medians over seeds: seconds_per_run of the whole run (the model built, trained, "
@@ -270,48 +276,110 @@ def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pa
     return paths
 
 
-def curve_rows(curves: dict[str, list[dict]], window: int = 10) -> list[dict]:
-    """One row per learning curve (``{label: records of a curve.json}``): the mean
-    validation MRR over each ``window`` epochs (1..window, window+1..2 window, ...; the
-    points a curve has there), the best validation MRR and its epoch, and the final
-    validation and test MRR. Means over windows rather than single epochs, whose
-    validation MRR moves by about as much as the differences one looks for."""
+def _curve_points(records: list[dict]) -> list[dict]:
+    return [r for r in records if not r.get("final")]
+
+
+def _curve_final(records: list[dict]) -> dict | None:
+    return next((r for r in records if r.get("final") and r["status"] == "ok"), None)
+
+
+def _curve_windows(curves: dict[str, list[list[dict]]], window: int) -> list[tuple[int, int]]:
     if window < 1:
         raise ValueError(f"window must be at least 1 epoch, got {window}")
-    points = {label: [r for r in records if not r.get("final")] for label, records in curves.items()}
-    last = max((p["epoch"] for curve in points.values() for p in curve), default=0)
-    windows = [(start, min(start + window - 1, last)) for start in range(1, last + 1, window)]
+    last = max((p["epoch"] for group in curves.values() for records in group
+                for p in _curve_points(records)), default=0)
+    return [(start, min(start + window - 1, last)) for start in range(1, last + 1, window)]
+
+
+def _window_mean(records: list[dict], low: int, high: int) -> float | None:
+    inside = [p["valid_mrr"] for p in _curve_points(records) if low <= p["epoch"] <= high]
+    return float(np.mean(inside)) if inside else None
+
+
+def _cell(values: list) -> str:
+    """One value as it is, several (one a seed) as mean ± std; blank if any is missing."""
+    if not values or any(v is None for v in values):
+        return ""
+    return f"{values[0]:.4f}" if len(values) == 1 else _mean_std(values)
+
+
+def mean_curve(group: list[list[dict]]) -> dict[int, float]:
+    """``{epoch: validation MRR}`` averaged over a group's curves (one a seed), at the
+    epochs every one of them has."""
+    by_curve = [{p["epoch"]: p["valid_mrr"] for p in _curve_points(records)} for records in group]
+    epochs = sorted(set.intersection(*(set(c) for c in by_curve))) if by_curve else []
+    return {e: float(np.mean([c[e] for c in by_curve])) for e in epochs}
+
+
+def curve_rows(curves: dict[str, list[list[dict]]], window: int = 10) -> list[dict]:
+    """One row per label of ``{label: [records of a curve.json, ...]}`` (several curves
+    under one label are seeds of one configuration): the mean validation MRR over each
+    ``window`` epochs (1..window, window+1..2 window, ...), the best epoch of the mean
+    curve, and the final validation and test MRR; over seeds, mean ± std. Means over
+    windows rather than single epochs, whose validation MRR moves by about as much as
+    the differences one looks for. A cell is blank where a curve has no point (or no
+    final record)."""
+    windows = _curve_windows(curves, window)
     rows = []
-    for label, records in curves.items():
-        curve = points[label]
-        final = next((r for r in records if r.get("final") and r["status"] == "ok"), None)
-        best = max(curve, key=lambda p: p["valid_mrr"], default=None)
-        row = {"curve": label, "epochs": max((p["epoch"] for p in curve), default=0)}
+    for label, group in curves.items():
+        finals = [_curve_final(records) for records in group]
+        mean = mean_curve(group)
+        best = max(mean, key=mean.get, default=None)
+        row = {"curve": label, "seeds": len(group),
+               "epochs": max((p["epoch"] for records in group for p in _curve_points(records)), default=0)}
         for low, high in windows:
-            inside = [p["valid_mrr"] for p in curve if low <= p["epoch"] <= high]
-            row[f"valid_{low}-{high}"] = f"{np.mean(inside):.4f}" if inside else ""
-        row["best_valid"] = f"{best['valid_mrr']:.4f} (epoch {best['epoch']})" if best else ""
-        row["final_valid"] = f"{final['valid_mrr']:.4f}" if final else ""
-        row["final_test"] = f"{final['test_mrr']:.4f}" if final else ""
+            row[f"valid_{low}-{high}"] = _cell([_window_mean(records, low, high) for records in group])
+        row["best_valid"] = f"{mean[best]:.4f} (epoch {best})" if best is not None else ""
+        for metric in ("valid_mrr", "test_mrr"):
+            row[f"final_{metric[:-4]}"] = _cell([f[metric] if f else None for f in finals])
         rows.append(row)
     return rows
 
 
-def write_curves_comparison(curves: dict[str, list[dict]], out_dir, window: int = 10) -> dict[str, pathlib.Path]:
-    """curves.md (:func:`curve_rows`), curves.csv and curves.png (the curves overlaid)
-    in ``out_dir``, for learning curves of ``run.py curve`` side by side."""
+def curve_tests(curves: dict[str, list[list[dict]]], window: int = 10) -> str:
+    """Paired t-tests (:func:`paired_test`, curves matched by the seed of their final
+    record) of every label against the first: on the final test and validation MRR and on
+    the mean validation MRR of the last window of epochs. Empty unless some label has
+    several curves."""
+    if all(len(group) < 2 for group in curves.values()):
+        return ""
+    low, high = _curve_windows(curves, window)[-1]
+    last = f"valid_{low}-{high}"
+    records = [dict(model=label, seed=final["seed"], status="ok", test_mrr=final["test_mrr"],
+                    valid_mrr=final["valid_mrr"], **{last: _window_mean(group_records, low, high)})
+               for label, group in curves.items() for group_records in group
+               if (final := _curve_final(group_records)) is not None and "seed" in final]
+    records = [r for r in records if r[last] is not None]
+    baseline, *others = curves
+    return "".join(paired_line(records, baseline, label, metric)
+                   for label in others for metric in ("test_mrr", "valid_mrr", last))
+
+
+def write_curves_comparison(curves: dict[str, list[list[dict]]], out_dir, window: int = 10) -> dict[str, pathlib.Path]:
+    """curves.md (:func:`curve_rows`, then :func:`curve_tests`), curves.csv and
+    curves.png (the curves overlaid; a label's seeds thin, their mean bold) in
+    ``out_dir``, for learning curves of ``run.py curve`` side by side."""
     rows = curve_rows(curves, window)
+    tests = curve_tests(curves, window)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "curves.md", "csv": out_dir / "curves.csv", "plot": out_dir / "curves.png"}
     head = (f"# Learning curves\n\nValidation MRR averaged over windows of {window} epochs, the best "
-            "epoch's, and the final model's validation and test MRR.\n\n")
-    _write(paths["markdown"], head + markdown_table(rows))
+            "epoch of the curve (with several seeds, of their mean curve), and the final model's "
+            "validation and test MRR; with several seeds, mean ± std over them.\n\n")
+    _write(paths["markdown"], head + markdown_table(rows) + ("\n" + tests if tests else ""))
     _write(paths["csv"], csv_text(rows))
     fig, ax = _pyplot().subplots(figsize=(7, 4))
-    for label, records in curves.items():
-        curve = [r for r in records if not r.get("final")]
-        ax.plot([p["epoch"] for p in curve], [p["valid_mrr"] for p in curve], ".-", label=label)
+    for label, group in curves.items():
+        mean = mean_curve(group)
+        (line,) = ax.plot(list(mean), list(mean.values()), ".-" if len(group) == 1 else "-",
+                          lw=1.5 if len(group) == 1 else 2, label=label + (f" ({len(group)} seeds)" if len(group) > 1 else ""))
+        if len(group) > 1:
+            for records in group:
+                points = _curve_points(records)
+                ax.plot([p["epoch"] for p in points], [p["valid_mrr"] for p in points], "-",
+                        color=line.get_color(), lw=0.6, alpha=0.35)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation MRR")
     ax.legend(fontsize=7)

@@ -186,6 +186,21 @@ def test_reproduce_with_workers_gives_the_same_runs(tmp_path):
         search.run_reproduce(configs, 1, tmp_path / "bad", workers=0)
 
 
+def write_curve(folder, epochs, rng, every=1, final=None):
+    """A curve.json of random validation MRRs at epochs every, 2 every, ... epochs."""
+    folder.mkdir(parents=True)
+    points = [dict(epoch=e, valid_mrr=float(rng.uniform(0.05, 0.2)), seconds=float(e))
+              for e in range(every, epochs + 1, every)]
+    records = points + ([dict(final=True, status="ok", **final)] if final else [])
+    (folder / "curve.json").write_text(json.dumps({"records": records}))
+    return {p["epoch"]: p["valid_mrr"] for p in points}
+
+
+def table_rows(table):
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
+    return cells[0], {row[0]: row for row in cells[2:]}
+
+
 def test_curves_side_by_side(tmp_path, capsys):
     """`curves` averages each curve's validation MRR over windows of epochs (a short curve
     has blanks where it has no points), with its best and final MRR; bad input is refused
@@ -193,37 +208,80 @@ def test_curves_side_by_side(tmp_path, capsys):
     rng = np.random.default_rng(3)
     folders, values = [], {}
     for name, epochs, every in (("long", 8, 1), ("short", 5, 1), ("sparse", 8, 2)):
-        folder = tmp_path / name
-        folder.mkdir()
-        points = [dict(epoch=e, valid_mrr=float(rng.uniform(0.05, 0.2)), seconds=float(e))
-                  for e in range(every, epochs + 1, every)]
-        records = points + ([dict(final=True, status="ok", valid_mrr=0.3, test_mrr=0.4)] if name != "short" else [])
-        (folder / "curve.json").write_text(json.dumps({"records": records}))
-        folders.append(str(folder))
-        values[name] = {p["epoch"]: p["valid_mrr"] for p in points}
+        final = dict(valid_mrr=0.3, test_mrr=0.4) if name != "short" else None
+        values[name] = write_curve(tmp_path / name, epochs, rng, every, final)
+        folders.append(str(tmp_path / name))
     out = tmp_path / "cmp"
     assert run.main(["curves", *folders, "--out", str(out), "--window", "3"]) == 0
     table = (out / "curves.md").read_text()
-    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
-    rows = {row[0]: row for row in cells[2:]}
-    assert table.splitlines()[4].startswith("| curve | epochs | valid_1-3 | valid_4-6 | valid_7-8 | best_valid |")
+    header, rows = table_rows(table)
+    assert header[:7] == ["curve", "seeds", "epochs", "valid_1-3", "valid_4-6", "valid_7-8", "best_valid"]
     for name, curve in values.items():
         expected = [f"{np.mean([v for e, v in curve.items() if low <= e <= high]):.4f}"
                     if any(low <= e <= high for e in curve) else "" for low, high in ((1, 3), (4, 6), (7, 8))]
-        assert rows[name][2:5] == expected, name
+        assert rows[name][1] == "1" and rows[name][3:6] == expected, name
         best = max(curve, key=curve.get)
-        assert rows[name][5] == f"{curve[best]:.4f} (epoch {best})"
-    assert rows["long"][6:] == ["0.3000", "0.4000"] and rows["short"][6:] == ["", ""]
-    assert rows["short"][4] == ""  # no points after epoch 5
-    assert is_png(out / "curves.png") and (out / "curves.csv").read_text().startswith("curve,epochs,")
+        assert rows[name][6] == f"{curve[best]:.4f} (epoch {best})"
+    assert rows["long"][7:] == ["0.3000", "0.4000"] and rows["short"][7:] == ["", ""]
+    assert rows["short"][5] == ""  # no points after epoch 5
+    assert "Paired t-test" not in table  # one curve a label: nothing to pair
+    assert is_png(out / "curves.png") and (out / "curves.csv").read_text().startswith("curve,seeds,epochs,")
     capsys.readouterr()
     for bad, message in (([folders[0], str(tmp_path)], f"{tmp_path / 'curve.json'}: no such file"),
                          ([*folders[:2], "--labels", "a"], "--labels: 1 labels for 2 folders"),
-                         ([*folders[:2], "--labels", "a", "a"], "two curves with one label: a, a"),
+                         ([folders[1], folders[0], "--labels", "a", "a"],
+                          f"{tmp_path / 'short' / 'curve.json'}: no final record with a seed (a run in progress?)"),
                          ([folders[0], "--window", "0"], "--window must be at least 1 epoch, got 0")):
         assert run.main(["curves", *bad, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
         assert (out / "curves.md").read_text() == table
+
+
+def test_curves_of_several_seeds_are_averaged_and_paired(tmp_path, capsys):
+    """Folders under one label are seeds: each window's cell is the mean ± std over seeds
+    of their window means, the best epoch is the mean curve's, and the paired tests
+    against the first label match scipy's over the seeds both labels have."""
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(5)
+    curves, finals, folders, labels = {}, {}, [], []
+    for label, seeds in (("lstm", (0, 1, 2)), ("mlstm", (2, 0, 1, 7))):  # seed 7 has no partner
+        for seed in seeds:
+            final = dict(seed=seed, valid_mrr=float(rng.uniform(0.1, 0.2)), test_mrr=float(rng.uniform(0.1, 0.2)))
+            curves.setdefault(label, {})[seed] = write_curve(tmp_path / f"{label}{seed}", 6, rng, final=final)
+            finals.setdefault(label, {})[seed] = final
+            folders.append(str(tmp_path / f"{label}{seed}"))
+            labels.append(label)
+    out = tmp_path / "cmp"
+    assert run.main(["curves", *folders, "--labels", *labels, "--out", str(out), "--window", "4"]) == 0
+    table = (out / "curves.md").read_text()
+    header, rows = table_rows(table)
+    assert header[3:5] == ["valid_1-4", "valid_5-6"]
+
+    def mean_std(values):
+        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+    windows = {label: {seed: [np.mean([v for e, v in c.items() if low <= e <= high]) for low, high in ((1, 4), (5, 6))]
+                       for seed, c in by_seed.items()} for label, by_seed in curves.items()}
+    for label, by_seed in curves.items():
+        assert rows[label][1] == str(len(by_seed))
+        assert rows[label][3:5] == [mean_std([w[i] for w in windows[label].values()]) for i in (0, 1)]
+        mean = {e: np.mean([c[e] for c in by_seed.values()]) for e in range(1, 7)}
+        best = max(mean, key=mean.get)
+        assert rows[label][5] == f"{mean[best]:.4f} (epoch {best})"
+        assert rows[label][6:] == [mean_std([f[m] for f in finals[label].values()]) for m in ("valid_mrr", "test_mrr")]
+    for metric, value in (("test_mrr", lambda label, s: finals[label][s]["test_mrr"]),
+                          ("valid_mrr", lambda label, s: finals[label][s]["valid_mrr"]),
+                          ("valid_5-6", lambda label, s: windows[label][s][1])):
+        a, b = ([value(label, s) for s in (0, 1, 2)] for label in ("lstm", "mlstm"))
+        expected = ttest_rel(b, a)
+        line = next(l for l in table.splitlines() if f"mlstm vs lstm, {metric} over 3 seeds" in l)
+        assert f"mean difference {np.mean(np.subtract(b, a)):+.4f}" in line
+        assert f"t = {expected.statistic:.2f}, p = {expected.pvalue:.3f}" in line
+    assert is_png(out / "curves.png")
+    capsys.readouterr()
+    assert run.main(["curves", folders[0], folders[0], "--labels", "x", "x", "--out", str(out)]) == 2
+    assert f"label 'x': {folders[0]} and {folders[0]} are both seed 0" in capsys.readouterr().err
 
 
 def test_curve_end_to_end(tmp_path, capsys):
