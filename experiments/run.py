@@ -149,6 +149,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     curve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="change one of the config's best arguments (dotted names for nested ones); repeatable")
     curve.add_argument("--every", type=int, default=1, help="epochs between evaluations (default 1)")
+    curve.add_argument("--threads", type=int, default=None,
+                       help="torch threads (default: torch's, one a core); 1 for two curves side by side on two cores")
     side = commands.add_parser("curves", help="learning curves of 'curve' side by side")
     side.add_argument("folders", nargs="+", help="folders of 'curve' (each holding curve.json)")
     side.add_argument("--out", required=True, help="folder for curves.md, curves.csv and curves.png")
@@ -177,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides = search.parse_overrides(args.set)
             changes = "".join(f"_{name}={value}" for name, value in overrides.items())
             out = pathlib.Path(args.out) / "curves" / f"{config.name}{changes}_seed{args.seed}"
+            if args.threads is not None:
+                if args.threads < 1:
+                    raise UserError(f"--threads must be at least 1, got {args.threads}")
+                search.set_threads(args.threads)
             records = search.run_curve(config, overrides, args.seed, out, args.every, args.device,
                                        args.data_dir, progress)
             paths = report.write_curve_report(records, out, out.name)

@@ -431,7 +431,7 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
 
         threads = threads or max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads,
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=set_threads,
                                                     initargs=(threads,)) as pool:
             futures = {pool.submit(_reproduce_one, config, seed, device, data_dir, train, False): (config, seed)
                        for config, seed in todo}
@@ -494,7 +494,7 @@ def _reproduce_one(config: ExperimentConfig, seed: int, device: str, data_dir, t
     return arguments, result
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)

@@ -291,7 +291,12 @@ def test_curve_end_to_end(tmp_path, capsys):
     argv = ["curve", "--dataset", "synthetic", "--model", "mlstm", "--config", str(config),
             "--set", "n_iter=3", "--set", "representation_kwargs.dropout=0.1", "--seed", "4",
             "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
-    assert run.main(argv) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert run.main([*argv, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     out = tmp_path / "out" / "curves" / "synthetic_mlstm_n_iter=3_representation_kwargs.dropout=0.1_seed4"
     *points, final = read_records(out / "curve.json")
     assert [p["epoch"] for p in points] == [1, 2, 3]
@@ -306,6 +311,9 @@ def test_curve_end_to_end(tmp_path, capsys):
     assert "already holds a curve" in capsys.readouterr().err
     assert run.main([*argv[:5], "--set", "dropout"]) == 2
     assert "--set expects NAME=VALUE, got 'dropout'" in capsys.readouterr().err
+    assert run.main([*argv[:5], "--out", str(tmp_path / "other"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 def test_paired_test_matches_scipy():
