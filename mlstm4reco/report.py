@@ -248,10 +248,14 @@ def plot_search(records: list[dict], path, title: str) -> None:
     _save_figure(fig, path)
 
 
+def _curve_points(records: list[dict]) -> list[dict]:
+    return [r for r in records if not r.get("final")]
+
+
 def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
     """curve.md (the final MRRs and the curve) and curve.png from a curve's records."""
     out_dir = pathlib.Path(out_dir)
-    points = [r for r in records if not r.get("final")]
+    points = _curve_points(records)
     final = next((r for r in records if r.get("final")), None)
     head = f"# Learning curve: {title}\n\n"
     if final is not None and final["status"] == "ok":
@@ -274,10 +278,6 @@ def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pa
     fig.tight_layout()
     _save_figure(fig, paths["plot"])
     return paths
-
-
-def _curve_points(records: list[dict]) -> list[dict]:
-    return [r for r in records if not r.get("final")]
 
 
 def _curve_final(records: list[dict]) -> dict | None:
