@@ -136,7 +136,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     again.add_argument("--workers", type=int, default=1,
                        help="runs at a time, in worker processes (default 1)")
     again.add_argument("--threads", type=int, default=None,
-                       help="torch threads per worker (default: CPUs / workers)")
+                       help="torch threads per worker, at least 1 (default: CPUs / workers; torch's own with one worker)")
     comparison_options(again)
     redo = commands.add_parser("report", help="rewrite a reproduction's table and tests from its runs.json")
     redo.add_argument("folder", help="a reproduction's results folder (holding runs.json)")

@@ -406,9 +406,12 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
     ``threads`` torch threads (default: the CPUs shared out); the records are the same as
     one at a time (up to float rounding across thread counts) and are written as each run
     ends, so a killed reproduction resumes either way. ``train`` must then be a
-    module-level function (it is pickled)."""
+    module-level function (it is pickled). With one worker, ``threads`` (when given) holds
+    for the runs and torch's thread count is restored after."""
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be at least 1, got {threads}")
     store = RecordFile(pathlib.Path(out_dir) / "runs.json")
     done = {(r["model"], r["seed"]) for r in store.records}
     todo = [(c, s) for c in configs for s in range(seeds) if (c.model, s) not in done]
@@ -422,8 +425,16 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
         bar.update(1)
 
     if workers == 1 or len(todo) <= 1:
-        for config, seed in todo:
-            record(config, seed, *_reproduce_one(config, seed, device, data_dir, train, progress))
+        import torch
+
+        before = torch.get_num_threads()
+        if threads is not None:
+            set_threads(threads)
+        try:
+            for config, seed in todo:
+                record(config, seed, *_reproduce_one(config, seed, device, data_dir, train, progress))
+        finally:
+            set_threads(before)
     else:
         import concurrent.futures
         import multiprocessing

@@ -186,6 +186,31 @@ def test_reproduce_with_workers_gives_the_same_runs(tmp_path):
         search.run_reproduce(configs, 1, tmp_path / "bad", workers=0)
 
 
+def count_threads(**kwargs):
+    """A stand-in trainer whose result is the torch thread count it ran with."""
+    import torch
+
+    return {"threads": torch.get_num_threads()}
+
+
+def test_reproduce_threads_hold_for_one_worker_and_are_checked(tmp_path):
+    """--threads is not dropped with one worker: the runs see it, and torch's count is back
+    after; a count under 1 is refused before anything is written."""
+    import torch
+
+    config = search.load_config(tiny_config(tmp_path / "configs"))
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    records = search.run_reproduce([config], 2, tmp_path / "out", device="cpu", progress=False,
+                                   train=count_threads, threads=wanted)
+    assert [r["threads"] for r in records] == [wanted, wanted]
+    assert torch.get_num_threads() == before
+    for bad in (0, -2):
+        with pytest.raises(search.UserError, match=f"threads must be at least 1, got {bad}"):
+            search.run_reproduce([config], 1, tmp_path / "bad", threads=bad)
+    assert not (tmp_path / "bad").exists()
+
+
 def write_curve(folder, epochs, rng, every=1, final=None):
     """A curve.json of random validation MRRs at epochs every, 2 every, ... epochs."""
     folder.mkdir(parents=True)
