@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             out = pathlib.Path(args.out) / config.name
         if args.command == "curve":
             overrides = search.parse_overrides(args.set)
+            search.check_model_arguments(search.model_arguments(config, {**config.best, **overrides}),
+                                         f"{path} with --set {' '.join(args.set)}")
             changes = "".join(f"_{name}={value}" for name, value in overrides.items())
             out = pathlib.Path(args.out) / "curves" / f"{config.name}{changes}_seed{args.seed}"
             if args.threads is not None:

@@ -161,6 +161,7 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
     if workers < 1 or cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise UserError(f"need workers >= 1, cpus per trial > 0 and gpus per trial >= 0; got "
                         f"{workers}, {cpus_per_trial}, {gpus_per_trial}")
+    search.check_trials(trials)
     ray, tune = _import_ray()
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter

@@ -98,10 +98,40 @@ def load_config(path) -> ExperimentConfig:
     if stopping is not None and (set(stopping) != {"every", "patience"} or min(stopping.values()) < 1):
         raise UserError(f"{path}: early_stopping needs positive 'every' and 'patience', got {stopping!r}")
     try:
-        build_space(raw["space"])
+        space = build_space(raw["space"])
     except (TypeError, ValueError) as error:
         raise UserError(f"{path}: bad search space ({error})") from error
-    return ExperimentConfig(**raw, source=str(path))
+    config = ExperimentConfig(**raw, source=str(path))
+    if config.best:
+        check_model_arguments(model_arguments(config, config.best), f"{path}: fixed and best")
+    if config.space:
+        from hyperopt.pyll.stochastic import sample
+
+        point = sample(space, rng=np.random.default_rng(0))
+        check_model_arguments(model_arguments(config, point), f"{path}: fixed and a point of space {point}")
+    return config
+
+
+RUNNER_SETS = ("random_state", "device", "use_cuda", "optimizer_func")
+"""ImplicitSequenceModel arguments the runner sets (seed, --device) or YAML cannot give."""
+
+
+def check_model_arguments(arguments: dict, where: str) -> None:
+    """Refuse what ImplicitSequenceModel would refuse (an unknown or misspelt name, a bad
+    value) before any data is loaded or any run recorded; ``where`` says whence they came."""
+    import inspect
+
+    from mlstm4reco.sequence_model import ImplicitSequenceModel
+
+    accepted = set(inspect.signature(ImplicitSequenceModel).parameters) - set(RUNNER_SETS)
+    unknown = sorted(set(arguments) - accepted)
+    if unknown:
+        raise UserError(f"{where}: ImplicitSequenceModel takes no {unknown} here; "
+                        f"its arguments are {sorted(accepted)}")
+    try:
+        ImplicitSequenceModel(**arguments, device="cpu")  # checks the values; builds no network
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where}: {error}") from error
 
 
 def config_path(dataset: str, model: str, config_dir=None) -> pathlib.Path:
@@ -369,11 +399,18 @@ def suggest(config: ExperimentConfig, records: list[dict], seed: int,
     return vals, space_eval(space, vals)
 
 
+def check_trials(trials: int) -> None:
+    if trials < 0:
+        raise UserError(f"trials must be at least 0 (0 or the count already run rewrites the report), "
+                        f"got {trials}")
+
+
 def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "auto",
                data_dir=None, seed: int | None = None, progress: bool = True,
                train=train_and_evaluate) -> list[dict]:
     """Run (or resume) a TPE search maximising validation MRR until ``trials`` trials are
     recorded in ``out_dir/trials.json``. Test MRR is recorded, never optimised."""
+    check_trials(trials)
     seed = config.protocol["seed"] if seed is None else seed
     store = RecordFile(pathlib.Path(out_dir) / "trials.json")
     if len(store.records) >= trials:
@@ -408,6 +445,8 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
     ends, so a killed reproduction resumes either way. ``train`` must then be a
     module-level function (it is pickled). With one worker, ``threads`` (when given) holds
     for the runs and torch's thread count is restored after."""
+    if seeds < 1:
+        raise UserError(f"seeds must be at least 1, got {seeds} (run.py report FOLDER rewrites a report)")
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     if threads is not None and threads < 1:

@@ -5,6 +5,7 @@ progress bars, batched prediction, top-k recommendation and save/load."""
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import pathlib
 
@@ -41,6 +42,42 @@ REPRESENTATIONS = {
 def sample_items(num_items: int, shape, random_state: np.random.RandomState) -> np.ndarray:
     """Item ids drawn uniformly from [0, num_items), as Spotlight's ``sample_items``."""
     return random_state.randint(0, num_items, shape, dtype=np.int64)
+
+
+MODEL_SETS = ("num_items", "embedding_dim", "sparse")
+"""Representation arguments the model passes itself (from the data and its own arguments)."""
+
+
+def representation_arguments(cls) -> set:
+    """The keyword arguments a representation class takes: its constructor's, and those
+    of the base classes its ``**options`` are passed on to."""
+    names = set()
+    for klass in cls.__mro__:
+        if klass is torch.nn.Module or "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names - {"self"}
+
+
+def _check_representation_kwargs(name: str, kwargs) -> None:
+    """Refuse, at construction rather than at the first fit, representation arguments the
+    named representation does not take."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"representation_kwargs must be a dict, got {type(kwargs).__name__} {kwargs!r}")
+    accepted = sorted(representation_arguments(REPRESENTATIONS[name]) - set(MODEL_SETS))
+    clashes = sorted(set(kwargs) & set(MODEL_SETS))
+    if clashes:
+        raise ValueError(f"representation_kwargs {clashes}: set by the model itself (num_items from the "
+                         f"data; embedding_dim and sparse are ImplicitSequenceModel arguments)")
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"representation {name!r} ({REPRESENTATIONS[name].__name__}) takes no "
+                         f"{unknown}; its representation_kwargs are {accepted}")
 
 
 def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.device:
@@ -136,6 +173,8 @@ class ImplicitSequenceModel:
                 f"unknown representation {representation!r}; choose from "
                 f"{sorted(REPRESENTATIONS)} or pass a representation instance"
             )
+        if isinstance(representation, str):
+            _check_representation_kwargs(representation, representation_kwargs)
         for name, value in (("n_iter", n_iter), ("batch_size", batch_size),
                             ("embedding_dim", embedding_dim),
                             ("num_negative_samples", num_negative_samples)):

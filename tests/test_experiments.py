@@ -184,6 +184,11 @@ def test_reproduce_with_workers_gives_the_same_runs(tmp_path):
             assert record[name] == pytest.approx(by_run[key(record)][name], rel=1e-6), (key(record), name)
     with pytest.raises(search.UserError, match="workers must be at least 1, got 0"):
         search.run_reproduce(configs, 1, tmp_path / "bad", workers=0)
+    with pytest.raises(search.UserError, match="seeds must be at least 1, got 0"):
+        search.run_reproduce(configs, 0, tmp_path / "bad")
+    with pytest.raises(search.UserError, match="trials must be at least 0 .*got -1"):
+        search.run_search(configs[0], -1, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def count_threads(**kwargs):
@@ -339,6 +344,12 @@ def test_curve_end_to_end(tmp_path, capsys):
     assert run.main([*argv[:5], "--out", str(tmp_path / "other"), "--threads", "0"]) == 2
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+    for change, message in ((["--set", "n_iters=3"], "with --set n_iters=3: ImplicitSequenceModel takes no ['n_iters']"),
+                            (["--set", "representation_kwargs.dropuot=0.1"], "'mlstm' (MLSTMNet) takes no ['dropuot']"),
+                            (["--set", "loss=hinj"], "unknown loss 'hinj'")):
+        assert run.main([*argv[:7], *change, "--out", str(tmp_path / "other"), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()  # refused before any data or record
 
 
 def test_paired_test_matches_scipy():
@@ -524,6 +535,23 @@ def test_validation_evaluations_are_timed_apart_from_training(tmp_path, monkeypa
     durations.clear()
     result = search.train_and_evaluate(arguments, splits, config.protocol, seed=0, device="cpu")
     assert len(durations) == 2 and result["eval_seconds"] == 0.0
+
+
+def test_model_arguments_are_checked_when_a_config_is_loaded(tmp_path):
+    """A misspelt or bad argument in fixed, best or the space's names is a config error
+    naming the file and the argument, not a failed record at every trial."""
+    fixed = dict(loss="adaptive_hinge", representation="mlstm")
+    cases = [(dict(fixed={**fixed, "n_iters": 3}), r"fixed and best: ImplicitSequenceModel takes no \['n_iters'\]"),
+             (dict(best=dict(learning_rate=1e-2, loss="hinj")), "fixed and best: unknown loss 'hinj'"),
+             (dict(space={"representation_kwargs.dropuot": {"uniform": [0, 0.5]}}),
+              r"a point of space .*representation 'mlstm' \(MLSTMNet\) takes no \['dropuot'\]"),
+             (dict(best={}, space={"loss": {"choice": ["hinj"]}}), "a point of space .*unknown loss 'hinj'"),
+             (dict(fixed={**fixed, "random_state": 3}), r"takes no \['random_state'\] here")]
+    for number, (changes, message) in enumerate(cases):
+        path = tiny_config(tmp_path / str(number), **changes)
+        with pytest.raises(search.UserError, match=message) as error:
+            search.load_config(path)
+        assert str(path) in str(error.value)
 
 
 def test_bad_bounds_are_a_config_error(tmp_path):

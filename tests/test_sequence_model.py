@@ -7,7 +7,7 @@ from mlstm4reco.datasets import get_synthetic_dataset
 from mlstm4reco.evaluation import sequence_mrr_score
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.representations import MLSTMNet
-from mlstm4reco.sequence_model import ImplicitSequenceModel
+from mlstm4reco.sequence_model import REPRESENTATIONS, ImplicitSequenceModel
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +264,38 @@ def test_bad_input(synthetic):
         model.predict([1, 2, 50])
     with pytest.raises(ValueError, match="the model has not been fitted"):
         ImplicitSequenceModel().predict([1, 2])
+
+
+OPTIONS = {  # options each representation documents (README's table), with a value to set
+    "lstm": dict(num_layers=2, dropout=0.1, tie_embeddings=False),
+    "gru": dict(num_layers=2, dropout=0.1),
+    "mlstm": dict(state="hidden", multiplicative_bias=False, num_layers=2, forget_bias=1.0,
+                  layer_norm=True, dropout=0.1, tie_embeddings=False, implementation="reference"),
+    "pooling": dict(dropout=0.1),
+    "cnn": dict(kernel_width=2, num_layers=2, dilation=[1, 2], nonlinearity="relu", residual=True, dropout=0.1),
+    "mixture": dict(num_components=3, num_layers=2, dropout=0.1),
+    "mixture_mlstm": dict(num_components=3, state="hidden", forget_bias=1.0, dropout=0.1),
+}
+
+
+@pytest.mark.parametrize("representation", sorted(REPRESENTATIONS))
+def test_representation_kwargs_are_checked_at_construction(representation):
+    """A name the representation does not take is refused when the model is built (not at
+    the first fit, after the data is loaded), as the class itself would refuse it; every
+    documented option still passes and builds."""
+    options = OPTIONS[representation]
+    model = ImplicitSequenceModel(representation=representation, representation_kwargs=options, embedding_dim=8)
+    model._initialize(30)  # the options reach the class and build
+    cls = REPRESENTATIONS[representation]
+    with pytest.raises(TypeError):
+        cls(30, 8, dropuot=0.1)  # what the first fit would have met
+    with pytest.raises(ValueError, match=rf"representation '{representation}' \({cls.__name__}\) takes no "
+                                         r"\['dropuot'\]; its representation_kwargs are \[.*'dropout'"):
+        ImplicitSequenceModel(representation=representation, representation_kwargs={**options, "dropuot": 0.1})
+    with pytest.raises(ValueError, match=r"representation_kwargs \['embedding_dim'\]: set by the model itself"):
+        ImplicitSequenceModel(representation=representation, representation_kwargs={"embedding_dim": 8})
+    with pytest.raises(TypeError, match="representation_kwargs must be a dict, got list"):
+        ImplicitSequenceModel(representation=representation, representation_kwargs=["dropout"])
 
 
 def test_degenerate_loss_raises(synthetic):
