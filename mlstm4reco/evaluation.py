@@ -26,7 +26,14 @@ __all__ = [
 FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
-def _check(test: SequenceInteractions, holdout: int) -> np.ndarray:
+def _positive_integer(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check(test: SequenceInteractions, holdout: int, batch_size: int) -> np.ndarray:
+    _positive_integer("batch_size", batch_size)
     if not isinstance(test, SequenceInteractions):
         raise ValueError(f"test must be SequenceInteractions, got {type(test).__name__}")
     if len(test) == 0:
@@ -58,7 +65,7 @@ def sequence_ranks(
 ) -> np.ndarray:
     """The rank (1 = best, ties averaged) of each test sequence's last item among all
     item ids, given the sequence without that item."""
-    sequences = _check(test, 1)
+    sequences = _check(test, 1, batch_size)
     if not hasattr(model, "score_sequences"):  # e.g. a real Spotlight model
         return _ranks_one_at_a_time(model, sequences, exclude_preceding)
     ranks = []
@@ -97,6 +104,7 @@ def sequence_hit_rate_score(
     batch_size: int = 256,
 ) -> np.ndarray:
     """1 where the last item ranks within the top ``k`` (average rank of ties), else 0."""
+    k = _positive_integer("k", k)
     return (sequence_ranks(model, test, exclude_preceding, batch_size) <= k).astype(np.float64)
 
 
@@ -105,6 +113,7 @@ def sequence_ndcg_score(
     batch_size: int = 256,
 ) -> np.ndarray:
     """NDCG@k of the single relevant last item: 1 / log2(1 + rank) within the top k."""
+    k = _positive_integer("k", k)
     ranks = sequence_ranks(model, test, exclude_preceding, batch_size)
     return np.where(ranks <= k, 1.0 / np.log2(1.0 + ranks), 0.0)
 
@@ -116,14 +125,37 @@ def sequence_precision_recall_score(
     """Precision and recall at ``k`` of the last ``k`` items of each sequence given the
     items before them (Spotlight's ``sequence_precision_recall_score``: hits are the
     distinct top-k items found among the targets; both are divided by k). Ties at the
-    k-th place may be broken differently from numpy's argsort."""
-    sequences = _check(test, k)
+    k-th place may be broken differently from numpy's argsort. A model without
+    ``score_sequences`` (a real Spotlight model) is scored one sequence at a time."""
+    k = _positive_integer("k", k)
+    sequences = _check(test, k, batch_size)
+    if not hasattr(model, "score_sequences"):
+        hits = _hits_one_at_a_time(model, sequences, k, exclude_preceding)
+        return hits / k, hits / k
     hits = []
     for batch in _batches(model, sequences, batch_size):
         inputs, targets = batch[:, :-k], batch[:, -k:]
         costs = _batched_costs(model, inputs, exclude_preceding)
+        _check_k_items(k, costs.shape[1])
         top = costs.topk(k, dim=1, largest=False).indices  # (B, k), distinct items
         found = (top.unsqueeze(2) == targets.unsqueeze(1)).any(2)  # (B, k)
         hits.append(found.sum(1).double().cpu())
     hits = torch.cat(hits).numpy()
     return hits / k, hits / k
+
+
+def _check_k_items(k: int, num_items: int) -> None:
+    if k > num_items:
+        raise ValueError(f"k = {k} is more than the model's {num_items} items")
+
+
+def _hits_one_at_a_time(model, sequences: np.ndarray, k: int, exclude_preceding: bool) -> np.ndarray:
+    hits = np.empty(len(sequences))
+    for row, sequence in enumerate(sequences):
+        costs = -np.asarray(model.predict(sequence[:-k]), dtype=np.float64)
+        _check_k_items(k, len(costs))
+        if exclude_preceding:
+            costs[sequence[:-k]] = FLOAT_MAX
+        top = np.argsort(costs, kind="stable")[:k]
+        hits[row] = np.isin(top, sequence[-k:]).sum()
+    return hits

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,10 @@ def test_foreign_model_is_scored_one_at_a_time():
     np.testing.assert_allclose(
         sequence_mrr_score(PredictOnly(), test, True), sequence_mrr_score(model, test, True)
     )
+    for exclude in (False, True):
+        foreign = sequence_precision_recall_score(PredictOnly(), test, 3, exclude)
+        np.testing.assert_array_equal(foreign, sequence_precision_recall_score(model, test, 3, exclude))
+        assert foreign[0].sum() > 0
 
 
 def test_hit_rate_and_ndcg_follow_the_ranks():
@@ -102,3 +108,21 @@ def test_bad_test_sets():
         sequence_precision_recall_score(model, SequenceInteractions(np.ones((2, 5), int)), k=5)
     with pytest.raises(ValueError, match=r"item ids in \[0, 30\), got ids from 31"):
         sequence_mrr_score(model, SequenceInteractions(np.full((2, 5), 31)))
+
+
+def test_bad_k_and_batch_size_are_refused():
+    """k = 0 used to slice the whole sequence away (a message about its shape), a negative
+    k gave hit rates of 0 everywhere; each metric now names the bad argument."""
+    model = random_model("lstm")
+    test = make_test_sequences(length=40)
+    metrics = (sequence_hit_rate_score, sequence_ndcg_score, sequence_precision_recall_score)
+    for metric in metrics:
+        for k in (0, -1, 1.5, True, [1, 5], "3"):
+            with pytest.raises(ValueError, match=re.escape(f"k must be a positive integer, got {k!r}")):
+                metric(model, test, k)
+        metric(model, test, np.int64(2))  # numpy integers are integers
+    for metric in (*metrics, sequence_mrr_score):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+            metric(model, test, batch_size=0)
+    with pytest.raises(ValueError, match="k = 31 is more than the model's 30 items"):
+        sequence_precision_recall_score(model, test, 31)
