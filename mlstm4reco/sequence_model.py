@@ -8,6 +8,7 @@ import copy
 import inspect
 import os
 import pathlib
+import pickle
 
 import numpy as np
 import torch
@@ -180,6 +181,11 @@ class ImplicitSequenceModel:
                             ("num_negative_samples", num_negative_samples)):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        real = (int, float, np.integer, np.floating)
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, real) or not learning_rate > 0:
+            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+        if isinstance(l2, bool) or not isinstance(l2, real) or not l2 >= 0:
+            raise ValueError(f"l2 must be a non-negative number, got {l2!r}")
         self._loss = loss
         self._loss_func = LOSSES[loss]
         self._representation = representation
@@ -429,8 +435,8 @@ class ImplicitSequenceModel:
         array, single = self._as_batch(sequence)
         if not single:
             raise ValueError(f"recommend takes one 1-D sequence, got shape {np.shape(sequence)}")
-        if not 1 <= k <= self._num_items - 1:
-            raise ValueError(f"k must be in [1, {self._num_items - 1}], got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self._num_items - 1:
+            raise ValueError(f"k must be an integer in [1, {self._num_items - 1}], got {k!r}")
         sequence_tensor = torch.from_numpy(array).to(self._device)
         scores = self.score_sequences(sequence_tensor)[0]
         scores[PADDING_IDX] = -torch.inf
@@ -460,7 +466,16 @@ class ImplicitSequenceModel:
         """Rebuild a model written by :meth:`save` (default Adam optimizer)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no saved model at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - unpickling raises many kinds
+            # torch's weights-only refusal suggests weights_only=False: not for a file that is no model
+            text = "" if isinstance(error, pickle.UnpicklingError) else str(error).strip()
+            reason = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+            raise ValueError(f"{path}: not a model written by ImplicitSequenceModel.save ({reason})") from error
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: not a model written by ImplicitSequenceModel.save "
+                             f"(it holds a {type(state).__name__})")
         if state.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: unknown format version {state.get('format_version')!r}")
         model = cls(**state["config"], device=device, random_state=random_state)

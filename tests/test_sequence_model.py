@@ -196,6 +196,13 @@ def test_save_load_round_trip(synthetic, tmp_path, representation, kwargs):
     assert loaded.fit(train)  # training continues from the saved optimizer state
     with pytest.raises(FileNotFoundError, match="no saved model"):
         ImplicitSequenceModel.load(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:100])
+    other = tmp_path / "other.pt"
+    torch.save([1, 2], other)
+    for bad, reason in ((truncated, r"\(.+\)"), (other, r"\(it holds a list\)")):
+        with pytest.raises(ValueError, match=f"{bad}: not a model written by ImplicitSequenceModel.save {reason}"):
+            ImplicitSequenceModel.load(bad)
 
 
 def test_predict_and_recommend(synthetic):
@@ -252,6 +259,13 @@ def test_bad_input(synthetic):
         ImplicitSequenceModel(loss="bpr", exclude_preceding=True)
     with pytest.raises(ValueError, match="precision must be one of .*, got 'float16'"):
         ImplicitSequenceModel(precision="float16")
+    for bad in (0, -1e-3, float("nan"), "0.01", True):
+        with pytest.raises(ValueError, match=f"learning_rate must be a positive number, got {bad!r}"):
+            ImplicitSequenceModel(learning_rate=bad)
+    for bad in (-1e-6, float("nan"), None):
+        with pytest.raises(ValueError, match=f"l2 must be a non-negative number, got {bad!r}"):
+            ImplicitSequenceModel(l2=bad)
+    ImplicitSequenceModel(learning_rate=np.float32(1e-3), l2=0)
     model = ImplicitSequenceModel(n_iter=1, embedding_dim=4, random_state=0)
     with pytest.raises(ValueError, match="expects SequenceInteractions"):
         model.fit(train.sequences)
@@ -264,6 +278,10 @@ def test_bad_input(synthetic):
         model.predict([1, 2, 50])
     with pytest.raises(ValueError, match="the model has not been fitted"):
         ImplicitSequenceModel().predict([1, 2])
+    for k in (0, 50, 2.5, True):
+        with pytest.raises(ValueError, match=rf"k must be an integer in \[1, 49\], got {k!r}"):
+            model.recommend([1, 2], k=k)
+    assert len(model.recommend([1, 2], k=np.int64(3))) == 3
 
 
 OPTIONS = {  # options each representation documents (README's table), with a value to set
