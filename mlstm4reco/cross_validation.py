@@ -23,6 +23,12 @@ def _random_state(random_state) -> np.random.RandomState:
     )
 
 
+def _check_interactions(interactions) -> None:
+    if not isinstance(interactions, Interactions):
+        raise ValueError(f"interactions must be Interactions (split them, then cut sequences with "
+                         f"to_sequence), got {type(interactions).__name__}")
+
+
 def _check_percentage(test_percentage: float) -> None:
     if not 0.0 <= test_percentage <= 1.0:
         raise ValueError(f"test_percentage must be in [0, 1], got {test_percentage}")
@@ -32,6 +38,7 @@ def random_train_test_split(
     interactions: Interactions, test_percentage: float = 0.2, random_state=None
 ) -> tuple[Interactions, Interactions]:
     """Shuffle the interactions and put the last ``test_percentage`` of them in test."""
+    _check_interactions(interactions)
     _check_percentage(test_percentage)
     random_state = _random_state(random_state)
     shuffled = np.arange(len(interactions))
@@ -49,6 +56,7 @@ def user_based_train_test_split(
     (32-bit, positive) of each user id; a user is in test when
     ``hash % 100 / 100 < test_percentage``. Returns (train, test).
     """
+    _check_interactions(interactions)
     _check_percentage(test_percentage)
     random_state = _random_state(random_state)
     seed = random_state.randint(0, np.iinfo(np.uint32).max, dtype=np.int64)

@@ -53,6 +53,9 @@ def test_random_split():
         random_train_test_split(data, 1.5)
     with pytest.raises(ValueError, match="random_state must be"):
         user_based_train_test_split(data, 0.2, random_state="seed")
+    for split in (random_train_test_split, user_based_train_test_split):
+        with pytest.raises(ValueError, match="interactions must be Interactions .*, got SequenceInteractions"):
+            split(data.to_sequence(10), 0.2)
 
 
 def protocol(data, length=100, minimum=20, step=100):
