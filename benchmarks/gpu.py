@@ -41,7 +41,7 @@ from torch import nn
 
 from mlstm4reco.cross_validation import user_based_train_test_split
 from mlstm4reco.datasets import get_movielens_dataset
-from mlstm4reco.datasets._download import atomic_path
+from mlstm4reco.files import atomic_path
 from mlstm4reco.evaluation import sequence_mrr_score
 from mlstm4reco import triton_mlstm
 from mlstm4reco import layers as layers_module

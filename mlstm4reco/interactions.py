@@ -29,6 +29,25 @@ def _as_ids(name: str, values, bound: int | None) -> np.ndarray:
     return array.astype(np.int32)
 
 
+def _timestamps(values, length: int) -> np.ndarray | None:
+    """Timestamps as given for ordering: integers as int64, fractional ones as float64
+    (never truncated, so 0.1 comes before 0.9); NaN and infinity refused."""
+    if values is None:
+        return None
+    array = np.asarray(values)
+    if array.shape != (length,):
+        raise ValueError(f"timestamps: expected {length} values, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"timestamps: expected numbers (integer or float), got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise ValueError(f"timestamps: expected finite numbers, got {array[bad]} at index {bad}")
+    return array
+
+
 def _optional(name: str, values, length: int, dtype) -> np.ndarray | None:
     if values is None:
         return None
@@ -45,8 +64,11 @@ class Interactions:
     ----------
     user_ids, item_ids: array of int
         Non-negative ids, stored as int32.
-    ratings, timestamps, weights: array, optional
-        One value per interaction (float32, int64, float32).
+    ratings, weights: array, optional
+        One value per interaction (float32).
+    timestamps: array, optional
+        One per interaction, ordering each user's history: integers (stored as int64) or
+        fractional numbers (float64, kept as given).
     num_users, num_items: int, optional
         Number of ids; default the largest id + 1.
     """
@@ -69,7 +91,7 @@ class Interactions:
                 f"user_ids and item_ids differ in length: {n} and {len(self.item_ids)}"
             )
         self.ratings = _optional("ratings", ratings, n, np.float32)
-        self.timestamps = _optional("timestamps", timestamps, n, np.int64)
+        self.timestamps = _timestamps(timestamps, n)
         self.weights = _optional("weights", weights, n, np.float32)
         self.num_users = int(num_users if num_users is not None else self._count(self.user_ids))
         self.num_items = int(num_items if num_items is not None else self._count(self.item_ids))

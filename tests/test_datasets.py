@@ -240,6 +240,14 @@ def test_no_network_says_which_file_and_where(tmp_path, monkeypatch):
         ("1::2::3::4\n1::2::3\n", r"line 2: expected an integer timestamp"),
         ("1::2::3::4\n1::2::five::4\n", r"line 2: expected a number rating, got 'five'"),
         ("", r"no ratings"),
+        # ids written as floats, too long for any integer, over int32, and the padding id
+        ("1::2::3::4\n196.0::2::3::4\n", r"ratings.dat, line 2: expected an integer user_id, got '196.0'"),
+        ("1::2::3::4\n1::12345678901234567890123::3::4\n",
+         r"ratings.dat, line 2: item_id 12345678901234567890123 is over the largest id, 2147483647"),
+        ("1::2::3::4\n1::2::3::4\n2147483648::2::3::4\n",
+         r"ratings.dat, line 3: user_id 2147483648 is over the largest id, 2147483647"),
+        ("1::2::3::4\n1::0::3::4\n", r"ratings.dat, line 2: item_id 0, which pads sequences"),
+        ("1::2::3::4\n1::2::3::4.5\n", r"ratings.dat, line 2: expected an integer timestamp, got '4.5'"),
     ],
 )
 def test_bad_lines(tmp_path, text, message):
@@ -265,3 +273,14 @@ def test_truncated_and_corrupt_archives(tmp_path):
         read_movielens_archive(wrong, "1M")
     with pytest.raises(ValueError, match="unknown MovieLens variant '20M'"):
         get_movielens_dataset("20M")
+
+
+def test_a_folder_named_like_the_archive_is_an_error_not_a_download(tmp_path, monkeypatch):
+    (tmp_path / "ml-100k.zip").mkdir()
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr("mlstm4reco.datasets._download.download", no_download)
+    with pytest.raises(ValueError, match=r"ml-100k.zip: a folder, where the file ml-100k.zip was looked for"):
+        get_movielens_dataset("100K", data_dir=tmp_path)

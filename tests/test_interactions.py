@@ -107,3 +107,31 @@ def test_to_sequence_keeps_every_interaction_once_on_large_data():
     assert (sequences.sequences != 0).sum() == n
     per_user = np.bincount(sequences.user_ids, weights=(sequences.sequences != 0).sum(1))
     np.testing.assert_array_equal(per_user, np.bincount(users, minlength=len(per_user)))
+
+
+def test_float_timestamps_order_as_given():
+    """Fractional timestamps are not truncated: 0.1 comes before 0.9 (truncated, both were
+    0 and the input order won), compared with a sort of the pairs in Python."""
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 5, 200)
+    items = rng.integers(1, 30, 200)
+    stamps = rng.random(200)  # all in [0, 1): equal once truncated
+    interactions = Interactions(users, items, timestamps=stamps)
+    assert interactions.timestamps.dtype == np.float64
+    sequences = interactions.to_sequence(max_sequence_length=200).sequences
+    for row, user in zip(sequences, np.unique(users)):
+        expected = [item for _, item in sorted(zip(stamps[users == user], items[users == user]))]
+        assert row[row != 0].tolist() == expected
+    assert Interactions([1, 1], [1, 2], timestamps=[0.9, 0.1]).to_sequence(2).sequences.tolist() == [[2, 1]]
+    assert Interactions([1], [1], timestamps=np.array([7], dtype=np.int32)).timestamps.dtype == np.int64
+
+
+@pytest.mark.parametrize("stamps,message", [
+    ([0.5, np.nan], r"timestamps: expected finite numbers, got nan at index 1"),
+    (["a", "b"], r"timestamps: expected numbers \(integer or float\), got dtype <U1"),
+    ([True, False], r"timestamps: expected numbers"),
+    ([1, 2, 3], r"timestamps: expected 2 values"),
+])
+def test_bad_timestamps_are_refused(stamps, message):
+    with pytest.raises(ValueError, match=message):
+        Interactions([1, 1], [1, 2], timestamps=stamps)

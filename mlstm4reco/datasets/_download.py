@@ -1,4 +1,4 @@
-"""Finding dataset files on disk, downloading them when absent, and atomic writes.
+"""Finding dataset files on disk, and downloading them when absent.
 
 A file is looked for in (1) the ``data_dir`` argument, (2) the folder named by the
 ``MLSTM4RECO_DATA`` environment variable, (3) the user cache folder
@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 from tqdm.auto import tqdm
+
+from mlstm4reco.files import atomic_path
 
 ENV_VAR = "MLSTM4RECO_DATA"
 
@@ -37,25 +37,6 @@ def search_dirs(data_dir=None) -> list[pathlib.Path]:
         dirs.append(pathlib.Path(os.environ[ENV_VAR]))
     dirs.append(cache_dir())
     return dirs
-
-
-@contextmanager
-def atomic_path(path: pathlib.Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success, delete
-    it on failure."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file gets the usual mode
-    try:
-        yield pathlib.Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def md5sum(path: pathlib.Path, chunk: int = 1 << 20) -> str:
@@ -102,5 +83,9 @@ def find_or_download(filename: str, url: str, md5: str | None, data_dir=None) ->
         candidate = folder / filename
         if candidate.is_file():
             return candidate
+        if candidate.exists():  # a folder of that name: not downloaded over, nor passed by
+            kind = "a folder" if candidate.is_dir() else "not a regular file"
+            raise ValueError(f"{candidate}: {kind}, where the file {filename} was looked for; "
+                             f"put the file itself there (or remove it to download {filename})")
     target = pathlib.Path(data_dir) if data_dir is not None else cache_dir()
     return download(url, target / filename, md5)

@@ -15,7 +15,8 @@ import re
 import numpy as np
 from tqdm.auto import tqdm
 
-from mlstm4reco.datasets._download import atomic_path, cache_dir, find_or_download
+from mlstm4reco.datasets._download import cache_dir, find_or_download
+from mlstm4reco.files import atomic_path
 from mlstm4reco.interactions import Interactions
 
 URL = "https://snap.stanford.edu/data/bigdata/amazon/amazon-meta.txt.gz"
