@@ -9,12 +9,13 @@ import inspect
 import os
 import pathlib
 import pickle
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mlstm4reco.datasets._download import atomic_path
+from mlstm4reco.files import atomic_path
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES, sampled_softmax_loss, softmax_loss
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
@@ -81,6 +82,12 @@ def _check_representation_kwargs(name: str, kwargs) -> None:
                          f"{unknown}; its representation_kwargs are {accepted}")
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """An error's message on one line (torch's state-dict errors span several)."""
+    text = " ".join(str(error).split())
+    return (text[:limit] + " ...") if len(text) > limit else text or type(error).__name__
+
+
 def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.device:
     if use_cuda is not None and device not in (None, "auto"):
         raise ValueError(f"give device or use_cuda, not both (device={device!r}, use_cuda={use_cuda})")
@@ -130,8 +137,9 @@ class ImplicitSequenceModel:
     sparse: bool
         Sparse embedding gradients (needs an optimizer that takes them).
     random_state: np.random.RandomState or int, optional
-        Drives shuffling, negative sampling and (through a derived seed) the weight
-        initialisation: equal seeds give equal results on the CPU.
+        Drives shuffling, negative sampling and (through derived seeds) the weight
+        initialisation and every torch draw of training (dropout masks): equal seeds give
+        equal results on the CPU, and fitting leaves torch's global generators alone.
     num_negative_samples: int
         Negatives per position for 'adaptive_hinge'; shared negatives per batch for
         'sampled_softmax'.
@@ -207,6 +215,8 @@ class ImplicitSequenceModel:
         self._num_items = None
         self._net = None
         self._optimizer = None
+        self._torch_seed = None
+        self._torch_state = None
 
     def __repr__(self) -> str:
         net = "uninitialised" if self._net is None else repr(self._net)
@@ -248,11 +258,14 @@ class ImplicitSequenceModel:
 
     def _initialize(self, num_items: int) -> None:
         self._num_items = int(num_items)
+        # A seed for the initialisation from a copy of random_state (equal seeds give equal
+        # weights, and the stream that shuffles and samples stays Spotlight's), and from it
+        # the seed of training's own torch draws (dropout).
+        seed = int(copy.deepcopy(self._random_state).randint(2**31 - 1))
+        self._torch_seed = int(np.random.RandomState(seed).randint(2**31 - 1))
+        self._torch_state = None
         if isinstance(self._representation, str):
             cls = REPRESENTATIONS[self._representation]
-            # Seed the initialisation from a copy of random_state: equal seeds give equal
-            # weights, and the stream that shuffles and samples stays Spotlight's.
-            seed = int(copy.deepcopy(self._random_state).randint(2**31 - 1))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self._net = cls(
@@ -268,6 +281,25 @@ class ImplicitSequenceModel:
         self._optimizer = optimizer_func(
             self._net.parameters(), weight_decay=self._l2, lr=self._learning_rate
         )
+
+    @contextmanager
+    def _training_random(self):
+        """Training's torch draws (dropout masks) from the model's own generator state,
+        seeded from ``random_state`` and carried from one fit to the next; torch's global
+        generators are as they were after."""
+        cuda = self._device.type == "cuda"
+        devices = [self._device.index if self._device.index is not None else torch.cuda.current_device()] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            if self._torch_state is None:
+                torch.manual_seed(self._torch_seed)  # every device's generator
+            else:
+                torch.set_rng_state(self._torch_state[0])
+                if cuda and self._torch_state[1] is not None:
+                    torch.cuda.set_rng_state(self._torch_state[1], devices[0])
+            try:
+                yield
+            finally:
+                self._torch_state = (torch.get_rng_state(), torch.cuda.get_rng_state(devices[0]) if cuda else None)
 
     def _check_sequences(self, sequences: np.ndarray, name: str = "sequences") -> None:
         if sequences.ndim != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
@@ -296,7 +328,8 @@ class ImplicitSequenceModel:
 
         Raises
         ------
-        ValueError on empty or out-of-range input, and on a NaN or zero epoch loss.
+        ValueError on empty or out-of-range input (a first fit that fails so leaves the
+        model unfitted), and on a NaN or zero epoch loss.
         """
         if not isinstance(interactions, SequenceInteractions):
             raise ValueError(
@@ -304,9 +337,21 @@ class ImplicitSequenceModel:
                 f"{type(interactions).__name__}"
             )
         sequences = interactions.sequences.astype(np.int64)
-        if not self._initialized():
+        if sequences.shape[0] == 0 or sequences.shape[1] == 0:  # before a net is built for this data
+            raise ValueError(f"sequences: expected a non-empty 2-D array, got shape {sequences.shape}")
+        fresh = not self._initialized()
+        if fresh:
             self._initialize(interactions.num_items)
-        self._check_sequences(sequences)
+        try:
+            self._check_sequences(sequences)
+        except ValueError:
+            if fresh:  # no net built for data that was refused: the next data starts afresh
+                self._net = self._optimizer = self._num_items = None
+            raise
+        with self._training_random():
+            return self._fit_epochs(sequences, verbose, callback)
+
+    def _fit_epochs(self, sequences: np.ndarray, verbose: bool, callback) -> list[float]:
         # The whole dataset goes to the device once; batches are index gathers there.
         sequences_tensor = torch.from_numpy(sequences).to(self._device)
         losses = []
@@ -458,8 +503,12 @@ class ImplicitSequenceModel:
             "net": self._net.state_dict(),
             "optimizer": self._optimizer.state_dict(),
         }
-        with atomic_path(pathlib.Path(path)) as tmp:
-            torch.save(state, tmp)
+        try:
+            with atomic_path(pathlib.Path(path)) as tmp:
+                torch.save(state, tmp)
+        except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
+            raise OSError(f"{path}: could not write the model ({_first_line(error)}); "
+                          "a file there before is unchanged") from error
 
     @classmethod
     def load(cls, path, device="auto", random_state=None) -> ImplicitSequenceModel:
@@ -478,8 +527,27 @@ class ImplicitSequenceModel:
                              f"(it holds a {type(state).__name__})")
         if state.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: unknown format version {state.get('format_version')!r}")
-        model = cls(**state["config"], device=device, random_state=random_state)
-        model._initialize(state["num_items"])
-        model._net.load_state_dict(state["net"])
-        model._optimizer.load_state_dict(state["optimizer"])
+        missing = sorted({"config", "num_items", "net", "optimizer"} - set(state))
+        if missing:
+            raise ValueError(f"{path}: not a whole saved model: no {missing}")
+        if not isinstance(state["config"], dict):
+            raise ValueError(f"{path}: the saved config is a {type(state['config']).__name__}, not a mapping")
+        known = set(inspect.signature(cls).parameters)
+        unknown = sorted(set(state["config"]) - known)
+        if unknown:
+            raise ValueError(f"{path}: the saved config has arguments ImplicitSequenceModel does not take: {unknown}")
+        num_items = state["num_items"]
+        if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 2:
+            raise ValueError(f"{path}: num_items must be an integer of at least 2, got {num_items!r}")
+        try:
+            model = cls(**state["config"], device=device, random_state=random_state)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: the saved configuration is refused ({_first_line(error)})") from error
+        try:
+            model._initialize(num_items)
+            model._net.load_state_dict(state["net"])
+            model._optimizer.load_state_dict(state["optimizer"])
+        except (TypeError, ValueError, RuntimeError, KeyError) as error:
+            raise ValueError(f"{path}: the saved weights do not fit the saved configuration "
+                             f"({type(error).__name__}: {_first_line(error)})") from error
         return model

@@ -6,6 +6,7 @@ from mlstm4reco.cross_validation import user_based_train_test_split
 from mlstm4reco.datasets import get_synthetic_dataset
 from mlstm4reco.evaluation import sequence_mrr_score
 from mlstm4reco.interactions import SequenceInteractions
+from mlstm4reco.losses import LOSSES
 from mlstm4reco.representations import MLSTMNet
 from mlstm4reco.sequence_model import REPRESENTATIONS, ImplicitSequenceModel
 
@@ -340,3 +341,118 @@ def test_cuda_fit_and_evaluate(synthetic):
     model = ImplicitSequenceModel(representation="mlstm", n_iter=2, device="cuda", random_state=0)
     model.fit(train)
     assert sequence_mrr_score(model, test).mean() > random_mrr(50)
+
+
+def weights(model):
+    return {name: value.detach().clone() for name, value in model.net.state_dict().items()}
+
+
+@pytest.mark.parametrize("representation", sorted(REPRESENTATIONS))
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_same_seed_same_losses_and_weights_with_and_without_dropout(synthetic, representation, dropout):
+    """Every random draw of training comes from random_state: two fits with one seed give
+    identical losses and weights, dropout included, whatever torch's global generator
+    holds (and fitting leaves that generator alone); another seed gives others."""
+    train, _ = synthetic
+    small = SequenceInteractions(train.sequences[:256], num_items=train.num_items)
+
+    def fit(seed, loss="adaptive_hinge"):
+        model = ImplicitSequenceModel(loss=loss, representation=representation, embedding_dim=8, n_iter=2,
+                                      batch_size=64, random_state=seed, num_negative_samples=3,
+                                      representation_kwargs={"dropout": dropout})
+        torch.manual_seed(np.random.randint(1 << 30))  # the global generator in another state each time
+        before = torch.get_rng_state()
+        losses = model.fit(small)
+        assert torch.equal(torch.get_rng_state(), before)
+        return losses, weights(model)
+
+    for loss in sorted(LOSSES):
+        (losses_a, weights_a), (losses_b, weights_b) = fit(3, loss), fit(3, loss)
+        assert losses_a == losses_b
+        assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    losses_c, _ = fit(4)
+    assert losses_c != losses_a
+
+
+def test_dropout_draws_go_on_across_fits_and_differ_from_no_dropout(synthetic):
+    """A second fit continues the model's own stream (the same as one fit of both epochs'
+    worth of calls), and dropout does draw: with it the losses differ from without."""
+    train, _ = synthetic
+    small = SequenceInteractions(train.sequences[:256], num_items=train.num_items)
+
+    def model(dropout):
+        return ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=1, batch_size=64,
+                                     random_state=5, representation_kwargs={"dropout": dropout})
+
+    a, b = model(0.3), model(0.3)
+    first = a.fit(small) + a.fit(small)
+    torch.manual_seed(123)  # between the two fits of b: must not matter
+    second = b.fit(small)
+    torch.manual_seed(456)
+    second += b.fit(small)
+    assert first == second
+    assert model(0.0).fit(small) != model(0.3).fit(small)
+
+
+def saved_model(synthetic, tmp_path):
+    train, _ = synthetic
+    model = ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=1, batch_size=128, random_state=0)
+    model.fit(train)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    return path, torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("tamper,message", [
+    (lambda s: s.update(num_items=s["num_items"] + 3), r"the saved weights do not fit the saved configuration "
+                                                       r"\(RuntimeError: .*size mismatch"),
+    (lambda s: s["config"].update(colour="blue"), r"the saved config has arguments ImplicitSequenceModel does "
+                                                  r"not take: \['colour'\]"),
+    (lambda s: s.pop("net"), r"not a whole saved model: no \['net'\]"),
+    (lambda s: s.update(num_items="many"), r"num_items must be an integer of at least 2, got 'many'"),
+    (lambda s: s.update(config=[1]), r"the saved config is a list, not a mapping"),
+    (lambda s: s["config"].update(embedding_dim=-1), r"the saved configuration is refused \(embedding_dim must be a positive integer, got -1\)"),
+])
+def test_load_of_a_tampered_model_names_the_file(synthetic, tmp_path, tamper, message):
+    path, state = saved_model(synthetic, tmp_path)
+    tamper(state)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=str(path).replace(".", r"\.") + ": " + message):
+        ImplicitSequenceModel.load(path)
+
+
+def test_save_on_a_full_disk_names_the_file_and_keeps_the_old_one(synthetic, tmp_path, monkeypatch):
+    path, _ = saved_model(synthetic, tmp_path)
+    before = path.read_bytes()
+    model = ImplicitSequenceModel.load(path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8896 vs 8828")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=str(path).replace(".", r"\.") + r": could not write the model "
+                                                                     r"\(.*unexpected pos 8896 vs 8828\)"):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_a_fit_refused_for_its_data_leaves_no_net_behind(synthetic):
+    """A first fit on empty or out-of-range data builds no net for it: the next, real,
+    data trains."""
+    train, _ = synthetic
+    model = ImplicitSequenceModel(representation="lstm", embedding_dim=8, n_iter=1, random_state=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        model.fit(SequenceInteractions(np.zeros((0, 20), dtype=np.int32), num_items=5))
+    assert model.net is None
+    with pytest.raises(ValueError, match=r"item ids must be in \[0, 5\)"):
+        model.fit(_out_of_range(train))
+    assert model.net is None
+    assert len(model.fit(train)) == 1 and model.net.num_items == train.num_items
+
+
+def _out_of_range(train):
+    """Sequences whose ids exceed the num_items they claim (as a hand-built object can)."""
+    sequences = SequenceInteractions(train.sequences[:10], num_items=train.num_items)
+    sequences.num_items = 5
+    return sequences
