@@ -91,7 +91,7 @@ def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[
         path = pathlib.Path(folder) / "curve.json"
         if not path.is_file():
             raise UserError(f"{path}: no such file (is {folder} a folder of 'run.py curve'?)")
-        records = search.RecordFile(path).records
+        records = search.RecordFile(path, kind="curve").records
         if not any("epoch" in r for r in records):
             raise UserError(f"{path}: no points of a learning curve")
         curves.setdefault(label, []).append(records)
@@ -174,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             config = search.load_config(path)
             if config.dataset != args.dataset:
                 raise UserError(f"{path} is for dataset {config.dataset!r}, not {args.dataset!r}")
-            out = pathlib.Path(args.out) / config.name
+            out = search.results_folder(args.out, config.name)
         if args.command == "curve":
             overrides = search.parse_overrides(args.set)
             search.check_model_arguments(search.model_arguments(config, {**config.best, **overrides}),
                                          f"{path} with --set {' '.join(args.set)}")
             changes = "".join(f"_{name}={value}" for name, value in overrides.items())
-            out = pathlib.Path(args.out) / "curves" / f"{config.name}{changes}_seed{args.seed}"
+            out = search.results_folder(pathlib.Path(args.out) / "curves",
+                                        search.plain_label(f"{config.name}{changes}_seed{args.seed}"))
             if args.threads is not None:
                 if args.threads < 1:
                     raise UserError(f"--threads must be at least 1, got {args.threads}")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = report.write_curves_comparison(read_curves(args.folders, args.labels), args.out, args.window)
         elif args.command == "report":
             out = pathlib.Path(args.folder)
-            records = search.RecordFile(out / "runs.json").records
+            records = search.RecordFile(out / "runs.json", kind="runs").records
             if not records:
                 raise UserError(f"{out / 'runs.json'}: no runs to report (is this a reproduction's folder?)")
             compare = check_comparisons(args, [r["model"] for r in records], out / "runs.json")
@@ -217,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             configs = [search.load_config(search.config_path(args.dataset, m, args.config_dir))
                        for m in args.models]
-            out = pathlib.Path(args.out) / f"{args.dataset}_reproduce"
-            stored = [r["model"] for r in search.RecordFile(out / "runs.json").records]
+            out = search.results_folder(args.out, f"{args.dataset}_reproduce")
+            search.ensure_results_folder(out)
+            stored = [r["model"] for r in search.RecordFile(out / "runs.json", kind="runs").records]
             compare = check_comparisons(args, [*args.models, *stored], "--models and " + str(out / "runs.json"))
             records = search.run_reproduce(configs, args.seeds, out, args.device, args.data_dir, progress,
                                            workers=args.workers, threads=args.threads)

@@ -12,7 +12,9 @@ records written atomically by the driver as each trial ends, and so the same rep
 - A trial that raises or diverges is recorded as failed by the worker; a worker that dies
   (killed, out of memory, node lost) is recorded as failed by the driver; the search goes on.
 - ``trials.json`` is the state: an interrupted search, rerun with the same command, proposes
-  from the trials it finished and runs the rest (the trials that were in flight are lost).
+  from the trials it finished and runs the rest (the trials that were in flight are lost;
+  their numbers are not reused). Trial numbers are claimed in the file, so a local search
+  or another Ray search may share the folder.
 - Optional ASHA (asynchronous successive halving): trials report validation MRR every few
   epochs and the scheduler stops the poor ones early. A stopped trial is recorded with
   status ``stopped``, the best validation MRR it reached and no test MRR; TPE learns from it
@@ -96,20 +98,22 @@ class TPESearcher:
         super().__init__(metric="valid_mrr", mode="max")
         self.config, self.store, self.seed, self.budget, self.bar = config, store, seed, budget, bar
         self.pending: dict[str, dict] = {}
-        # after an interruption the numbers of the trials lost in flight are not reused
-        self.next_number = max((r["number"] for r in store.records), default=-1) + 1
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space comes from the experiment config
 
     def suggest(self, trial_id: str):
-        if len(self.store.records) + len(self.pending) >= self.budget:
-            return self.FINISHED
-        number, self.next_number = self.next_number, self.next_number + 1
-        vals, params = search.suggest(self.config, self.store.records, self.seed, number=number)
+        # trial numbers are claimed in the records file: unique across processes and
+        # never reused after an interruption; the budget counts every process's trials
+        with self.store.locked():
+            if len(self.store.records) + len(self.store.in_flight) >= self.budget:
+                return self.FINISHED
+            number, finished = self.store.next_number(), list(self.store.records)
+            claim = self.store.claim({"number": number})
+        vals, params = search.suggest(self.config, finished, self.seed, number=number)
         self.pending[trial_id] = dict(number=number, vals=vals,
                                       arguments=search.model_arguments(self.config, params),
-                                      started=time.perf_counter())
+                                      started=time.perf_counter(), claim=claim)
         return {k: self.pending[trial_id][k] for k in ("number", "vals", "arguments")}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -117,6 +121,7 @@ class TPESearcher:
         if trial is None:
             return
         seconds = time.perf_counter() - trial.pop("started")
+        claim = trial.pop("claim")
         if result and "record" in result:
             outcome = json.loads(result["record"])
         elif error or not result:
@@ -127,11 +132,17 @@ class TPESearcher:
             outcome = {"status": "stopped", "valid_mrr": result["best_valid_mrr"], "test_mrr": None,
                        "epochs": result["epoch"], "seconds": seconds}
         self.store.append({**trial, **outcome, "seed": self.seed, "config": self.config.source,
-                           "backend": "ray", "trial_id": trial_id, **search.provenance()})
+                           "backend": "ray", "trial_id": trial_id, **search.provenance()}, release=claim)
         if self.bar is not None:
             scored = [r["valid_mrr"] for r in self.store.records if r["status"] in ("ok", "stopped")]
             self.bar.set_postfix(best_valid_mrr=f"{max(scored, default=float('nan')):.4f}")
             self.bar.update(1)
+
+    def release_all(self) -> None:
+        """Give up the claims of the trials still in flight (the search is ending)."""
+        for trial in self.pending.values():
+            self.store.release(trial["claim"])
+        self.pending.clear()
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: ``trials.json`` is the searcher's state."""
@@ -162,14 +173,16 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
         raise UserError(f"need workers >= 1, cpus per trial > 0 and gpus per trial >= 0; got "
                         f"{workers}, {cpus_per_trial}, {gpus_per_trial}")
     search.check_trials(trials)
+    search.check_seed(config.protocol["seed"] if seed is None else seed)
     ray, tune = _import_ray()
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     seed = config.protocol["seed"] if seed is None else seed
     out_dir = pathlib.Path(out_dir)
-    store = RecordFile(out_dir / "trials.json")
-    if len(store.records) >= trials:
+    search.ensure_results_folder(out_dir)
+    store = RecordFile(out_dir / "trials.json", kind="trials")
+    if len(store.records) + len(store.in_flight) >= trials:
         return store.records
     splits = search.load_splits(config, data_dir)
     if asha:
@@ -192,9 +205,9 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
                      _node_ip_address="127.0.0.1")  # its processes talk over loopback
     bar = tqdm(total=trials, initial=len(store.records), desc=f"trials {config.name} (ray)",
                disable=not progress, unit="trial")
+    tpe = make_searcher(config, store, seed, trials, bar)
     try:
-        searcher = ConcurrencyLimiter(make_searcher(config, store, seed, trials, bar),
-                                      max_concurrent=workers)
+        searcher = ConcurrencyLimiter(tpe, max_concurrent=workers)
         trainable = tune.with_parameters(
             _trial, splits=splits, protocol=config.protocol, seed=seed, device=device,
             early_stopping=config.early_stopping, report_every=every,
@@ -204,13 +217,16 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="valid_mrr",
                                         mode="max", num_samples=trials - len(store.records),
-                                        reuse_actors=True),
+                                        # a fresh worker per trial: with reused ones, Tune went on
+                                        # with one worker fewer for good after one had died
+                                        reuse_actors=False),
             run_config=tune.RunConfig(name=time.strftime("tune-%Y%m%d-%H%M%S"),
                                       storage_path=str((out_dir / "ray").resolve()), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         tuner.fit()
     finally:
+        tpe.release_all()
         bar.close()
         if started_ray:
             ray.shutdown()

@@ -10,12 +10,20 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from mlstm4reco.datasets._download import atomic_path
+from mlstm4reco.files import describe_os_error, write_together
+from mlstm4reco.study.errors import UserError
 
 
-def _write(path: pathlib.Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+def _write_all(contents: dict[pathlib.Path, str | bytes]) -> None:
+    """A report's files, all replaced or none (a full disk leaves no figure older than its
+    table); a write failure becomes one line naming the folder and the reason."""
+    try:
+        write_together(contents)
+    except OSError as error:
+        folder = pathlib.Path(next(iter(contents))).parent
+        names = ", ".join(pathlib.Path(path).name for path in contents)
+        raise UserError(f"{folder}: cannot write the report ({names}): {describe_os_error(error)}; "
+                        "the previous report files are unchanged") from error
 
 
 def _pyplot():
@@ -28,10 +36,11 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, path) -> None:
-    with atomic_path(pathlib.Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     _pyplot().close(fig)
+    return buffer.getvalue()
 
 
 def _ok(records: list[dict]) -> list[dict]:
@@ -165,13 +174,12 @@ def write_reproduction_report(records: list[dict], out_dir, baseline: str = "lst
     times = ("Times are medians over seeds: seconds_per_run of the whole run (the model built, trained, "
              "evaluated), seconds_per_epoch of training alone where the records time the validation "
              "evaluations apart (`eval_seconds`), else with them.\n\n")
-    _write(paths["markdown"], markdown_table(rows) + "\n" + times + tests)
-    _write(paths["csv"], csv_text(rows))
-    plot_comparison(records, paths["plot"])
+    _write_all({paths["markdown"]: markdown_table(rows) + "\n" + times + tests,
+                paths["csv"]: csv_text(rows), paths["plot"]: plot_comparison(records)})
     return paths
 
 
-def plot_comparison(records: list[dict], path) -> None:
+def plot_comparison(records: list[dict]) -> bytes:
     """Bars of mean valid/test MRR with std error bars; the study's numbers as marks."""
     models = list(dict.fromkeys(r["model"] for r in records))
     many = len(models) > 6  # then narrower bars and slanted names
@@ -195,7 +203,7 @@ def plot_comparison(records: list[dict], path) -> None:
     ax.set_title(f"{dataset}: mean ± std over seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    return _png(fig)
 
 
 def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
@@ -218,13 +226,12 @@ def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, p
                  f"test {best['test_mrr']:.4f}, arguments {best['arguments']}.\n\n")
     paths = {"markdown": out_dir / "summary.md", "csv": out_dir / "trials.csv",
              "plot": out_dir / "valid_mrr.png"}
-    _write(paths["markdown"], head + markdown_table(rows))
-    _write(paths["csv"], csv_text(rows))
-    plot_search(records, paths["plot"], title)
+    _write_all({paths["markdown"]: head + markdown_table(rows), paths["csv"]: csv_text(rows),
+                paths["plot"]: plot_search(records, title)})
     return paths
 
 
-def plot_search(records: list[dict], path, title: str) -> None:
+def plot_search(records: list[dict], title: str) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(6, 3.6))
     records = sorted(records, key=lambda r: r["number"])
     ok = _ok(records)
@@ -245,7 +252,7 @@ def plot_search(records: list[dict], path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    return _png(fig)
 
 
 def _curve_points(records: list[dict]) -> list[dict]:
@@ -269,14 +276,13 @@ def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pa
     rows = [{"epoch": r["epoch"], "valid_mrr": f"{r['valid_mrr']:.4f}", "seconds": f"{r['seconds']:.0f}"}
             for r in points]
     paths = {"markdown": out_dir / "curve.md", "plot": out_dir / "curve.png"}
-    _write(paths["markdown"], head + markdown_table(rows))
     fig, ax = _pyplot().subplots(figsize=(6, 3.6))
     ax.plot([r["epoch"] for r in points], [r["valid_mrr"] for r in points], "o-", color="#66c2a5")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation MRR")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, paths["plot"])
+    _write_all({paths["markdown"]: head + markdown_table(rows), paths["plot"]: _png(fig)})
     return paths
 
 
@@ -363,13 +369,10 @@ def write_curves_comparison(curves: dict[str, list[list[dict]]], out_dir, window
     rows = curve_rows(curves, window)
     tests = curve_tests(curves, window)
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "curves.md", "csv": out_dir / "curves.csv", "plot": out_dir / "curves.png"}
     head = (f"# Learning curves\n\nValidation MRR averaged over windows of {window} epochs, the best "
             "epoch of the curve (with several seeds, of their mean curve), and the final model's "
             "validation and test MRR; with several seeds, mean ± std over them.\n\n")
-    _write(paths["markdown"], head + markdown_table(rows) + ("\n" + tests if tests else ""))
-    _write(paths["csv"], csv_text(rows))
     fig, ax = _pyplot().subplots(figsize=(7, 4))
     for label, group in curves.items():
         mean = mean_curve(group)
@@ -384,5 +387,6 @@ def write_curves_comparison(curves: dict[str, list[list[dict]]], out_dir, window
     ax.set_ylabel("validation MRR")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save_figure(fig, paths["plot"])
+    _write_all({paths["markdown"]: head + markdown_table(rows) + ("\n" + tests if tests else ""),
+                paths["csv"]: csv_text(rows), paths["plot"]: _png(fig)})
     return paths

@@ -1,146 +1,62 @@
-"""Experiments as data: configs, the 2018 protocol, hyperopt searches and multi-seed
-reproductions, with every finished trial saved atomically so a killed run resumes.
-
-A config (YAML, see ``configs/``) names a dataset and a model and holds
-
-- ``protocol``: seed, user split percentages, sequence windows, ``exclude_preceding``;
-- ``fixed``: model arguments every trial shares (loss, representation, ...);
-- ``space``: the hyperopt search space, one distribution per argument;
-- ``best``: the best arguments found by the 2018 study (trained by ``reproduce``);
-- ``published``: the study's valid/test MRR for the row, when it has one;
-- ``early_stopping`` (optional): ``{every: E, patience: P}`` evaluates validation MRR
-  every E epochs, keeps the best weights and stops after P evaluations without a gain,
-  so that ``n_iter`` becomes a maximum;
-- ``data`` (optional): arguments of the dataset loader (synthetic, amazon).
+"""Experiments as data: the 2018 protocol, hyperopt searches, multi-seed reproductions
+and learning curves, each recorded in a results file that several processes can share
+(:mod:`mlstm4reco.study.records`), so that a killed run resumes and two runs on one
+folder lose nothing. Configs are read and checked by :mod:`mlstm4reco.study.config`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
+import multiprocessing
+import os
 import pathlib
 import platform
+import re
+import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 
 import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
 from mlstm4reco.cross_validation import user_based_train_test_split
-from mlstm4reco.datasets._download import atomic_path
-
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-DATASETS = ("synthetic", "ml100k", "ml1m", "ml10m", "amazon")
-INTEGER_ARGUMENTS = ("batch_size", "n_iter", "embedding_dim", "num_negative_samples")
-DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "qloguniform", "choice")
-
-
-class UserError(ValueError):
-    """A mistake in the user's input (config, dataset name, missing file): the CLI prints
-    its message on one line, without a traceback."""
-
-
-@dataclass
-class ExperimentConfig:
-    dataset: str
-    model: str
-    protocol: dict
-    fixed: dict
-    space: dict
-    best: dict = field(default_factory=dict)
-    published: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    early_stopping: dict | None = None
-    source: str = "<memory>"
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset}_{self.model}"
+from mlstm4reco.study.config import (  # noqa: F401 - the names search has always offered
+    CONFIG_DIR,
+    DATASETS,
+    DISTRIBUTIONS,
+    INTEGER_ARGUMENTS,
+    PROTOCOL_KEYS,
+    RUNNER_SETS,
+    ExperimentConfig,
+    build_space,
+    check_model_arguments,
+    check_plain_name,
+    config_path,
+    load_config,
+    model_arguments,
+    read_yaml,
+)
+from mlstm4reco.study.errors import UserError
+from mlstm4reco.study.records import RecordFile, _jsonable, ensure_results_folder  # noqa: F401
 
 
-PROTOCOL_KEYS = {
-    "seed", "test_percentage", "valid_percentage", "max_sequence_length",
-    "min_sequence_length", "step_size", "exclude_preceding",
-}
+def results_folder(root, name: str) -> pathlib.Path:
+    """``root/name``, refused unless ``name`` is a plain name and the folder resolves
+    inside ``root`` (a name from a config never writes elsewhere)."""
+    check_plain_name(name, "a results folder's name")
+    root = pathlib.Path(root)
+    folder = root / name
+    if not folder.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{folder} resolves to {folder.resolve()}, outside the results folder {root}")
+    return folder
 
 
-def load_config(path) -> ExperimentConfig:
-    """Read and check a YAML experiment config."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UserError(f"no config file at {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    allowed = set(ExperimentConfig.__dataclass_fields__) - {"source"}
-    unknown = set(raw) - allowed
-    missing = {"dataset", "model", "protocol", "fixed", "space"} - set(raw)
-    if unknown or missing:
-        raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    if raw["dataset"] not in DATASETS:
-        raise UserError(f"{path}: unknown dataset {raw['dataset']!r}; choose from {DATASETS}")
-    if set(raw["protocol"]) != PROTOCOL_KEYS:
-        raise UserError(
-            f"{path}: protocol needs exactly {sorted(PROTOCOL_KEYS)}, got {sorted(raw['protocol'])}"
-        )
-    for name, spec in raw["space"].items():
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-            raise UserError(
-                f"{path}: space.{name} must be one distribution of {DISTRIBUTIONS}, "
-                f"e.g. {{quniform: [64, 256, 16]}}; got {spec!r}"
-            )
-    stopping = raw.get("early_stopping")
-    if stopping is not None and (set(stopping) != {"every", "patience"} or min(stopping.values()) < 1):
-        raise UserError(f"{path}: early_stopping needs positive 'every' and 'patience', got {stopping!r}")
-    try:
-        space = build_space(raw["space"])
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{path}: bad search space ({error})") from error
-    config = ExperimentConfig(**raw, source=str(path))
-    if config.best:
-        check_model_arguments(model_arguments(config, config.best), f"{path}: fixed and best")
-    if config.space:
-        from hyperopt.pyll.stochastic import sample
-
-        point = sample(space, rng=np.random.default_rng(0))
-        check_model_arguments(model_arguments(config, point), f"{path}: fixed and a point of space {point}")
-    return config
-
-
-RUNNER_SETS = ("random_state", "device", "use_cuda", "optimizer_func")
-"""ImplicitSequenceModel arguments the runner sets (seed, --device) or YAML cannot give."""
-
-
-def check_model_arguments(arguments: dict, where: str) -> None:
-    """Refuse what ImplicitSequenceModel would refuse (an unknown or misspelt name, a bad
-    value) before any data is loaded or any run recorded; ``where`` says whence they came."""
-    import inspect
-
-    from mlstm4reco.sequence_model import ImplicitSequenceModel
-
-    accepted = set(inspect.signature(ImplicitSequenceModel).parameters) - set(RUNNER_SETS)
-    unknown = sorted(set(arguments) - accepted)
-    if unknown:
-        raise UserError(f"{where}: ImplicitSequenceModel takes no {unknown} here; "
-                        f"its arguments are {sorted(accepted)}")
-    try:
-        ImplicitSequenceModel(**arguments, device="cpu")  # checks the values; builds no network
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{where}: {error}") from error
-
-
-def config_path(dataset: str, model: str, config_dir=None) -> pathlib.Path:
-    folder = pathlib.Path(config_dir) if config_dir else CONFIG_DIR
-    path = folder / f"{dataset}_{model}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise UserError(f"no config {path.name} in {folder}; available: {available}")
-    return path
+def plain_label(text: str) -> str:
+    """``text`` with every character a file name should not hold replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9_.+=-]", "-", text).replace("..", "-")
 
 
 # ---------------------------------------------------------------------------- data
@@ -159,6 +75,8 @@ def load_dataset(config: ExperimentConfig, data_dir=None):
         return get_movielens_dataset(variant, data_dir=data_dir)
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
+    except TypeError as error:  # a config's data: arguments the loader does not take
+        raise UserError(f"{config.source}: data: {error}") from error
 
 
 _SPLITS: dict = {}
@@ -170,7 +88,11 @@ def load_splits(config: ExperimentConfig, data_dir=None):
     key = (config.dataset, json.dumps(config.protocol, sort_keys=True), json.dumps(config.data, sort_keys=True),
            str(data_dir))
     if key not in _SPLITS:
-        _SPLITS[key] = protocol_split(load_dataset(config, data_dir), config.protocol)
+        interactions = load_dataset(config, data_dir)
+        try:
+            _SPLITS[key] = protocol_split(interactions, config.protocol)
+        except ValueError as error:
+            raise UserError(f"{config.source}: the {config.dataset} data under its protocol: {error}") from error
     return _SPLITS[key]
 
 
@@ -185,26 +107,6 @@ def protocol_split(interactions, protocol: dict):
 
 
 # ---------------------------------------------------------------------------- training
-
-
-def model_arguments(config: ExperimentConfig, params: dict) -> dict:
-    """ImplicitSequenceModel arguments: ``fixed`` updated with ``params``. A dotted name
-    such as ``representation_kwargs.num_components`` sets a nested argument; values of
-    quantised distributions with a whole step, and the known integer arguments, become
-    ints."""
-    arguments = json.loads(json.dumps(config.fixed))  # a deep copy
-    for name, value in params.items():
-        spec = config.space.get(name, {})
-        (kind, args), = spec.items() if spec else (("", ()),)
-        whole_step = kind in ("quniform", "qloguniform") and float(args[-1]).is_integer()
-        if whole_step or name.split(".")[-1] in INTEGER_ARGUMENTS:
-            value = int(round(value))
-        target = arguments
-        *outer, last = name.split(".")
-        for key in outer:
-            target = target.setdefault(key, {})
-        target[last] = value
-    return arguments
 
 
 class EarlyStopping:
@@ -308,30 +210,6 @@ def versions() -> dict:
 # ---------------------------------------------------------------------------- records
 
 
-class RecordFile:
-    """A JSON list of records (trials or runs), rewritten atomically after each one."""
-
-    def __init__(self, path) -> None:
-        self.path = pathlib.Path(path)
-        self.records: list[dict] = []
-        if self.path.is_file():
-            try:
-                self.records = json.loads(self.path.read_text())["records"]
-            except (ValueError, KeyError) as error:
-                raise UserError(f"{self.path}: unreadable results file ({error})") from error
-
-    def append(self, record: dict) -> None:
-        self.records.append(record)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps({"records": self.records}, indent=1, default=_jsonable))
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
 def run_guarded(function, **kwargs) -> dict:
     """Run one trial; a raised error or a NaN becomes a failed record, not a crash."""
     start = time.perf_counter()
@@ -347,17 +225,6 @@ def run_guarded(function, **kwargs) -> dict:
 
 
 # ---------------------------------------------------------------------------- search
-
-
-def build_space(space: dict) -> dict:
-    """hyperopt expressions from the config's ``space`` (loguniform takes log bounds)."""
-    from hyperopt import hp
-
-    expressions = {}
-    for name, spec in space.items():
-        (kind, args), = spec.items()
-        expressions[name] = getattr(hp, kind)(name, args) if kind == "choice" else getattr(hp, kind)(name, *args)
-    return expressions
 
 
 def _trials_from_records(records: list[dict]):
@@ -399,6 +266,13 @@ def suggest(config: ExperimentConfig, records: list[dict], seed: int,
     return vals, space_eval(space, vals)
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """A model or search seed: an integer NumPy's RandomState takes."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise UserError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
 def check_trials(trials: int) -> None:
     if trials < 0:
         raise UserError(f"trials must be at least 0 (0 or the count already run rewrites the report), "
@@ -409,26 +283,41 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
                data_dir=None, seed: int | None = None, progress: bool = True,
                train=train_and_evaluate) -> list[dict]:
     """Run (or resume) a TPE search maximising validation MRR until ``trials`` trials are
-    recorded in ``out_dir/trials.json``. Test MRR is recorded, never optimised."""
+    recorded or in flight in ``out_dir/trials.json``. Test MRR is recorded, never optimised.
+
+    Several processes may run it on one folder (with the same or other seeds): each
+    claims a trial number before proposing its point, proposes from every finished trial
+    it finds in the file, and adds its record to the file under its lock; together they
+    stop at ``trials``."""
     check_trials(trials)
-    seed = config.protocol["seed"] if seed is None else seed
-    store = RecordFile(pathlib.Path(out_dir) / "trials.json")
-    if len(store.records) >= trials:
+    seed = check_seed(config.protocol["seed"] if seed is None else seed)
+    ensure_results_folder(out_dir)
+    store = RecordFile(pathlib.Path(out_dir) / "trials.json", kind="trials")
+    if len(store.records) + len(store.in_flight) >= trials:
         return store.records
     splits = load_splits(config, data_dir)
     bar = tqdm(total=trials, initial=len(store.records), desc=f"trials {config.name}",
                disable=not progress, unit="trial")
-    while len(store.records) < trials:
-        vals, params = suggest(config, store.records, seed)
-        arguments = model_arguments(config, params)
-        result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol,
-                             seed=seed, device=device, verbose=progress,
-                             early_stopping=config.early_stopping)
-        store.append({"number": len(store.records), "vals": vals, "arguments": arguments,
-                      **result, "seed": seed, "config": config.source, **provenance()})
+    while True:
+        with store.locked():
+            if len(store.records) + len(store.in_flight) >= trials:
+                break
+            number, finished = store.next_number(), list(store.records)
+            claim = store.claim({"number": number})
+        try:
+            vals, params = suggest(config, finished, seed, number)
+            arguments = model_arguments(config, params)
+            result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol,
+                                 seed=seed, device=device, verbose=progress,
+                                 early_stopping=config.early_stopping)
+            store.append({"number": number, "vals": vals, "arguments": arguments, **result, "seed": seed,
+                          "config": config.source, **provenance()}, release=claim)
+        except BaseException:
+            store.release(claim)
+            raise
         best = max((r["valid_mrr"] for r in store.records if r["status"] == "ok"), default=float("nan"))
         bar.set_postfix(best_valid_mrr=f"{best:.4f}")
-        bar.update(1)
+        bar.update(len(store.records) - bar.n)
     bar.close()
     return store.records
 
@@ -442,51 +331,80 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
     ``workers`` > 1 trains that many runs at a time in worker processes, each with
     ``threads`` torch threads (default: the CPUs shared out); the records are the same as
     one at a time (up to float rounding across thread counts) and are written as each run
-    ends, so a killed reproduction resumes either way. ``train`` must then be a
-    module-level function (it is pickled). With one worker, ``threads`` (when given) holds
-    for the runs and torch's thread count is restored after."""
+    ends, so a killed reproduction resumes either way, and workers end when their parent
+    does. ``train`` must then be a module-level function (it is pickled). With one worker,
+    ``threads`` (when given) holds for the runs and torch's thread count is restored after.
+
+    Several processes may reproduce into one folder: each claims a (model, seed) run
+    before training it, so none is trained twice, and adds its record under the file's
+    lock."""
     if seeds < 1:
         raise UserError(f"seeds must be at least 1, got {seeds} (run.py report FOLDER rewrites a report)")
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     if threads is not None and threads < 1:
         raise UserError(f"threads must be at least 1, got {threads}")
-    store = RecordFile(pathlib.Path(out_dir) / "runs.json")
-    done = {(r["model"], r["seed"]) for r in store.records}
-    todo = [(c, s) for c in configs for s in range(seeds) if (c.model, s) not in done]
-    bar = tqdm(total=len(configs) * seeds, initial=len(configs) * seeds - len(todo),
-               desc="runs", disable=not progress, unit="run")
+    ensure_results_folder(out_dir)
+    store = RecordFile(pathlib.Path(out_dir) / "runs.json", kind="runs")
+    jobs = [(config, seed) for config in configs for seed in range(seeds)]
 
-    def record(config, seed, arguments, result):
+    def open_jobs() -> list[tuple[ExperimentConfig, int]]:
+        done = {(r["model"], r["seed"]) for r in store.records}
+        return [(c, s) for c, s in jobs
+                if (c.model, s) not in done and not store.claimed({"model": c.model, "seed": s})]
+
+    def claim_next():
+        with store.locked():
+            todo = open_jobs()
+            if not todo:
+                return None
+            config, seed = todo[0]
+            return config, seed, store.claim({"model": config.model, "seed": seed})
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(open_jobs()), desc="runs", disable=not progress, unit="run")
+
+    def record(config, seed, claim, arguments, result):
         store.append({"model": config.model, "dataset": config.dataset, "seed": seed,
                       "arguments": arguments, **result, "published": config.published,
-                      "config": config.source, **provenance()})
+                      "config": config.source, **provenance()}, release=claim)
         bar.update(1)
 
-    if workers == 1 or len(todo) <= 1:
+    if workers == 1 or len(open_jobs()) <= 1:
         import torch
 
         before = torch.get_num_threads()
         if threads is not None:
             set_threads(threads)
         try:
-            for config, seed in todo:
-                record(config, seed, *_reproduce_one(config, seed, device, data_dir, train, progress))
+            while (job := claim_next()) is not None:
+                config, seed, claim = job
+                try:
+                    result = _reproduce_one(config, seed, device, data_dir, train, progress)
+                except BaseException:
+                    store.release(claim)
+                    raise
+                record(config, seed, claim, *result)
         finally:
             set_threads(before)
     else:
-        import concurrent.futures
-        import multiprocessing
-        import os
-
         threads = threads or max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=set_threads,
-                                                    initargs=(threads,)) as pool:
-            futures = {pool.submit(_reproduce_one, config, seed, device, data_dir, train, False): (config, seed)
-                       for config, seed in todo}
-            for future in concurrent.futures.as_completed(futures):
-                record(*futures[future], *future.result())
+        running: dict = {}
+        try:
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                        initargs=(threads, os.getpid())) as pool:
+                while True:
+                    while len(running) < workers and (job := claim_next()) is not None:
+                        running[pool.submit(_reproduce_one, *job[:2], device, data_dir, train, False)] = job
+                    if not running:
+                        break
+                    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in finished:
+                        config, seed, claim = running.pop(future)
+                        record(config, seed, claim, *future.result())
+        finally:
+            for _, _, claim in running.values():
+                store.release(claim)
     bar.close()
     return store.records
 
@@ -500,9 +418,9 @@ def parse_overrides(pairs: list[str]) -> dict:
         if not sep or not name.strip():
             raise UserError(f"--set expects NAME=VALUE, got {pair!r}")
         try:
-            overrides[name.strip()] = yaml.safe_load(value)
+            overrides[name.strip()] = read_yaml(value)
         except yaml.YAMLError as error:
-            raise UserError(f"--set {pair!r}: unreadable value ({error})") from error
+            raise UserError(f"--set {pair!r}: unreadable value ({error})".replace("\n", " ")) from error
     return overrides
 
 
@@ -513,26 +431,36 @@ def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, eve
     validation MRR every ``every`` epochs appended to ``out_dir/curve.json`` as it comes
     (a killed run keeps its curve so far), then a final record with valid and test MRR.
     No early stopping: a curve shows the whole run, to choose epochs or options on
-    validation MRR. An existing curve is not overwritten."""
+    validation MRR. An existing curve, or one another process is writing, is not
+    overwritten."""
     if every < 1:
         raise UserError(f"every must be at least 1, got {every}")
-    store = RecordFile(pathlib.Path(out_dir) / "curve.json")
-    if store.records:
-        raise UserError(f"{store.path} already holds a curve; remove it or choose another --out")
-    splits = load_splits(config, data_dir)
-    arguments = model_arguments(config, {**config.best, **overrides})
-    start = time.perf_counter()
+    check_seed(seed)
+    ensure_results_folder(out_dir)
+    store = RecordFile(pathlib.Path(out_dir) / "curve.json", kind="curve")
+    with store.locked():
+        if store.records or store.in_flight:
+            doing = "holds a curve" if store.records else "is being written by another process"
+            raise UserError(f"{store.path} already {doing}; remove it or choose another --out")
+        claim = store.claim({"curve": pathlib.Path(out_dir).name})
+    try:
+        splits = load_splits(config, data_dir)
+        arguments = model_arguments(config, {**config.best, **overrides})
+        start = time.perf_counter()
 
-    def listener(epoch: int, mrr: float) -> None:
-        store.append({"epoch": epoch, "valid_mrr": mrr, "seconds": time.perf_counter() - start})
-        if progress:
-            print(f"epoch {epoch}: valid MRR {mrr:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        def listener(epoch: int, mrr: float) -> None:
+            store.append({"epoch": epoch, "valid_mrr": mrr, "seconds": time.perf_counter() - start})
+            if progress:
+                print(f"epoch {epoch}: valid MRR {mrr:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol, seed=seed,
-                         device=device, verbose=progress, monitor=dict(every=every, listener=listener))
-    store.append({"final": True, "model": config.model, "dataset": config.dataset, "seed": seed,
-                  "overrides": overrides, "arguments": arguments, **result, "config": config.source,
-                  **provenance()})
+        result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol, seed=seed,
+                             device=device, verbose=progress, monitor=dict(every=every, listener=listener))
+        store.append({"final": True, "model": config.model, "dataset": config.dataset, "seed": seed,
+                      "overrides": overrides, "arguments": arguments, **result, "config": config.source,
+                      **provenance()}, release=claim)
+    except BaseException:
+        store.release(claim)
+        raise
     return store.records
 
 
@@ -548,3 +476,17 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _start_worker(threads: int, parent: int) -> None:
+    """A worker process's start: its torch threads, and a watch that ends it when its
+    parent ends (a parent killed with SIGKILL cannot tell it to), so that no idle worker
+    holding a dataset stays behind."""
+    set_threads(threads)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _watch_parent(parent: int, every: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)  # the parent is gone: nobody will ever read this worker's result

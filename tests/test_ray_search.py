@@ -92,6 +92,35 @@ def test_failed_trials_and_dead_workers_are_recorded_and_the_search_goes_on(tmp_
     assert "Ray worker failed" in records[2]["error"]
 
 
+def test_two_workers_stay_two_after_one_dies(tmp_path):
+    """After a worker process dies, the search goes on two trials at a time (with reused
+    workers, Tune went on with one for good): later trials overlap in time."""
+    import json
+    import time
+
+    config = search.load_config(tiny_config(tmp_path))
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    def dies_once(arguments, **kwargs):
+        call = len(list(calls.glob("*.start")))
+        (calls / f"{call}.start").write_text(str(time.time()))
+        if call == 1:
+            os._exit(1)
+        time.sleep(1.5)
+        (calls / f"{call}.end").write_text(str(time.time()))
+        return by_learning_rate(arguments)
+
+    records = ray_search.run_ray_search(config, 7, tmp_path / "out", workers=2, progress=False, train=dies_once)
+    assert sorted(r["status"] for r in records).count("failed") == 1 and len(records) == 7
+    spans = sorted((float((calls / f"{n}.start").read_text()), float((calls / f"{n}.end").read_text()))
+                   for n in range(2, 8) if (calls / f"{n}.end").exists())
+    assert len(spans) >= 5
+    overlaps = sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert overlaps >= 2, json.dumps(spans)
+    assert [r["number"] for r in sorted(records, key=lambda r: r["number"])] == list(range(7))
+
+
 def test_asha_stops_poor_trials_early(tmp_path):
     config = search.load_config(tiny_config(tmp_path, n_iter=(8, 9, 1)))
 
