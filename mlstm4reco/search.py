@@ -400,8 +400,8 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
                         break
                     finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in finished:
-                        config, seed, claim = running.pop(future)
-                        record(config, seed, claim, *future.result())
+                        outcome = future.result()  # a dead worker raises here: its claim is released below
+                        record(*running.pop(future), *outcome)
         finally:
             for _, _, claim in running.values():
                 store.release(claim)
