@@ -18,11 +18,26 @@ import threading
 import time
 import traceback
 
+import hyperopt
 import numpy as np
+import torch
 import yaml
+from hyperopt import (
+    JOB_STATE_DONE,
+    STATUS_FAIL,
+    STATUS_OK,
+    Trials,
+    fmin,
+    space_eval,
+    tpe,
+)
 from tqdm.auto import tqdm
 
+import mlstm4reco
+from mlstm4reco import evaluation
 from mlstm4reco.cross_validation import user_based_train_test_split
+from mlstm4reco.datasets import get_dataset
+from mlstm4reco.sequence_model import ImplicitSequenceModel
 from mlstm4reco.study.config import (  # noqa: F401 - the names search has always offered
     CONFIG_DIR,
     DATASETS,
@@ -64,15 +79,8 @@ def plain_label(text: str) -> str:
 
 def load_dataset(config: ExperimentConfig, data_dir=None):
     """The dataset of a config as Interactions (file errors become UserErrors)."""
-    from mlstm4reco.datasets import get_amazon_dataset, get_movielens_dataset, get_synthetic_dataset
-
     try:
-        if config.dataset == "synthetic":
-            return get_synthetic_dataset(**config.data)
-        if config.dataset == "amazon":
-            return get_amazon_dataset(**config.data, data_dir=data_dir)
-        variant = {"ml100k": "100K", "ml1m": "1M", "ml10m": "10M"}[config.dataset]
-        return get_movielens_dataset(variant, data_dir=data_dir)
+        return get_dataset(config.dataset, data_dir, **config.data)
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from error
     except TypeError as error:  # a config's data: arguments the loader does not take
@@ -133,9 +141,7 @@ class EarlyStopping:
             self.seconds += time.perf_counter() - start
 
     def _evaluate(self, epoch: int) -> bool:
-        from mlstm4reco.evaluation import sequence_mrr_score
-
-        mrr = float(sequence_mrr_score(self.model, self.valid, exclude_preceding=self.exclude).mean())
+        mrr = float(evaluation.sequence_mrr_score(self.model, self.valid, exclude_preceding=self.exclude).mean())
         self.history.append((epoch + 1, mrr))
         if self.listener is not None:
             self.listener(epoch + 1, mrr)
@@ -160,9 +166,6 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
     and, of those, ``eval_seconds`` in validation evaluations during it. ``monitor``
     (``{every: E, listener: f}``) calls ``f(epoch, valid_mrr)`` every E epochs (every
     ``early_stopping.every`` epochs when early stopping is on) and changes nothing else."""
-    from mlstm4reco.evaluation import sequence_mrr_score
-    from mlstm4reco.sequence_model import ImplicitSequenceModel
-
     train, valid, test = splits
     exclude = protocol["exclude_preceding"]
     model = ImplicitSequenceModel(**arguments, random_state=seed, device=device)
@@ -180,8 +183,8 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
     if early_stopping:
         stopper.restore()
         extra = dict(best_epoch=stopper.best_epoch, valid_history=stopper.history)
-    valid_mrr = float(sequence_mrr_score(model, valid, exclude_preceding=exclude).mean())
-    test_mrr = float(sequence_mrr_score(model, test, exclude_preceding=exclude).mean())
+    valid_mrr = float(evaluation.sequence_mrr_score(model, valid, exclude_preceding=exclude).mean())
+    test_mrr = float(evaluation.sequence_mrr_score(model, test, exclude_preceding=exclude).mean())
     if not (math.isfinite(valid_mrr) and math.isfinite(test_mrr)):
         raise ValueError(f"non-finite MRR: valid {valid_mrr}, test {test_mrr}")
     return dict(valid_mrr=valid_mrr, test_mrr=test_mrr, final_loss=losses[-1],
@@ -196,11 +199,6 @@ def provenance() -> dict:
 
 
 def versions() -> dict:
-    import hyperopt
-    import torch
-
-    import mlstm4reco
-
     return dict(mlstm4reco=mlstm4reco.__version__, torch=torch.__version__,
                 numpy=np.__version__, hyperopt=hyperopt.__version__,
                 python=platform.python_version(),
@@ -229,8 +227,6 @@ def run_guarded(function, **kwargs) -> dict:
 
 def _trials_from_records(records: list[dict]):
     """A hyperopt Trials holding the finished trials, so TPE resumes where it stopped."""
-    from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials
-
     trials = Trials()
     for tid, record in enumerate(records):
         vals = record["vals"]
@@ -253,8 +249,6 @@ def suggest(config: ExperimentConfig, records: list[dict], seed: int,
     number); a parallel search passes each trial's own number, so that trials in flight,
     proposed from the same finished records, get different points."""
     number = len(records) if number is None else number
-    from hyperopt import STATUS_OK, fmin, space_eval, tpe
-
     space = build_space(config.space)
     trials = _trials_from_records(records)
     # fmin only proposes the point: the placeholder result is thrown away with `trials`.
@@ -370,8 +364,6 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
         bar.update(1)
 
     if workers == 1 or len(open_jobs()) <= 1:
-        import torch
-
         before = torch.get_num_threads()
         if threads is not None:
             set_threads(threads)
@@ -473,8 +465,6 @@ def _reproduce_one(config: ExperimentConfig, seed: int, device: str, data_dir, t
 
 
 def set_threads(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 

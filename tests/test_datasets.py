@@ -284,3 +284,24 @@ def test_a_folder_named_like_the_archive_is_an_error_not_a_download(tmp_path, mo
     monkeypatch.setattr("mlstm4reco.datasets._download.download", no_download)
     with pytest.raises(ValueError, match=r"ml-100k.zip: a folder, where the file ml-100k.zip was looked for"):
         get_movielens_dataset("100K", data_dir=tmp_path)
+
+
+def test_datasets_are_named_in_one_registry(monkeypatch):
+    """The names a config or --dataset takes are the registry's, and each loads what its
+    own loader gives."""
+    from mlstm4reco import datasets
+    from mlstm4reco.study import config
+
+    assert config.DATASETS == tuple(datasets.DATASETS) == ("synthetic", "ml100k", "ml1m", "ml10m", "amazon")
+    a = datasets.get_dataset("synthetic", num_users=10, num_items=8, num_interactions=200, random_state=1)
+    b = get_synthetic_dataset(num_users=10, num_items=8, num_interactions=200, random_state=1)
+    assert np.array_equal(a.item_ids, b.item_ids) and np.array_equal(a.timestamps, b.timestamps)
+    calls = []
+    monkeypatch.setattr(datasets, "get_movielens_dataset", lambda variant, data_dir: calls.append((variant, data_dir)))
+    monkeypatch.setitem(datasets.DATASETS, "ml1m", datasets._movielens("1M"))
+    datasets.get_dataset("ml1m", "/somewhere")
+    assert calls == [("1M", "/somewhere")]
+    with pytest.raises(ValueError, match=r"unknown dataset 'ml20m'; choose from \['amazon', 'ml100k'"):
+        datasets.get_dataset("ml20m")
+    with pytest.raises(TypeError):
+        datasets.get_dataset("ml100k", min_rating=4)

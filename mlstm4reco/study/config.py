@@ -30,12 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import yaml
+from hyperopt import hp
+from hyperopt.pyll.stochastic import sample
 
+from mlstm4reco import datasets
 from mlstm4reco.sequence_model import REPRESENTATIONS, ImplicitSequenceModel
 from mlstm4reco.study.errors import UserError
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
-DATASETS = ("synthetic", "ml100k", "ml1m", "ml10m", "amazon")
+DATASETS = tuple(datasets.DATASETS)
 INTEGER_ARGUMENTS = ("batch_size", "n_iter", "embedding_dim", "num_negative_samples")
 DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "qloguniform", "choice")
 PROTOCOL_KEYS = {
@@ -222,8 +225,6 @@ def load_config(path) -> ExperimentConfig:
 def _check_space_bounds(config: ExperimentConfig, path) -> None:
     """Each distribution at its extremes, the others at one sampled point, through the
     model's own checks."""
-    from hyperopt.pyll.stochastic import sample
-
     try:
         space = build_space(config.space)
         point = sample(space, rng=np.random.default_rng(0))
@@ -291,8 +292,6 @@ def model_arguments(config: ExperimentConfig, params: dict) -> dict:
 
 def build_space(space: dict) -> dict:
     """hyperopt expressions from the config's ``space`` (loguniform takes log bounds)."""
-    from hyperopt import hp
-
     expressions = {}
     for name, spec in space.items():
         (kind, args), = spec.items()
