@@ -8,6 +8,7 @@ import yaml
 
 from conftest import ROOT
 from mlstm4reco import search
+from mlstm4reco.study import protocol, runners
 from test_experiments import tiny_config
 
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -68,8 +69,8 @@ def test_config_mistakes_are_one_line_of_run_py_before_any_data(tmp_path, capsys
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded for a bad config")
 
-    monkeypatch.setattr(search, "load_splits", no_data)
-    monkeypatch.setattr(search, "load_dataset", no_data)
+    monkeypatch.setattr(runners, "load_splits", no_data)
+    monkeypatch.setattr(protocol, "load_dataset", no_data)
     for changes in (dict(protocol__seed="abc"), dict(space__n_iter={"quniform": [1, 3, 0]}),
                     dict(model="../../../x")):
         path = edited(tmp_path / str(len(changes)), **changes)

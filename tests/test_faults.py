@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 from mlstm4reco import files, search
-from mlstm4reco.study import records
+from mlstm4reco.study import records, runners
 from test_experiments import RUN, tiny_config
 
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -38,7 +38,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data loaded before the results folder was checked")
 
-    monkeypatch.setattr(search, "load_splits", refuse)
+    monkeypatch.setattr(runners, "load_splits", refuse)
 
 
 def full_disk_for(name_part: str, monkeypatch):

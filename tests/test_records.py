@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT
 from mlstm4reco import search
+from mlstm4reco.study import runners
 from mlstm4reco.study.records import RecordFile
 from test_experiments import tiny_config
 
@@ -159,12 +160,12 @@ def test_a_bad_records_file_stops_a_search_before_any_training(tmp_path, capsys)
     def no_training(*args, **kwargs):
         raise AssertionError("trained despite a bad records file")
 
-    original, search.load_splits = search.load_splits, no_training
+    original, runners.load_splits = runners.load_splits, no_training
     try:
         code = run.main(["--dataset", "synthetic", "--model", "mlstm", "--trials", "2", "--config", str(config),
                          "--out", str(tmp_path / "out"), "--quiet"])
     finally:
-        search.load_splits = original
+        runners.load_splits = original
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1
     assert "record 0 (number 0): field 'valid_mrr' must be a finite number, got '0.3'" in error
