@@ -5,8 +5,10 @@
 - :mod:`.trial`: one point trained and evaluated, early stopping, failures as records;
 - :mod:`.records`: the results file, atomic, locked, validated, shared by processes;
 - :mod:`.tpe`: hyperopt's TPE proposing from the records;
-- :mod:`.runners`: search, reproduce and curve.
+- :mod:`.runners`: search, reproduce and curve;
+- :mod:`.ray_tune`: the same search with trials in parallel on Ray Tune;
+- :mod:`.report`: tables, paired tests and plots from the records.
 
-The Ray backend (:mod:`mlstm4reco.ray_search`) and the reports (:mod:`mlstm4reco.report`)
-sit beside it for now; :mod:`mlstm4reco.search` re-exports the names it always had.
+:mod:`mlstm4reco.search`, :mod:`mlstm4reco.ray_search` and :mod:`mlstm4reco.report`
+re-export the names they always had.
 """
