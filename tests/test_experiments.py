@@ -305,7 +305,7 @@ def test_curves_of_several_seeds_are_averaged_and_paired(tmp_path, capsys):
                           ("valid_5-6", lambda label, s: windows[label][s][1])):
         a, b = ([value(label, s) for s in (0, 1, 2)] for label in ("lstm", "mlstm"))
         expected = ttest_rel(b, a)
-        line = next(l for l in table.splitlines() if f"mlstm vs lstm, {metric} over 3 seeds" in l)
+        line = next(text for text in table.splitlines() if f"mlstm vs lstm, {metric} over 3 seeds" in text)
         assert f"mean difference {np.mean(np.subtract(b, a)):+.4f}" in line
         assert f"t = {expected.statistic:.2f}, p = {expected.pvalue:.3f}" in line
     assert is_png(out / "curves.png")

@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from conftest import ROOT
-from mlstm4reco import files, search
+from mlstm4reco import files
 from mlstm4reco.study import records, runners
 from test_experiments import RUN, tiny_config
 

@@ -227,7 +227,7 @@ def test_callback_stops_training(synthetic):
     seen = []
     model = ImplicitSequenceModel(n_iter=10, embedding_dim=4, random_state=0)
     losses = model.fit(train, callback=lambda epoch, loss: seen.append((epoch, loss)) or epoch == 2)
-    assert [e for e, _ in seen] == [0, 1, 2] and [l for _, l in seen] == losses
+    assert [e for e, _ in seen] == [0, 1, 2] and [value for _, value in seen] == losses
     # Training mode (dropout) comes back after a callback that evaluated the model.
     modes = []
     model = ImplicitSequenceModel(n_iter=2, embedding_dim=4, random_state=0,
