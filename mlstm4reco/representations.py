@@ -15,6 +15,8 @@ and an item embedding plus the item's bias. Item id 0 is padding.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,11 +24,40 @@ from torch import nn
 from mlstm4reco.layers import MLSTM
 
 __all__ = [
-    "PADDING_IDX", "ScaledEmbedding", "ZeroEmbedding", "LSTMNet", "GRUNet", "MLSTMNet", "PoolNet",
-    "CNNNet", "recurrent_leaves_autocast",
+    "PADDING_IDX", "SequenceRepresentation", "ScoresItems", "ScaledEmbedding", "ZeroEmbedding",
+    "LSTMNet", "GRUNet", "MLSTMNet", "PoolNet", "CNNNet", "recurrent_leaves_autocast",
 ]
 
 PADDING_IDX = 0
+
+
+@runtime_checkable
+class SequenceRepresentation(Protocol):
+    """The contract of a representation (Spotlight's, by convention): what
+    ``ImplicitSequenceModel`` needs of any net, here's or real Spotlight's."""
+
+    def user_representation(self, item_sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) item ids -> (B, D, T) states (position t has seen the items before t)
+        and (B, D) final states (seen all T)."""
+
+    def __call__(self, user_representations: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Scores of ``targets``: (B, D, T) with (B, T) -> (B, T); (B, D) with (B,) -> (B,)."""
+
+
+@runtime_checkable
+class ScoresItems(Protocol):
+    """The optional part of the contract, for batched scoring and the softmax losses;
+    a net without it is scored one sequence at a time through Spotlight's call."""
+
+    def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., D) states -> (..., S) scores of ``items`` (ids or a slice; None: all ids)."""
+
+    def score_all(self, final_representation: torch.Tensor) -> torch.Tensor:
+        """(B, D) final states (or the net's own final form) -> (B, N) scores of every id."""
+
+    def position_states(self, all_representations: torch.Tensor) -> torch.Tensor:
+        """``user_representation``'s first output as one state per position, (B, T, ...),
+        the input of :meth:`score_items`."""
 
 
 class ScaledEmbedding(nn.Embedding):

@@ -19,7 +19,7 @@ from mlstm4reco.files import atomic_path
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES, sampled_softmax_loss, softmax_loss
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
-from mlstm4reco.representations import PADDING_IDX, CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet
+from mlstm4reco.representations import PADDING_IDX, CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet, ScoresItems
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
 
@@ -403,8 +403,9 @@ class ImplicitSequenceModel:
     def _softmax_loss(self, user_representation, batch: torch.Tensor) -> torch.Tensor:
         """Cross-entropy at the non-padded positions, over all items or over a shared
         uniform sample of items (needs a net with ``position_states``/``score_items``)."""
-        if not hasattr(self._net, "score_items"):
-            raise ValueError(f"loss {self._loss!r} needs a representation with score_items")
+        if not isinstance(self._net, ScoresItems):
+            raise ValueError(f"loss {self._loss!r} needs a representation with score_items, score_all "
+                             f"and position_states (representations.ScoresItems)")
         mask = batch != PADDING_IDX
         states = self._net.position_states(user_representation)[mask]  # (M, ...)
         targets = batch[mask]  # (M,)
@@ -449,7 +450,7 @@ class ImplicitSequenceModel:
         ids on the model's device), in one pass of the representation."""
         self._net.train(False)
         _, final = self._net.user_representation(sequences)
-        if hasattr(self._net, "score_all"):
+        if isinstance(self._net, ScoresItems):
             return self._net.score_all(final)
         # A representation from elsewhere: Spotlight's call, one sequence at a time.
         items = torch.arange(self._num_items, device=final.device).unsqueeze(1)

@@ -258,3 +258,25 @@ def test_untied_output_embeddings_and_dropout():
     assert net.output_embeddings.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
         LSTMNet(20, 4, dropout=1.5)
+
+
+def test_every_representation_states_the_contract():
+    """The registered nets follow both protocols; a net with only Spotlight's two calls
+    follows the first only (and is then scored one sequence at a time)."""
+    from mlstm4reco.representations import ScoresItems, SequenceRepresentation
+    from mlstm4reco.sequence_model import REPRESENTATIONS
+
+    for name, cls in REPRESENTATIONS.items():
+        net = cls(10, 4)
+        assert isinstance(net, SequenceRepresentation) and isinstance(net, ScoresItems), name
+
+    class SpotlightLike(torch.nn.Module):
+        def user_representation(self, item_sequences):
+            return None, None
+
+        def forward(self, user_representations, targets):
+            return None
+
+    assert isinstance(SpotlightLike(), SequenceRepresentation)
+    assert not isinstance(SpotlightLike(), ScoresItems)
+    assert not isinstance(torch.nn.Linear(2, 2), SequenceRepresentation)
