@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
             configs = [search.load_config(search.config_path(args.dataset, m, args.config_dir))
                        for m in args.models]
             out = search.results_folder(args.out, f"{args.dataset}_reproduce")
-            search.ensure_results_folder(out)
             stored = [r["model"] for r in search.RecordFile(out / "runs.json", kind="runs").records]
             compare = check_comparisons(args, [*args.models, *stored], "--models and " + str(out / "runs.json"))
             records = search.run_reproduce(configs, args.seeds, out, args.device, args.data_dir, progress,
