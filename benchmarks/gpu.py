@@ -44,11 +44,11 @@ from mlstm4reco.datasets import get_movielens_dataset
 from mlstm4reco.files import atomic_path
 from mlstm4reco.evaluation import sequence_mrr_score
 from mlstm4reco import triton_mlstm
-from mlstm4reco import layers as layers_module
 from mlstm4reco.layers import MLSTM
 from mlstm4reco.search import config_path, load_config, load_dataset, model_arguments, protocol_split
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 
+import kernel_build  # benchmarks/kernel_build.py
 from layers import compare_layers, layer_seconds, median_seconds, print_row, step  # benchmarks/layers.py
 
 
@@ -230,7 +230,7 @@ def check_triton(device: torch.device) -> list[str]:
         results[precision] = [out.detach(), inputs.grad] + [p.grad.clone() for p in layer.parameters()]
     differences = {}
     for precision in [p for p in triton_mlstm.PRECISIONS if p in results]:
-        worst = differences[precision] = layers_module._largest_relative_difference(results[precision],
+        worst = differences[precision] = triton_mlstm._largest_relative_difference(results[precision],
                                                                                       results[None])
         print(f"triton ({precision}) vs fused, largest difference relative to each tensor's "
               f"largest value: {worst:.2e}")
@@ -268,18 +268,12 @@ SWEEP = [
     (dict(BLOCK_B=32), "tf32x3", "tiles of 32 sequences (half the programs)"),
     (dict(num_warps=8), "tf32x3", "8 warps a program"),
     (dict(num_warps=2), "tf32x3", "2 warps a program"),
-    (dict(BARRIERS=1), "tf32x3", "one barrier a step (m_t whole in each program; dm summed from partials)"),
-    (dict(BARRIERS=1, K_STAGES=3), "tf32x3", "one barrier, two chunks ahead"),
-    (dict(BARRIERS=1, SPLIT=8), "tf32x3", "one barrier, 8 programs a tile"),
-    (dict(forward=dict(BARRIERS=1)), "tf32x3", "one-barrier forward, two-barrier backward"),
-    (dict(backward=dict(BARRIERS=1)), "tf32x3", "two-barrier forward, one-barrier backward"),
     (dict(forward=dict(SPLIT=8)), "tf32x3", "forward 8 programs a tile, backward 4"),
     (dict(backward=dict(SPLIT=8)), "tf32x3", "forward 4 programs a tile, backward 8"),
     ({}, "tf32", "one TF32 product (the precision cuDNN's LSTM runs in by default; 8 programs a tile)"),
     (dict(RESIDENT=0), "tf32", "one TF32 product, weights re-read"),
     (dict(SPLIT=4), "tf32", "one TF32 product, 4 programs a tile (as tf32x3; 8 by default)"),
     (dict(SPLIT=2, RESIDENT=1), "tf32", "one TF32 product, 2 programs a tile, weights resident (tf32 fits)"),
-    (dict(BARRIERS=1, RESIDENT=1), "tf32", "one TF32 product, one barrier, weights resident"),
     (dict(POLL=1), "tf32", "one TF32 product, polling"),
     (dict(POLL=1, SPLIT=4), "tf32", "one TF32 product, polling, 4 programs a tile"),
     (dict(BATCHED=1), "tf32", "one TF32 product, the backward's gate products batched"),
@@ -325,7 +319,7 @@ def timed_against_fused(layer, x: torch.Tensor, grad: torch.Tensor, expected, op
     except Exception as error:  # noqa: BLE001 - reported by the caller; the benchmark goes on
         return {"failed": f"{type(error).__name__}: {str(error)[:300]}"}
     return {"seconds": both, "forward_seconds": fwd,
-            "difference": layers_module._largest_relative_difference(got, expected)}
+            "difference": triton_mlstm._largest_relative_difference(got, expected)}
 
 
 def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
@@ -345,7 +339,7 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     with cudnn_tf32(False):  # cuDNN in full fp32, as the kernels' tf32x3 is
         fp32_both, fp32_fwd = layer_seconds(lstm, x, grad, device, repeats)
         lstm_fp32 = step(lstm, x, grad)
-    lstm_difference = layers_module._largest_relative_difference(step(lstm, x, grad), lstm_fp32)
+    lstm_difference = triton_mlstm._largest_relative_difference(step(lstm, x, grad), lstm_fp32)
     layer.implementation = "fused"
     expected = step(layer, x, grad)
     layer.implementation = "triton"
@@ -490,7 +484,7 @@ def print_kernel_resources(hidden_size: int, batch: int = 240) -> None:
     for multiprocessors in (132, 0):
         split = triton_mlstm._launch(hidden_size, batch, multiprocessors)["SPLIT"]
         try:
-            usage = triton_mlstm.resource_usage(hidden_size, 90, batch, multiprocessors)
+            usage = kernel_build.resource_usage(hidden_size, 90, batch, multiprocessors)
         except Exception as error:  # noqa: BLE001 - a report, not a requirement
             print(f"note: cannot compile the Triton kernels for sm_90 here ({error})")
             return
@@ -530,7 +524,7 @@ def main() -> None:
     print(f"device {name}, torch {torch.__version__}")
     RESULTS.path, RESULTS.parts = args.json, {}
     RESULTS.add("run", {"device": name, "torch": torch.__version__,
-                        "triton": triton_mlstm.triton.__version__ if triton_mlstm.available() else None,
+                        "triton": getattr(triton_mlstm.triton, "__version__", None),  # None: not installed
                         "arguments": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}})
     if device.type != "cuda":
         print("note: no GPU: running on the CPU, slowly; the issue's targets are for a GPU")
@@ -567,7 +561,7 @@ def main() -> None:
     RESULTS.add("layer_seconds", measured)
     training_benchmark(device, args.epochs, args.data_dir, tuned)
     if device.type == "cuda":
-        print(f"MLSTM 'auto' verdicts on the kernels (None: used): {layers_module._triton_verdicts}")
+        print(f"MLSTM 'auto' verdicts on the kernels (None: used): {triton_mlstm.verdicts}")
     if working and not args.no_mrr:
         implementation_mrr(device, args.mrr_epochs, args.data_dir, tuned)
     if args.no_mrr or args.no_softmax:

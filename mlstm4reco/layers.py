@@ -38,22 +38,20 @@ with one of two implementations that give the same numbers:
 
 - ``'reference'``: a plain loop over :meth:`MLSTMCell.forward`, differentiated by autograd;
 - ``'fused'``: the input projections of all time steps in one matmul before the time loop,
-  and an explicit backward pass (:class:`_FusedMLSTM`) whose per-step work is the two
+  and an explicit backward pass (:class:`~mlstm4reco.fused.FusedMLSTM`) whose per-step work is the two
   recurrent matmuls and the gate arithmetic; the weight gradients are one matmul each over
   all steps after the loop.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import threading
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
+
+from mlstm4reco import fused, triton_mlstm
 
 __all__ = ["MLSTMCell", "MLSTM"]
 
@@ -216,197 +214,6 @@ class MLSTMCell(nn.Module):
         return h, c
 
 
-_scratch = threading.local()
-
-
-def _workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """A per-thread buffer reused across calls, for temporaries of the backward pass
-    (nothing returned or saved aliases it). Large fresh allocations are page-faulted in
-    on every call on the CPU; a reused one is not (10% of a training step here)."""
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    key = (name, like.device, like.dtype)
-    buffer = buffers.get(key)
-    if buffer is None or buffer.shape != shape:
-        buffer = buffers[key] = like.new_empty(shape)
-    return buffer
-
-
-class _FusedMLSTM(torch.autograd.Function):
-    """One mLSTM layer over a whole sequence with a hand-written backward pass.
-
-    Time-major: ``x`` is (T, B, I); returns every hidden state and every cell state, each
-    (T, B, H). The input projection of all steps is one matmul; the per-step work is the
-    two recurrent matmuls and the gate arithmetic, written into preallocated buffers.
-    tanh is computed as 2 * sigmoid(2 z) - 1 (exact in real arithmetic; on the CPU
-    sigmoid is about 3x cheaper than tanh and the gates need sigmoid anyway).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight_ih, bias_ih, h0, c0, weight_hm, bias_mh, weight_mh):
-        T, B, _ = x.shape
-        H = weight_hm.shape[0]
-        flat_x = x.reshape(T * B, -1)
-        # xp[t] = [W_mx x_t + b_mx | gate pre-activations from x_t]; the gate part is
-        # overwritten in place by the gate activations i, f, g, o.
-        if bias_ih is None:
-            xp = torch.mm(flat_x, weight_ih.t())
-        else:
-            xp = torch.addmm(bias_ih, flat_x, weight_ih.t())
-        xp = xp.view(T, B, 5 * H)  # (T, B, 5H)
-        hs = x.new_empty(T + 1, B, H)  # hs[t + 1] = h_t; hs[0] = h0
-        cs = x.new_empty(T + 1, B, H)
-        tanh_cs = x.new_empty(T, B, H)
-        mh = x.new_empty(T, B, H)  # W_mh h_{t-1} + b_mh
-        ms = x.new_empty(T, B, H)  # m_t
-        hs[0] = h0
-        cs[0] = c0
-        w_hm_t, w_mh_t = weight_hm.t(), weight_mh.t()
-        for t in range(T):
-            if bias_mh is None:
-                torch.mm(hs[t], w_hm_t, out=mh[t])
-            else:
-                torch.addmm(bias_mh, hs[t], w_hm_t, out=mh[t])
-            torch.mul(xp[t, :, :H], mh[t], out=ms[t])
-            gates = xp[t, :, H:]  # (B, 4H)
-            gates.addmm_(ms[t], w_mh_t)
-            g = gates[:, 2 * H : 3 * H]
-            g.mul_(2)
-            gates.sigmoid_()
-            g.mul_(2).sub_(1)  # tanh(z) = 2 sigmoid(2z) - 1
-            torch.mul(gates[:, H : 2 * H], cs[t], out=cs[t + 1])
-            cs[t + 1].addcmul_(gates[:, :H], g)
-            tanh_c = tanh_cs[t]
-            torch.mul(cs[t + 1], 2, out=tanh_c)
-            tanh_c.sigmoid_().mul_(2).sub_(1)
-            torch.mul(gates[:, 3 * H :], tanh_c, out=hs[t + 1])
-        ctx.save_for_backward(flat_x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh)
-        ctx.has_bias = (bias_ih is not None, bias_mh is not None)
-        ctx.set_materialize_grads(False)
-        return hs[1:], cs[1:]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_hs, grad_cs):
-        flat_x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh = ctx.saved_tensors
-        T, B, H5 = xp.shape
-        H = H5 // 5
-        acts = xp[:, :, H:]  # (T, B, 4H): i, f, g, o
-        grad_xp = _workspace("grad_xp", (T, B, 5 * H), flat_x)
-        grad_m = _workspace("grad_m", (T, B, H), flat_x)  # d loss / d m_t
-        grad_mh = _workspace("grad_mh", (T, B, H), flat_x)  # d loss / d (W_mh h_{t-1} + b_mh)
-        # Small per-step buffers (cache resident): T-sized temporaries would cost more in
-        # page faults than they save in dispatches.
-        dact = flat_x.new_empty(B, 4 * H)  # activation derivatives: s (1 - s), or 1 - g^2 for g
-        upstream = flat_x.new_empty(B, 4 * H)  # d loss / d (i, f, g, o)
-        dh = flat_x.new_zeros(B, H)
-        dc = flat_x.new_zeros(B, H)
-        for t in range(T - 1, -1, -1):
-            a = acts[t]
-            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            tanh_c = tanh_cs[t]
-            if grad_hs is not None:
-                dh = dh + grad_hs[t]
-            if grad_cs is not None:
-                dc = dc + grad_cs[t]
-            dc = dc + dh * o * (1 - tanh_c * tanh_c)
-            torch.mul(a, a, out=dact)
-            torch.sub(a, dact, out=dact)
-            torch.mul(g, g, out=dact[:, 2 * H : 3 * H])
-            torch.sub(1, dact[:, 2 * H : 3 * H], out=dact[:, 2 * H : 3 * H])
-            torch.mul(dc, g, out=upstream[:, :H])
-            torch.mul(dc, cs[t], out=upstream[:, H : 2 * H])
-            torch.mul(dc, i, out=upstream[:, 2 * H : 3 * H])
-            torch.mul(dh, tanh_c, out=upstream[:, 3 * H :])
-            dgates = grad_xp[t, :, H:]  # (B, 4H) pre-activation gradients
-            torch.mul(upstream, dact, out=dgates)
-            torch.mm(dgates, weight_mh, out=grad_m[t])
-            torch.mul(grad_m[t], xp[t, :, :H], out=grad_mh[t])
-            dh = torch.mm(grad_mh[t], weight_hm)
-            dc = dc * f
-        torch.mul(grad_m, mh, out=grad_xp[:, :, :H])
-        return _input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias, dh, dc)
-
-
-def _input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, has_bias, grad_h0, grad_c0):
-    """The gradients of an mLSTM layer's forward arguments once the recurrence is done:
-    ``grad_xp`` (T, B, 5H) and ``grad_mh`` (T, B, H) hold the gradients of the input
-    projections and of W_mh h_{t-1} + b_mh at every step; each weight gradient is one
-    matmul over all T * B rows. Returns them in the forward's argument order."""
-    T, B, H5 = grad_xp.shape
-    H = H5 // 5
-    grad_xp_flat = grad_xp.view(T * B, 5 * H)
-    grad_mh_flat = grad_mh.view(T * B, H)
-    grad_x = grad_xp_flat.mm(weight_ih).view(T, B, -1)
-    grad_weight_ih = grad_xp_flat.t().mm(flat_x)
-    grad_weight_mh = grad_xp_flat[:, H:].t().mm(ms.view(T * B, H))
-    grad_weight_hm = grad_mh_flat.t().mm(hs[:-1].reshape(T * B, H))
-    grad_bias_ih = grad_xp_flat.sum(0) if has_bias[0] else None
-    grad_bias_mh = grad_mh_flat.sum(0) if has_bias[1] else None
-    return (grad_x, grad_weight_ih, grad_bias_ih, grad_h0, grad_c0, grad_weight_hm, grad_bias_mh,
-            grad_weight_mh)
-
-
-def _layer_triton(cell, x_tm, h, c):
-    from mlstm4reco.triton_mlstm import TritonMLSTM
-
-    return TritonMLSTM.apply(x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh,
-                             cell.weight_mh)
-
-
-#: (device, input size, hidden size, bias, multiplicative bias) -> None when the kernels passed
-#: :func:`_check_triton` there, else why they did not; 'auto' then uses the fused path.
-_triton_verdicts: dict[tuple, str | None] = {}
-
-
-def _largest_relative_difference(actual, expected) -> float:
-    """The largest difference between paired tensors, relative to each expected tensor's
-    largest magnitude."""
-    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(actual, expected))
-
-
-def _check_triton(cell: MLSTMCell, device: torch.device) -> str | None:
-    """Run the Triton kernels once, forward and backward, on a small random problem (3
-    steps, 19 sequences: a full tile and a partly masked one) with a copy of ``cell``'s
-    weights, against the fused path: both state sequences and every input and parameter
-    gradient, with the kernels' default products (tf32x3), once with each program of the
-    grid on all hidden units and once with them split across programs as far as this GPU
-    allows (see :func:`mlstm4reco.triton_mlstm._split`). None when every tensor agrees
-    to 1e-3 of its largest value, else why not. This is how 'auto' guards against kernels
-    that fail, or build but compute wrongly, on a device or Triton version the test suite
-    never ran on."""
-    from mlstm4reco import triton_mlstm
-
-    generator = torch.Generator().manual_seed(0)
-    H = cell.hidden_size
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator).to(device)
-
-    def run(layer):
-        probe = copy.deepcopy(cell).to(device)
-        probe.zero_grad(set_to_none=True)
-        inputs = [t.clone().requires_grad_(True) for t in (x, h, c)]
-        states = layer(probe, *inputs)
-        torch.autograd.backward(states, upstream)
-        return [s.detach() for s in states] + [t.grad for t in inputs] + [p.grad for p in probe.parameters()]
-
-    x, h, c = randn(3, 19, cell.input_size), randn(19, H), randn(19, H)
-    upstream = (randn(3, 19, H), randn(3, 19, H))
-    try:
-        split = triton_mlstm._launch(H, 19, triton_mlstm._multiprocessors(device))["SPLIT"]
-        with torch.inference_mode(False), torch.enable_grad(), triton_mlstm.dot_precision("tf32x3"):
-            expected = run(MLSTM._layer_fused)
-            for programs in sorted({1, split}):
-                with triton_mlstm.launch_options(SPLIT=programs):
-                    worst = _largest_relative_difference(run(_layer_triton), expected)
-                if worst > 1e-3:
-                    return (f"they differ from the fused path by {worst:.1e} of a tensor's largest value "
-                            f"(hidden units split across {programs} programs)")
-    except Exception as error:  # noqa: BLE001 - any failure of the kernels is a verdict
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
 class MLSTM(nn.Module):
     """A multiplicative LSTM over sequences, shaped like ``torch.nn.LSTM``.
 
@@ -525,23 +332,8 @@ class MLSTM(nn.Module):
             cs.append(c)
         return torch.stack(hs), torch.stack(cs)
 
-    @staticmethod
-    def _layer_fused(cell, x_tm, h, c):
-        return _FusedMLSTM.apply(
-            x_tm,
-            cell.weight_ih,
-            cell.bias_ih,
-            h,
-            c,
-            cell.weight_hm,
-            cell.bias_mh,
-            cell.weight_mh,
-        )
-
     def _layer_function(self, x_tm: torch.Tensor):
         """The implementation that runs on ``x_tm``: see the ``implementation`` parameter."""
-        from mlstm4reco import triton_mlstm
-
         chosen = self.implementation
         if chosen == "triton" and not (triton_mlstm.usable(x_tm) and x_tm.dtype == torch.float32):
             raise ValueError(
@@ -549,37 +341,17 @@ class MLSTM(nn.Module):
                 f"the CPU with TRITON_INTERPRET=1); got {x_tm.dtype} on {x_tm.device}, Triton "
                 f"{'installed' if triton_mlstm.available() else 'not installed'}"
             )
+        if chosen == "triton":
+            return triton_mlstm.layer
         if chosen == "auto":
             if self.cells[0].layer_norm:
-                chosen = "reference"
-            elif (x_tm.is_cuda and x_tm.dtype == torch.float32 and triton_mlstm.available()
-                  and self.hidden_size <= triton_mlstm.MAX_AUTO_HIDDEN
-                  and triton_mlstm.indexable(x_tm.shape[0], x_tm.shape[1], self.hidden_size)):
-                chosen = "triton"
-            else:
-                chosen = "fused"
-        return {"reference": self._layer_reference, "fused": self._layer_fused,
-                "triton": self._layer_triton_or_fused if self.implementation == "auto" else _layer_triton}[chosen]
-
-    @classmethod
-    def _layer_triton_or_fused(cls, cell, x_tm, h, c):
-        """'auto' on a GPU: the Triton kernels where they passed :func:`_check_triton` on
-        this device for this shape of cell under the launch options in force
-        (:func:`mlstm4reco.triton_mlstm.launch_options`), else the fused path (one warning
-        per verdict)."""
-        from mlstm4reco import triton_mlstm
-
-        key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias is not None,
-               cell.multiplicative_bias, triton_mlstm.overrides_key())
-        if key not in _triton_verdicts:
-            _triton_verdicts[key] = _check_triton(cell, x_tm.device)
-            if _triton_verdicts[key] is not None:
-                warnings.warn(f"MLSTM: the Triton kernels failed their check on {x_tm.device} "
-                              f"({_triton_verdicts[key]}); using the fused PyTorch path instead",
-                              RuntimeWarning, stacklevel=3)
-        if _triton_verdicts[key] is None:
-            return _layer_triton(cell, x_tm, h, c)
-        return cls._layer_fused(cell, x_tm, h, c)
+                return self._layer_reference
+            if (x_tm.is_cuda and x_tm.dtype == torch.float32 and triton_mlstm.available()
+                    and self.hidden_size <= triton_mlstm.MAX_AUTO_HIDDEN
+                    and triton_mlstm.indexable(x_tm.shape[0], x_tm.shape[1], self.hidden_size)):
+                return triton_mlstm.checked_layer_or_fused
+            return fused.layer
+        return self._layer_reference if chosen == "reference" else fused.layer
 
     def states(self, x: torch.Tensor, hx=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hidden state h_1..h_T and every cell state c_1..c_T of the last layer,

@@ -19,16 +19,13 @@ whole (BLOCK_B, H) x (H, H) product ever has to sit in registers, which is what 
 version of these kernels did: compiled for an H100 it needed 664 KiB of shared memory
 (the limit is 227 KiB: it could not have launched) and spilled about 20 KB per thread.
 
-Variants, chosen by constexpr arguments (the launcher's ``launch_options``):
-:func:`forward_one_barrier_kernel` and :func:`backward_one_barrier_kernel` meet once a
-step (every program of a tile computes all of m_t; the gradient of m_t is summed from each
-program's partial product); ``RESIDENT`` loads the weights each program needs once,
-before the first step; ``STATIC_H`` compiles the hidden size in; ``PREFETCH`` loads what a
-step reads that no barrier guards (the inputs, what the forward saved) one step ahead,
-carried across the time loop; ``POLL`` (two barriers, weights resident) replaces the
-barriers by polling the data itself (:func:`_polled`); ``BATCHED`` (two-barrier backward,
-weights resident) takes the gradient of m_t as products batched over the gates; ``X3``
-(two barriers, weights resident) takes tf32x3 by hand, three TF32 products on
+Variants, chosen by constexpr arguments (the launcher's ``launch_options``): ``RESIDENT``
+loads the weights each program needs once, before the first step; ``STATIC_H`` compiles
+the hidden size in; ``PREFETCH`` loads what a step reads that no barrier guards (the
+inputs, what the forward saved) one step ahead, carried across the time loop; ``POLL``
+(weights resident) replaces the barriers by polling the data itself (:func:`_polled`);
+``BATCHED`` (backward, weights resident) takes the gradient of m_t as products batched
+over the gates; ``X3`` (weights resident) takes tf32x3 by hand, three TF32 products on
 accumulators of their own (:func:`_product`); ``WAIT=0`` (timing only) does not wait at
 the barriers.
 """
@@ -271,15 +268,6 @@ def _gate_products(a, w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o, pre_i, pre_f, pre_
     X3, :func:`_product`)."""
     return (_product(a, w_i, l_i, pre_i, zero, PRECISION, X3), _product(a, w_f, l_f, pre_f, zero, PRECISION, X3),
             _product(a, w_g, l_g, pre_g, zero, PRECISION, X3), _product(a, w_o, l_o, pre_o, zero, PRECISION, X3))
-
-
-@triton.jit
-def _summed_gate_products(a_i, a_f, a_g, a_o, w_i, w_f, w_g, w_o, acc, PRECISION: tl.constexpr):
-    """acc + the sum over the four gates of a_gate @ w_gate."""
-    acc = tl.dot(a_i, w_i, acc, input_precision=PRECISION)
-    acc = tl.dot(a_f, w_f, acc, input_precision=PRECISION)
-    acc = tl.dot(a_g, w_g, acc, input_precision=PRECISION)
-    return tl.dot(a_o, w_o, acc, input_precision=PRECISION)
 
 
 @triton.jit
@@ -595,204 +583,6 @@ def backward_kernel(
         else:
             dh = _chunked_dot(dh, grad_mh_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols, False, KC,
                               PRECISION, K_STAGES, SPLIT)
-        dc = dc * f
-    tl.store(grad_h0_ptr + state, dh, mask=mask)
-    tl.store(grad_c0_ptr + state, dc, mask=mask)
-
-
-@triton.jit
-def _all_units(rows, row_ok, H, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr):
-    """All hidden units, the mask of a (rows, all units) state, the part of it that
-    is this program's slice (its columns of the split), and its offsets in a (B, H)
-    slab."""
-    units = tl.arange(0, BLOCK_H)
-    full = row_ok[:, None] & (units < H)[None, :]
-    mine = full & (units // BLOCK_J == tl.program_id(1))[None, :]
-    return units, full, mine, rows[:, None] * H + units[None, :]
-
-
-@triton.jit
-def forward_one_barrier_kernel(
-    xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,
-    hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,
-    T, B, H,
-    sync_ptr,
-    own_ptr,  # (SPLIT, B, H): each program's copy of m_t
-    HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
-    PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
-    BATCHED: tl.constexpr,  # the backward's (backward_kernel)
-    X3: tl.constexpr,
-):
-    """:func:`forward_kernel` with one barrier a step, not two: each of a tile's
-    programs computes the whole of m_t (all hidden units) from h_{t-1}, the product
-    with W_hm done SPLIT times over, and reads it back from its own copy (through L1)
-    for its slice of the gates (RESIDENT: takes it straight from registers); only h_t
-    goes to the other programs, and what they never read (c_t, tanh c_t, the gates) is
-    stored after the barrier."""
-    if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
-        H = STATIC_H
-    tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
-    tl.static_assert(BATCHED == 0, "BATCHED is for the two-barrier backward")
-    tl.static_assert(X3 == 0, "X3 is for the two-barrier kernels")
-    BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
-    rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
-    units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
-    own_m = own_ptr + tl.program_id(1) * B * H
-    c = tl.load(cs_ptr + state, mask=mask, other=0.0)
-    b_mh = tl.load(b_mh_ptr + units, mask=units < H, other=0.0) if HAS_B_MH else \
-        tl.zeros((BLOCK_H,), tl.float32)
-    w_hm = w_hm_ptr  # the product reads its weights, KC rows at a time (_chunked_dot)...
-    if RESIDENT:  # ... or all of W_hm and this program's columns of the gates' are loaded once
-        w_hm = _w_chunk(w_hm_ptr, H, units, units, units < H, True)
-        w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, True)
-    if PREFETCH:  # the first step's input projections
-        nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, 0, B, H, rows, units, full, cols, mask)
-    for t in tl.range(T, disable_licm=True):
-        xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
-        if PREFETCH:  # this step's inputs came a step ago; the next step's are loaded now
-            x_m, x_i, x_f, x_g, x_o = nx_m, nx_i, nx_f, nx_g, nx_o
-            later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
-            nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, units, full, cols, mask)
-        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, w_hm, 0.0, H, units, BLOCK_B,
-                             BLOCK_H, RESIDENT, KC, PRECISION, K_STAGES, SPLIT, False, False)
-        if not PREFETCH:
-            x_m = tl.load(xp_row + units[None, :], mask=full, other=0.0)
-        m = x_m * mh
-        tl.store(mh_ptr + t * B * H + all_state, mh, mask=mine)
-        tl.store(ms_ptr + t * B * H + all_state, m, mask=mine)
-        if not PREFETCH:
-            x_i, x_f, x_g, x_o = _load_gates(xp_row + H + cols[None, :], H, mask)
-        if RESIDENT:  # m_t straight from registers
-            pre_i, pre_f, pre_g, pre_o = _gate_products(m, w_i, w_f, w_g, w_o, w_i, w_f, w_g, w_o, x_i, x_f, x_g,
-                                                        x_o, 0.0, PRECISION, False)
-        else:
-            tl.store(own_m + all_state, m, mask=full)
-            tl.debug_barrier()  # the program's own copy of m_t is written
-            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, own_m, rows, row_ok, w_mh_ptr, H, cols,
-                                                    KC, PRECISION, K_STAGES, 1)  # 1: own writes, via L1
-        i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
-        step = t * B * H + state
-        tl.store(hs_ptr + B * H + step, h, mask=mask)
-        _sync(count_ptr, (t + 1) * SPLIT, SPLIT, WAIT)
-        tl.store(cs_ptr + B * H + step, c, mask=mask)
-        tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
-        _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
-
-
-@triton.jit
-def _summed_partials_dot(parts, xp_row, mh_t, grad_xp_row, grad_mh_t, rows, row_ok, cols, w_hm_ptr, B, H,
-                         BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, KC: tl.constexpr,
-                         PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
-    """:func:`backward_one_barrier_kernel` after its barrier, KC units at a time: dm
-    summed from the SPLIT programs' partial sums (in a fixed order), the gradients of
-    m_t's two factors, stored for this program's units, and its columns of dh_{t-1},
-    which it returns."""
-    dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-    for n in tl.range(0, H, KC, num_stages=K_STAGES):
-        ns = n + tl.arange(0, KC)
-        n_ok = ns < H
-        ok = row_ok[:, None] & n_ok[None, :]
-        at = rows[:, None] * H + ns[None, :]
-        dm = tl.zeros((BLOCK_B, KC), dtype=tl.float32)
-        for program in tl.static_range(SPLIT):
-            dm += tl.load(parts + program * B * H + at, mask=ok, other=0.0,
-                          cache_modifier=".cg" if SPLIT > 1 else "")
-        d_mh = dm * tl.load(xp_row + ns[None, :], mask=ok, other=0.0)
-        dh = tl.dot(d_mh, _w_chunk(w_hm_ptr, H, cols, ns, n_ok, False), dh, input_precision=PRECISION)
-        mine = ok & (ns // BLOCK_J == tl.program_id(1))[None, :]
-        tl.store(grad_xp_row + ns[None, :], dm * tl.load(mh_t + at, mask=mine, other=0.0), mask=mine)  # d/d xm
-        tl.store(grad_mh_t + at, d_mh, mask=mine)
-    return dh
-
-
-@triton.jit
-def backward_one_barrier_kernel(
-    grad_hs_ptr, grad_cs_ptr,
-    xp_ptr, acts_ptr, cs_ptr, tanh_cs_ptr, mh_ptr, w_hm_ptr, w_mh_ptr,
-    grad_xp_ptr, grad_mh_ptr, grad_h0_ptr, grad_c0_ptr,
-    T, B, H,
-    sync_ptr,
-    partial_ptr,  # (2, SPLIT, B, H): each program's share of dm, by the step's parity
-    HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
-    BATCHED: tl.constexpr,  # the backward's (backward_kernel)
-    X3: tl.constexpr,
-):
-    """:func:`backward_kernel` with one barrier a step, not two. The gradient of m_t,
-    dm = sum over the gates of dGate @ W_gate, is split over the gates' units (the
-    inner dimension) instead of over its columns: each program multiplies its own
-    slice of the gate gradients, which it has just computed, by its rows of the
-    weights and stores the (rows, all units) partial sum, KC units at a time; after
-    the barrier, each adds up the SPLIT partial sums (in a fixed order), KC units at a
-    time, and takes its slice of dh_{t-1} from them. The partial sums alternate
-    between two buffers, so that a program a step ahead never overwrites what a slower
-    one still reads; the gate gradients, which no other program reads, are stored
-    after the barrier."""
-    if STATIC_H:  # H compiled in (launch_options(STATIC_H=1)): 16-byte accesses
-        H = STATIC_H
-    tl.static_assert(POLL == 0, "POLL is for the two-barrier kernels")
-    tl.static_assert(BATCHED == 0, "BATCHED is for the two-barrier backward")
-    tl.static_assert(X3 == 0, "X3 is for the two-barrier kernels")
-    BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
-    rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
-    col_ok = cols < H
-    dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-    dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
-    if RESIDENT:  # the gates' weights in this program's rows, W_hm in its columns, loaded once
-        units, full, mine, all_state = _all_units(rows, row_ok, H, BLOCK_J, BLOCK_H)
-        w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, units, cols, col_ok, False)
-        w_hm = _w_chunk(w_hm_ptr, H, cols, units, units < H, False)
-    if PREFETCH:  # what the last step reads that no barrier guards
-        n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
-                                                            cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
-                                                            HAS_GRAD_CS)
-    for step in tl.range(T, disable_licm=True):
-        t = T - 1 - step
-        if PREFETCH:  # this step's came a step ago; the step before's are loaded now
-            g_h, g_c, i, f, g, o, tanh_c, c_prev = n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp
-            earlier = tl.maximum(t - 1, 0)  # at the first step: that step again, unused
-            n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(earlier, grad_hs_ptr, grad_cs_ptr, acts_ptr,
-                                                                tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
-                                                                HAS_GRAD_HS, HAS_GRAD_CS)
-        else:
-            g_h, g_c, i, f, g, o, tanh_c, c_prev = _saved(t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr,
-                                                          B, H, rows, cols, mask, state, HAS_GRAD_HS, HAS_GRAD_CS)
-        dc, d_i, d_f, d_g, d_o = _step_gradients(dh, dc, g_h, g_c, i, f, g, o, tanh_c, c_prev, HAS_GRAD_HS,
-                                                 HAS_GRAD_CS)
-        parts = partial_ptr + (step % 2) * SPLIT * B * H
-        if RESIDENT:
-            part = _summed_gate_products(d_i, d_f, d_g, d_o, w_i, w_f, w_g, w_o,
-                                         tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32), PRECISION)
-            tl.store(parts + tl.program_id(1) * B * H + all_state, part, mask=full)
-        else:
-            for n in tl.range(0, H, KC):  # units n.. of this program's partial sum
-                ns = n + tl.arange(0, KC)
-                p_i, p_f, p_g, p_o = _gate_weights(w_mh_ptr, H, ns, cols, col_ok, False)
-                part = _summed_gate_products(d_i, d_f, d_g, d_o, p_i, p_f, p_g, p_o,
-                                             tl.zeros((BLOCK_B, KC), dtype=tl.float32), PRECISION)
-                tl.store(parts + tl.program_id(1) * B * H + rows[:, None] * H + ns[None, :], part,
-                         mask=row_ok[:, None] & (ns < H)[None, :])
-        _sync(count_ptr, (step + 1) * SPLIT, SPLIT, WAIT)
-        grad_xp_row = grad_xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
-        xp_row = xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H
-        if RESIDENT:
-            dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-            for program in tl.static_range(SPLIT):
-                dm += tl.load(parts + program * B * H + all_state, mask=full, other=0.0,
-                              cache_modifier=".cg" if SPLIT > 1 else "")
-            d_mh = dm * tl.load(xp_row + units[None, :], mask=full, other=0.0)
-            dh = tl.dot(d_mh, w_hm, tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32), input_precision=PRECISION)
-            d_xm = dm * tl.load(mh_ptr + t * B * H + all_state, mask=mine, other=0.0)
-            tl.store(grad_xp_row + units[None, :], d_xm, mask=mine)  # d loss / d (W_mx x_t + b_mx)
-            tl.store(grad_mh_ptr + t * B * H + all_state, d_mh, mask=mine)
-        else:
-            dh = _summed_partials_dot(parts, xp_row, mh_ptr + t * B * H, grad_xp_row, grad_mh_ptr + t * B * H,
-                                      rows, row_ok, cols, w_hm_ptr, B, H, BLOCK_B, BLOCK_J, KC, PRECISION,
-                                      K_STAGES, SPLIT)
-        _store_gates(grad_xp_row + H + cols[None, :], H, d_i, d_f, d_g, d_o, mask)
         dc = dc * f
     tl.store(grad_h0_ptr + state, dh, mask=mask)
     tl.store(grad_c0_ptr + state, dc, mask=mask)

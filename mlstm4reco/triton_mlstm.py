@@ -1,53 +1,53 @@
 """A GPU path for :class:`~mlstm4reco.layers.MLSTM`: persistent Triton kernels
-(:mod:`mlstm4reco.triton_kernels`), their launch, and their autograd function.
+(:mod:`mlstm4reco.triton_kernels`), their launch, their autograd function, and the check
+``implementation='auto'`` runs before it trusts them on a device.
 
-The fused CPU path (:class:`~mlstm4reco.layers._FusedMLSTM`) launches a handful of small
-kernels per time step, which on a GPU makes it bound by launch latency. Here each of the
-forward and the backward recurrences is one kernel launch. What is not recurrent stays in
-PyTorch, as in the fused path: the input projection of all steps before the kernel (one
-matmul) and, after the backward kernel, the weight gradients (one matmul each over all
-steps).
+The fused path (:mod:`mlstm4reco.fused`) launches a handful of small kernels per time
+step, which on a GPU makes it bound by launch latency. Here each of the forward and the
+backward recurrences is one kernel launch. What is not recurrent stays in PyTorch, as in
+the fused path: the input projection of all steps before the kernel (one matmul) and,
+after the backward kernel, the weight gradients (one matmul each over all steps).
 
-On a GPU with multiprocessors to spare (15 tiles of 16 at batch 240 leave 117 of an H100's
-132 idle), each tile's hidden units are split across programs (:func:`_split`) that meet
-at barriers in global memory; the grid is launched cooperatively, so CUDA refuses it
-rather than let programs wait for others that are not resident. :func:`launch_options`
-changes tile sizes and launch options, and takes the kernels' variants (one barrier a
-step, weights resident, H compiled in, inputs loaded a step ahead): the defaults are the
-configuration measured fastest at fp32 accuracy on an H200 (:func:`_launch`). It is what
-``benchmarks/gpu.py --sweep`` tunes with.
-:func:`compile_for` compiles the kernels for a GPU architecture without a GPU (Triton
-ships ``ptxas``) and :func:`resource_usage` reports their shared memory, registers and
-spills; the test suite checks them for sm_90.
+On a GPU with multiprocessors to spare, each tile's hidden units are split across
+programs (:func:`_split`) that meet at barriers in global memory; the grid is launched
+cooperatively, so CUDA refuses it rather than let programs wait for others that are not
+resident. :func:`launch_options` changes tile sizes and launch options and takes the
+kernels' variants (weights resident, H compiled in, inputs loaded a step ahead, ...); the
+defaults (:func:`_launch`) are the configuration measured fastest at fp32 accuracy on an
+H200 (docs/layer.md). ``benchmarks/gpu.py --sweep`` tunes with it, and
+``benchmarks/kernel_build.py`` compiles the kernels for a GPU without one.
 
 Matrix products run on tensor cores as ``tf32x3`` by default (three TF32 products that
-recover fp32 accuracy), or as one TF32 product (``'tf32'``: faster; ~3e-4 relative error
-per product, like PyTorch's ``allow_tf32``) where PyTorch's float32 matmuls may use TF32
-(``torch.set_float32_matmul_precision('high')``; :func:`precision`);
+recover fp32 accuracy), or as one TF32 product (``'tf32'``) where PyTorch's float32
+matmuls may use TF32 (``torch.set_float32_matmul_precision('high')``; :func:`precision`);
 ``with dot_precision('ieee'):`` gives plain fp32 FMA products, and any of the three
-whatever PyTorch's setting.
-With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors in Triton's interpreter:
-that is how the test suite checks their numbers on machines without a GPU
-(``MLSTM(..., implementation='triton')``).
+whatever PyTorch's setting. With ``TRITON_INTERPRET=1`` the same kernels run on CPU
+tensors in Triton's interpreter: that is how the test suite checks their numbers on
+machines without a GPU (``MLSTM(..., implementation='triton')``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
-import shutil
-import subprocess
-import tempfile
+import warnings
+from typing import TYPE_CHECKING
 
 import torch
+
+from mlstm4reco import fused
+
+if TYPE_CHECKING:  # the cell's class, for annotations only: layers imports this module
+    from mlstm4reco.layers import MLSTMCell
 
 try:
     import triton
 except ImportError:  # the portable paths need no Triton
     triton = None
 
-__all__ = ["available", "usable", "precision", "dot_precision", "launch_options", "compile_for", "resource_usage",
-           "TritonMLSTM", "MAX_AUTO_HIDDEN"]
+__all__ = ["available", "usable", "precision", "dot_precision", "launch_options", "TritonMLSTM", "layer",
+           "check", "checked_layer_or_fused", "MAX_AUTO_HIDDEN"]
 
 PRECISIONS = ("tf32x3", "ieee", "tf32")
 _precision: str | None = None  # set by dot_precision; None: as PyTorch's float32 matmuls (precision())
@@ -112,10 +112,10 @@ if triton is not None:
 #: the kernels whose launches :func:`launch_options` sets, each on its own or both at once
 KERNELS = ("forward", "backward")
 _launch_overrides: dict[str, dict[str, int]] = {kernel: {} for kernel in KERNELS}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "BARRIERS", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH", "POLL",
+TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH", "POLL",
            "BATCHED", "X3", "num_warps", "num_stages")
 #: the options that take one of a few values
-CHOICES = {"BARRIERS": (1, 2), "WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1),
+CHOICES = {"WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1),
            "POLL": (0, 1), "BATCHED": (0, 1), "X3": (0, 1)}
 
 
@@ -142,50 +142,18 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
     """Within the block, the kernels launch with these tile sizes and options in place of
     :func:`_launch`'s: the hook ``benchmarks/gpu.py --sweep`` tunes with. ``options``
     apply to both kernels, ``forward`` and ``backward`` (dicts of the same options) to one
-    of them, over ``options``: the forward and the backward kernels meet nowhere but in the
-    buffers the forward saves, the same for every variant, so each may launch its own way.
-    A layer's backward uses the options in force at its forward. Any of :data:`TUNABLE`:
+    of them, over ``options``; a layer's backward uses the options in force at its forward.
 
-    - BLOCK_B, KC, SPLIT, num_warps: powers of two, at least 16 for BLOCK_B and KC, KC at
-      most the padded hidden size, at least 16 hidden units per program of a SPLIT;
-      K_STAGES, num_stages: at least 1.
-    - BARRIERS: 2, or 1 for the kernels that meet once a step when the hidden units are
-      split (:func:`~mlstm4reco.triton_kernels.forward_one_barrier_kernel`,
-      :func:`~mlstm4reco.triton_kernels.backward_one_barrier_kernel`).
-    - WAIT: 1, or 0 for programs that do not wait for each other at the barriers: wrong
-      results, there to time what the barriers cost.
-    - STATIC_H: 1 (the default) to compile the hidden size into the kernels (one
-      compilation per size), so that Triton knows rows of H floats keep 16-byte alignment
-      and loads and stores them 16 bytes at a time; 0 to take it as an argument.
-    - RESIDENT: 1 for kernels that load the weights each program needs once, before the
-      first step (Triton keeps them in shared memory, which they must fit: 5 x BLOCK_H x
-      BLOCK_H / SPLIT floats, and with one barrier BLOCK_H x BLOCK_H more in the
-      forward), and take each step's products in one piece instead of KC rows at a time;
-      0 to re-read them each step. The default is 1 with two barriers, BLOCK_H up to 128
-      and :func:`resident_bytes` (in the products' precision) within the GPU's shared
-      memory, else 0.
-    - PREFETCH: 1 (the default) for kernels that load what a step reads and no barrier
-      guards (the forward's input projections; the backward's upstream gradients and what
-      the forward saved) one step ahead, so that its latency from memory is off the step's
-      critical path (at the cost of the registers that carry it: 10 to 20 a thread at
-      H = 120, split 8); 0 to load it in that step.
-    - POLL: 0 (the default) for barriers on a counter; 1 for two-barrier kernels with the
-      weights resident (RESIDENT=1) and the hidden units split, whose programs read what
-      the others wrote without a barrier: the buffers they exchange hold a NaN no GPU
-      arithmetic gives until written (:data:`~mlstm4reco.triton_kernels.UNWRITTEN`), and
-      a program reads until none is left (:func:`~mlstm4reco.triton_kernels._polled`),
-      which saves the barriers' fences and atomics. Ignored when the units are not split.
-    - BATCHED: 0 (the default) or 1 for a two-barrier backward with the weights resident
-      that takes the gradient of m_t (a sum of four products, one a gate) as one product
-      batched over the gates: four independent chains of tensor-core instructions instead
-      of one four times as long (compiled for sm_90 at H = 120, 4 programs a tile: 59
-      instead of 168 in a row in the step, at the cost of some registers); H above 16.
-      Ignored by the forward.
-    - X3: 0 (the default) or 1 for two-barrier kernels with the weights resident that take
-      tf32x3 by hand: the weights split into high and low TF32 parts once, before the first
-      step, and each product as three TF32 products with an accumulator each, summed after
-      (Triton's tf32x3 chains its three on one accumulator: three times the tensor-core
-      instructions in a row). Ignored in other precisions.
+    Any of :data:`TUNABLE`. BLOCK_B, KC, SPLIT, num_warps: powers of two, at least 16 for
+    BLOCK_B and KC, KC at most the padded hidden size, at least 16 hidden units per program
+    of a SPLIT; K_STAGES, num_stages: at least 1. WAIT, STATIC_H, RESIDENT, PREFETCH, POLL,
+    BATCHED and X3 take 0 or 1 (:data:`CHOICES`); POLL, BATCHED and X3 need the weights
+    resident (RESIDENT=1). What each variant does and what it measured: docs/layer.md.
+
+    Raises
+    ------
+    ValueError
+        An option it does not take, or a value the option does not take (named).
     """
     per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
     for kernel, specific in per_kernel.items():
@@ -208,18 +176,8 @@ def overrides_key() -> tuple:
 
 
 #: the fewest hidden units a program of a split tile gets by default, by the precision of
-#: the products: with 16 (16 x 16 products) Triton gives each of a program's warps the
-#: same product to compute. The H200 ran the benchmark's layer (H = 120, batch 240) in
-#: tf32x3 faster split 4 ways than 8 (0.87x the time with the weights resident, 0.91-0.97x
-#: without), with one TF32 product faster split 8 ways (1.97 against 2.14 ms, weights
-#: resident, in one run: 0.92x) (docs/results/gpu_h200, runs 6 and 7)
+#: the products (the splits measured fastest on an H200: docs/layer.md)
 MIN_UNITS = {"tf32x3": 32, "ieee": 32, "tf32": 16}
-
-#: the shared memory a block may have (bytes, opt-in) by NVIDIA architecture, for
-#: :func:`compile_for` without the GPU (on a GPU, its own figure): sm_80 (A100),
-#: sm_86/sm_89 (consumer Ampere/Ada), sm_90 (H100/H200)
-SHARED_MEMORY = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
-
 
 def _split(block_h: int, tiles: int, multiprocessors: int, fewest: int = MIN_UNITS["tf32x3"]) -> int:
     """How many programs share each tile's hidden units: the most (a power of two, at
@@ -233,7 +191,7 @@ def _split(block_h: int, tiles: int, multiprocessors: int, fewest: int = MIN_UNI
 
 
 def resident_bytes(block_h: int, block_j: int, products: str = "tf32x3") -> int:
-    """The shared memory the two-barrier kernels ask for with their weights resident
+    """The shared memory the kernels ask for with their weights resident
     (RESIDENT=1) and their products in precision ``products``: a program keeps five
     BLOCK_H x BLOCK_J blocks of weights; in tf32x3 (and ieee) Triton 3.6 (PyTorch 2.11's)
     lays them out twice (3.9 once), one TF32 product once, and the kernels' other buffers
@@ -251,32 +209,28 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
     it), and are the fastest measured on an H200 (``benchmarks/gpu.py --sweep``;
     docs/results/gpu_h200/NOTES.md)."""
     overrides, products = _launch_overrides[kernel], precision()
-    block_h = max(16, triton.next_power_of_2(H))
+    block_h = max(16, 1 << (H - 1).bit_length())  # the next power of two (no Triton needed to plan)
     block_b = overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
-    split = overrides.get("SPLIT", _split(block_h, triton.cdiv(B, block_b), multiprocessors, MIN_UNITS[products]))
+    split = overrides.get("SPLIT", _split(block_h, -(-B // block_b), multiprocessors, MIN_UNITS[products]))
     block_j = block_h // split  # each program's hidden units
-    barriers = overrides.get("BARRIERS", 2)
-    widest = block_h if barriers == 1 else block_j  # one barrier: the forward's m_t is whole in each program
     launch = dict(
         BLOCK_B=block_b,
         BLOCK_H=block_h,
         # the products go KC columns of their left operand at a time: 16 (32 spilled at
         # block_j = 128 with Triton 3.6, torch 2.11's), 32 for the narrower slices of a split
-        # (but 16 with one barrier: 32 spills there, on sm_90 with Triton 3.6 and 3.9)
-        KC=32 if split > 1 and block_j <= 64 and barriers == 2 else 16,
-        K_STAGES=2,  # the next chunk is loaded while this one is multiplied (H200: 0.82x the time of 1)
+        KC=32 if split > 1 and block_j <= 64 else 16,
+        K_STAGES=2,  # the next chunk is loaded while this one is multiplied
         SPLIT=split,  # programs per tile, each with BLOCK_H / SPLIT of the hidden units
-        BARRIERS=barriers,  # a step (2: triton_kernels.forward_kernel and backward_kernel)
         WAIT=1,  # at the barriers (0: for timing only)
         STATIC_H=1,  # H compiled in (one compilation per size; 0: a kernel argument)
         # the weights loaded once where they fit (0: re-read each step, KC rows at a time):
-        # with two barriers, H up to 128 (at 256 they spill kilobytes)
-        RESIDENT=int(barriers == 2 and block_h <= 128 and resident_bytes(block_h, block_j, products) <= shared_memory),
+        # H up to 128 (at 256 they spill kilobytes)
+        RESIDENT=int(block_h <= 128 and resident_bytes(block_h, block_j, products) <= shared_memory),
         PREFETCH=1,  # a step's inputs loaded a step ahead (0: in that step)
         POLL=0,  # barriers on a counter (1: the data polled, with the weights resident)
         BATCHED=0,  # the backward's gate products chained (1: batched, with the weights resident)
         X3=0,  # Triton's tf32x3 (1: three TF32 products by hand, with the weights resident)
-        num_warps=4 if widest <= 32 else 8 if widest <= 128 else 16,  # no spills on sm_90 up to 128
+        num_warps=4 if block_j <= 32 else 8 if block_j <= 128 else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
@@ -295,35 +249,29 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         launch["X3"] = 0
     for option in ("POLL", "BATCHED", "X3"):
         halves = option == "BATCHED"  # its products go over halves of the units, at least 16 each
-        if launch[option] and (launch["BARRIERS"] != 2 or not launch["RESIDENT"] or (halves and block_h < 32)):
-            raise ValueError(f"{option}=1 needs the two-barrier kernels with their weights resident"
+        if launch[option] and (not launch["RESIDENT"] or (halves and block_h < 32)):
+            raise ValueError(f"{option}=1 needs the kernels' weights resident"
                              f"{' and at least 32 padded hidden units' if halves else ''}, got "
-                             f"BARRIERS={launch['BARRIERS']}, RESIDENT={launch['RESIDENT']} at H={H}")
+                             f"RESIDENT={launch['RESIDENT']} at H={H}")
     launch["launch_cooperative_grid"] = split > 1  # CUDA refuses a grid that is not all resident at once
     return launch
 
 
-def _kernel(name: str, barriers: int):
-    """The ``'forward'`` or ``'backward'`` kernel with ``barriers`` barriers a step."""
-    return {("forward", 2): triton_kernels.forward_kernel, ("backward", 2): triton_kernels.backward_kernel,
-            ("forward", 1): triton_kernels.forward_one_barrier_kernel,
-            ("backward", 1): triton_kernels.backward_one_barrier_kernel}[name, barriers]
+def _kernel(name: str):
+    """The ``'forward'`` or ``'backward'`` kernel."""
+    return {"forward": triton_kernels.forward_kernel, "backward": triton_kernels.backward_kernel}[name]
 
 
 def _run(name: str, launch: dict, B: int, H: int, device: torch.device, *args, **flags) -> None:
-    """Launch the ``'forward'`` or ``'backward'`` kernel (:func:`_kernel`) over the tiles
-    of B sequences (times the split of their hidden units), with zeroed barrier counters
-    and, for the one-barrier kernels, the forward's copies of m_t or the backward's
-    buffers of partial sums, as ``launch`` says."""
+    """Launch the ``'forward'`` or ``'backward'`` kernel over the tiles of B sequences
+    (times the split of their hidden units) with zeroed barrier counters, as ``launch``
+    says."""
     tiles = triton.cdiv(B, launch["BLOCK_B"])
-    extra = [torch.zeros(tiles, dtype=torch.int32, device=device)]
+    counters = torch.zeros(tiles, dtype=torch.int32, device=device)
     options = dict(launch)
-    barriers = options.pop("BARRIERS")
-    if barriers == 1:  # the forward's copies of m_t, the backward's partial sums of dm
-        extra.append(torch.empty(*(() if name == "forward" else (2,)), options["SPLIT"], B, H, device=device))
     if not options["launch_cooperative_grid"]:
         del options["launch_cooperative_grid"]  # the interpreter takes no such option
-    _kernel(name, barriers)[(tiles, options["SPLIT"])](*args, *extra, **flags, **options)
+    _kernel(name)[(tiles, options["SPLIT"])](*args, counters, **flags, **options)
 
 
 def _unwritten(*buffers: torch.Tensor) -> None:
@@ -343,72 +291,6 @@ def _shared_memory(device: torch.device) -> int:
     """The shared memory a block may have on the GPU, in bytes, opting in (0 on the CPU,
     where the interpreter's kernels re-read the weights each step unless told otherwise)."""
     return torch.cuda.get_device_properties(device).shared_memory_per_block_optin if device.type == "cuda" else 0
-
-
-#: the optional inputs of each kernel (constexpr flags); all present by default
-KERNEL_FLAGS = {"forward": ("HAS_B_MH",), "backward": ("HAS_GRAD_HS", "HAS_GRAD_CS")}
-
-
-def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, multiprocessors: int = 0,
-                **flags: bool):
-    """Compile the ``'forward'`` or ``'backward'`` kernel for NVIDIA architecture ``arch``
-    (90: H100/H200, 80: A100) at ``hidden_size``, with the launch options and precision
-    :class:`TritonMLSTM` would use for ``batch`` sequences on a GPU of ``multiprocessors``
-    multiprocessors (the defaults: hidden units unsplit) and the optional inputs ``flags``
-    (see :data:`KERNEL_FLAGS`; omitted ones present), on any machine: no GPU is needed,
-    Triton ships ``ptxas``. Specialised as Triton's launcher would specialise it: every
-    pointer 16-byte aligned (as PyTorch allocates), B and H known to be multiples of 16
-    where they are (the number of steps is not). Returns Triton's compiled kernel
-    (``.asm['ptx']``, ``.metadata``...)."""
-    if triton is None:
-        raise RuntimeError("compiling the kernels needs Triton: pip install -e '.[triton]'")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    options = _launch(hidden_size, batch, multiprocessors, kernel, SHARED_MEMORY.get(arch, 0))
-    function = _kernel(kernel, options["BARRIERS"])
-    constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
-                                             "RESIDENT", "PREFETCH", "POLL", "BATCHED", "X3")},
-                 "PRECISION": precision()}
-    signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
-                 for arg in function.arg_names}
-    signature.update({arg: "constexpr" for arg in constants})
-    multiple_of_16 = {"B": batch % 16 == 0, "H": hidden_size % 16 == 0}
-    aligned = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(function.arg_names)
-               if arg.endswith("_ptr") or multiple_of_16.get(arg, False)}
-    source = ASTSource(fn=function, signature=signature, attrs=aligned,
-                       constexprs={(function.arg_names.index(k),): v for k, v in constants.items()})
-    keys = ("num_warps", "num_stages", "enable_fp_fusion", "launch_cooperative_grid")
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={k: options[k] for k in keys})
-
-
-def resource_usage(hidden_size: int, arch: int = 90, batch: int = 1,
-                   multiprocessors: int = 0) -> dict[str, dict[str, int]]:
-    """Per kernel (:func:`compile_for`, every optional input present), the shared memory it
-    asks for (bytes), its registers per thread and the bytes per thread it spills to local
-    memory (its stack frame), read from the cubin with Triton's ``cuobjdump``."""
-    if triton is None:
-        raise RuntimeError("resource_usage needs Triton: pip install -e '.[triton]'")
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(cuobjdump):
-        cuobjdump = shutil.which("cuobjdump")
-    if cuobjdump is None:
-        raise RuntimeError("resource_usage needs cuobjdump (shipped with Triton's NVIDIA backend)")
-    usage = {}
-    for kernel in KERNEL_FLAGS:
-        compiled = compile_for(kernel, hidden_size, arch, batch, multiprocessors)
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "kernel.cubin")
-            with open(path, "wb") as f:
-                f.write(compiled.asm["cubin"])
-            dump = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True,
-                                  text=True, check=True).stdout
-        line = next(line for line in dump.splitlines() if "REG:" in line)
-        fields = dict(field.split(":", 1) for field in line.split() if ":" in field)
-        usage[kernel] = {"shared": int(compiled.metadata.shared), "registers": int(fields["REG"]),
-                         "spilled": int(fields["STACK"])}
-    return usage
 
 
 class TritonMLSTM(torch.autograd.Function):
@@ -452,8 +334,6 @@ class TritonMLSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_hs, grad_cs):
-        from mlstm4reco.layers import _input_and_weight_gradients
-
         flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh = ctx.saved_tensors
         T, B, H5 = xp.shape
         H = H5 // 5
@@ -468,5 +348,80 @@ class TritonMLSTM(torch.autograd.Function):
              grad_hs if grad_hs is not None else xp, grad_cs if grad_cs is not None else xp,
              xp, acts, cs, tanh_cs, mh, w_hm, w_mh, grad_xp, grad_mh, grad_h0, grad_c0, T, B, H,
              HAS_GRAD_HS=grad_hs is not None, HAS_GRAD_CS=grad_cs is not None, PRECISION=ctx.precision)
-        return (*_input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias,
+        return (*fused.input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias,
                                              grad_h0, grad_c0),)
+
+
+def layer(cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cell``'s layer over ``x_tm`` as :func:`mlstm4reco.fused.layer`, in the kernels."""
+    return TritonMLSTM.apply(x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh,
+                             cell.weight_mh)
+
+
+#: (device, input size, hidden size, bias, multiplicative bias) -> None when the kernels passed
+#: :func:`check` there, else why they did not; 'auto' then uses the fused path.
+verdicts: dict[tuple, str | None] = {}
+
+
+def _largest_relative_difference(actual, expected) -> float:
+    """The largest difference between paired tensors, relative to each expected tensor's
+    largest magnitude."""
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(actual, expected))
+
+
+def check(cell: MLSTMCell, device: torch.device) -> str | None:
+    """Run the Triton kernels once, forward and backward, on a small random problem (3
+    steps, 19 sequences: a full tile and a partly masked one) with a copy of ``cell``'s
+    weights, against the fused path: both state sequences and every input and parameter
+    gradient, with the kernels' default products (tf32x3), once with each program of the
+    grid on all hidden units and once with them split across programs as far as this GPU
+    allows (see :func:`_split`). None when every tensor agrees
+    to 1e-3 of its largest value, else why not. This is how 'auto' guards against kernels
+    that fail, or build but compute wrongly, on a device or Triton version the test suite
+    never ran on."""
+    generator = torch.Generator().manual_seed(0)
+    H = cell.hidden_size
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    def run(path):
+        probe = copy.deepcopy(cell).to(device)
+        probe.zero_grad(set_to_none=True)
+        inputs = [t.clone().requires_grad_(True) for t in (x, h, c)]
+        states = path(probe, *inputs)
+        torch.autograd.backward(states, upstream)
+        return [s.detach() for s in states] + [t.grad for t in inputs] + [p.grad for p in probe.parameters()]
+
+    x, h, c = randn(3, 19, cell.input_size), randn(19, H), randn(19, H)
+    upstream = (randn(3, 19, H), randn(3, 19, H))
+    try:
+        split = _launch(H, 19, _multiprocessors(device))["SPLIT"]
+        with torch.inference_mode(False), torch.enable_grad(), dot_precision("tf32x3"):
+            expected = run(fused.layer)
+            for programs in sorted({1, split}):
+                with launch_options(SPLIT=programs):
+                    worst = _largest_relative_difference(run(layer), expected)
+                if worst > 1e-3:
+                    return (f"they differ from the fused path by {worst:.1e} of a tensor's largest value "
+                            f"(hidden units split across {programs} programs)")
+    except Exception as error:  # noqa: BLE001 - any failure of the kernels is a verdict
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def checked_layer_or_fused(cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    """'auto' on a GPU: :func:`layer` where the kernels passed :func:`check` on this device
+    for this shape of cell under the launch options in force (:func:`launch_options`), else
+    :func:`mlstm4reco.fused.layer` (one warning per verdict)."""
+    key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias is not None,
+           cell.multiplicative_bias, overrides_key())
+    if key not in verdicts:
+        verdicts[key] = check(cell, x_tm.device)
+        if verdicts[key] is not None:
+            warnings.warn(f"MLSTM: the Triton kernels failed their check on {x_tm.device} "
+                          f"({verdicts[key]}); using the fused PyTorch path instead",
+                          RuntimeWarning, stacklevel=3)
+    if verdicts[key] is None:
+        return layer(cell, x_tm, h, c)
+    return fused.layer(cell, x_tm, h, c)

@@ -27,7 +27,7 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
         ({}, "tf32x3", "defaults"),
         (dict(WAIT=0), "tf32x3", "fastest, wrong"),
         ({}, "tf32", "fast, 1e-3"),
-        (dict(BARRIERS=1), "tf32x3", "fast forward, slow backward"),
+        (dict(PREFETCH=0), "tf32x3", "fast forward, slow backward"),
         (dict(K_STAGES=1), "tf32x3", "slow forward, fast backward"),
         (dict(SPLIT=64), "tf32x3", "does not build"),
         (dict(POLL=1), "tf32x3", "waits that give up: fastest if timed"),
@@ -45,7 +45,7 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
         if forward.get("WAIT") == 0 or forward.get("POLL"):
             return 0.5, 0.2
         cheaper = 0.5 if triton_mlstm._precision == "tf32" else 1.0
-        fwd = cheaper * (2.0 if forward.get("BARRIERS") == 1 else 4.0)
+        fwd = cheaper * (2.0 if forward.get("PREFETCH") == 0 else 4.0)
         return fwd + cheaper * (3.0 if backward.get("K_STAGES") == 1 else 5.0), fwd
 
     def step(layer, x, grad):
@@ -60,7 +60,7 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
     monkeypatch.setattr(gpu, "layer_seconds", seconds)
     monkeypatch.setattr(gpu, "step", step)
     best = gpu.sweep_launch_options(torch.device("cpu"), 1, batch=2, seq=2, dim=16)
-    assert best == ({"forward": {"BARRIERS": 1}, "backward": {"K_STAGES": 1}}, "tf32x3")
+    assert best == ({"forward": {"PREFETCH": 0}, "backward": {"K_STAGES": 1}}, "tf32x3")
     printed = capsys.readouterr().out
     assert "the fastest forward with the fastest backward above" in printed
     assert "fastest that agrees with fused to 1e-03: defaults tf32" in printed  # 4.5 s, 1e-3: what 'auto' takes
@@ -88,7 +88,7 @@ def run_main(monkeypatch, *arguments):
     monkeypatch.setattr(triton_mlstm, "available", lambda: True)
     monkeypatch.setattr(gpu, "print_kernel_resources", lambda hidden: calls.append("resources"))
     monkeypatch.setattr(gpu, "check_triton", lambda device: ["tf32x3"])
-    tuned = ({"forward": {"BARRIERS": 1}}, "tf32x3")
+    tuned = ({"forward": {"PREFETCH": 0}}, "tf32x3")
     monkeypatch.setattr(gpu, "sweep_launch_options", lambda device, repeats: calls.append("sweep") or tuned)
     monkeypatch.setattr(gpu, "compare_layers",
                         lambda layers, *rest: calls.append(("layers", list(layers))) or {"nn.LSTM": {"seconds": 1}})
@@ -143,7 +143,7 @@ def test_shape_scan_times_each_shape_against_the_lstm_and_goes_on_past_a_failure
         dim = x.shape[-1]
         if isinstance(layer, torch.nn.LSTM):
             return 1e-3 * dim, 0.5e-3 * dim
-        if triton_mlstm._launch_overrides["forward"].get("BARRIERS") == 1:
+        if triton_mlstm._launch_overrides["forward"].get("PREFETCH") == 0:
             if dim == 32:
                 raise RuntimeError("out of resource")
             return 2e-3 * dim, 1.5e-3 * dim
@@ -155,19 +155,19 @@ def test_shape_scan_times_each_shape_against_the_lstm_and_goes_on_past_a_failure
 
     monkeypatch.setattr(gpu, "layer_seconds", seconds)
     monkeypatch.setattr(gpu, "step", step)
-    gpu.shape_scan(torch.device("cpu"), 1, ({"BARRIERS": 1}, "tf32x3"), seq=10)
+    gpu.shape_scan(torch.device("cpu"), 1, ({"PREFETCH": 0}, "tf32x3"), seq=10)
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows[0][:3] == ["4", "16", "nn.LSTM"] and float(rows[0][3]) == pytest.approx(1e-3 * 16 / 10 * 1e6)
     assert rows[1][:4] == ["4", "16", "1", "defaults"]  # split 1: no GPU
     assert [float(rows[1][i]) for i in (5, 7)] == pytest.approx([3e-3 * 16 / 10 * 1e6, 1.6e-3 * 1e6])
     assert rows[1][6] == "3.00x" and rows[1][8] == "2.00x" and rows[1][9] == "2.5e-01"
-    assert rows[2][3:5] == ["{'BARRIERS':", "1}"] and rows[2][7] == "2.00x"  # the tuned configuration
+    assert rows[2][3:5] == ["{'PREFETCH':", "0}"] and rows[2][7] == "2.00x"  # the tuned configuration
     assert rows[3][:3] == ["2", "32", "nn.LSTM"] and rows[4][3] == "defaults"
     assert rows[5][:3] == ["2", "32", "failed"] and "out of resource" in " ".join(rows[5])
     recorded = gpu.RESULTS.parts["shapes"]  # what --json writes
     assert [(r["batch"], r["hidden"], r["layer"], r.get("options")) for r in recorded] == [
-        (4, 16, "nn.LSTM", None), (4, 16, "MLSTM triton", {}), (4, 16, "MLSTM triton", {"BARRIERS": 1}),
-        (2, 32, "nn.LSTM", None), (2, 32, "MLSTM triton", {}), (2, 32, "MLSTM triton", {"BARRIERS": 1})]
+        (4, 16, "nn.LSTM", None), (4, 16, "MLSTM triton", {}), (4, 16, "MLSTM triton", {"PREFETCH": 0}),
+        (2, 32, "nn.LSTM", None), (2, 32, "MLSTM triton", {}), (2, 32, "MLSTM triton", {"PREFETCH": 0})]
     assert recorded[1]["seconds"] == pytest.approx(3e-3 * 16) and recorded[1]["difference"] == 0.25
     assert recorded[5]["failed"] == "RuntimeError: out of resource" and "seconds" not in recorded[5]
 
