@@ -1,8 +1,12 @@
-"""Spotlight's losses for implicit feedback: pure functions of prediction tensors.
+"""Training losses for implicit feedback.
 
-Each takes the predictions of positive items and of sampled negative items (same shape,
-or with a leading dimension of n negatives for :func:`adaptive_hinge_loss`) and an
-optional mask that is False at padded positions, and returns the masked mean.
+First Spotlight's losses as pure functions of prediction tensors: each takes the
+predictions of positive items and of sampled negative items (same shape, or with a
+leading dimension of n negatives for :func:`adaptive_hinge_loss`) and an optional mask
+that is False at padded positions, and returns the masked mean; then the cross-entropy
+losses over many items. Then the losses of a batch, one signature for all
+(:class:`LossInput` -> scalar), by name in :data:`LOSSES`: what
+:class:`~mlstm4reco.sequence_model.ImplicitSequenceModel` trains with.
 
 References
 ----------
@@ -12,11 +16,17 @@ Weston et al. WSABIE: Scaling up to large vocabulary image annotation. IJCAI 201
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
 import torch
+
+from mlstm4reco.representations.base import PADDING_IDX, ScoresItems
 
 __all__ = [
     "pointwise_loss", "bpr_loss", "hinge_loss", "adaptive_hinge_loss", "softmax_loss",
-    "sampled_softmax_loss", "LOSSES", "SAMPLED_LOSSES", "SOFTMAX_LOSSES",
+    "sampled_softmax_loss", "LossInput", "Loss", "LOSSES", "preceding_items",
 ]
 
 
@@ -70,15 +80,137 @@ def sampled_softmax_loss(positive_logits, negative_logits, accidental_hits=None)
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
 
-SAMPLED_LOSSES = {
-    "pointwise": pointwise_loss,
-    "bpr": bpr_loss,
-    "hinge": hinge_loss,
-    "adaptive_hinge": adaptive_hinge_loss,
+# ---------------------------------------------------------------- losses of a batch
+
+
+@dataclass(frozen=True)
+class LossInput:
+    """What a training loss takes for one batch: the net, the batch and its states, and
+    the model's settings and random draws. Every loss of :data:`LOSSES` takes one.
+
+    Attributes
+    ----------
+    net: torch.nn.Module
+        The representation (:class:`~mlstm4reco.representations.SequenceRepresentation`).
+    sequences: torch.Tensor
+        (B, T) item ids, 0 for padding: each position is its own target.
+    user_representation: torch.Tensor
+        ``net.user_representation(sequences)[0]``: the state at each position.
+    num_items: int
+        Item ids are 0..num_items - 1.
+    num_negative_samples: int
+        Negatives per position (adaptive hinge) or shared per batch (sampled softmax).
+    negatives: callable
+        ``negatives(shape)``: item ids drawn uniformly from [0, num_items) as Spotlight
+        does, from the model's random state, on the net's device.
+    random_state: numpy.random.RandomState
+        The model's random state (the sampled softmax's draws).
+    exclude_preceding: bool
+        Leave items seen earlier in a sequence out of its positions' candidates.
+    """
+
+    net: torch.nn.Module
+    sequences: torch.Tensor
+    user_representation: torch.Tensor
+    num_items: int
+    num_negative_samples: int
+    negatives: Callable[[tuple], torch.Tensor]
+    random_state: np.random.RandomState
+    exclude_preceding: bool = False
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, T): False at padded positions."""
+        return self.sequences != PADDING_IDX
+
+
+class Loss(NamedTuple):
+    """A training loss: ``compute(LossInput) -> scalar``, and what it needs."""
+
+    compute: Callable[[LossInput], torch.Tensor]
+    #: scores many items per position: needs a net with score_items and position_states
+    #: (:class:`~mlstm4reco.representations.ScoresItems`) and takes ``exclude_preceding``
+    over_items: bool = False
+
+
+def preceding_items(sequences: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(B, T, N) booleans: whether item n occurs in sequence b before position t, for every
+    n but each position's own item (padding id 0 never counts)."""
+    batch, length = sequences.shape
+    positions = torch.arange(length, device=sequences.device)
+    first = torch.full((batch, num_items), length, dtype=torch.long, device=sequences.device)
+    first.scatter_reduce_(1, sequences, positions.expand(batch, length), reduce="amin")
+    first[:, PADDING_IDX] = length
+    seen = first.unsqueeze(1) < positions.view(1, length, 1)
+    seen.scatter_(2, sequences.unsqueeze(2), False)  # a repeated item stays its own target
+    return seen
+
+
+def _against_one_negative(function):
+    """Spotlight's loss ``function`` of positive and negative predictions, on a batch:
+    one uniform negative per position."""
+    def compute(batch: LossInput) -> torch.Tensor:
+        positive = batch.net(batch.user_representation, batch.sequences)
+        negative = batch.net(batch.user_representation, batch.negatives(tuple(batch.sequences.shape)))
+        # Losses in float32 (bfloat16 scores under autocast are upcast here).
+        return function(positive.float(), negative.float(), mask=batch.mask)
+    compute.__name__ = compute.__qualname__ = function.__name__.replace("_loss", "")
+    return compute
+
+
+def adaptive_hinge(batch: LossInput) -> torch.Tensor:
+    """Spotlight's adaptive hinge on a batch: the highest of n uniform negatives a position."""
+    positive = batch.net(batch.user_representation, batch.sequences)
+    n, shape = batch.num_negative_samples, tuple(batch.sequences.shape)
+    # One draw of (n * B, T), as Spotlight, viewed as n sets of negatives.
+    negative_items = batch.negatives((n * shape[0], shape[1])).view(n, *shape)
+    negative = torch.stack([batch.net(batch.user_representation, items) for items in negative_items])
+    return adaptive_hinge_loss(positive.float(), negative.float(), mask=batch.mask)
+
+
+def _position_states(batch: LossInput, name: str):
+    """The states, targets and (with ``exclude_preceding``) the preceding items of the
+    batch's non-padded positions: (M, ...), (M,), (M, N) or None."""
+    if not isinstance(batch.net, ScoresItems):
+        raise ValueError(f"loss {name!r} needs a representation with score_items, score_all "
+                         f"and position_states (representations.ScoresItems)")
+    mask = batch.mask
+    states = batch.net.position_states(batch.user_representation)[mask]  # (M, ...)
+    seen = preceding_items(batch.sequences, batch.num_items)[mask] if batch.exclude_preceding else None
+    return states, batch.sequences[mask], seen
+
+
+def softmax(batch: LossInput) -> torch.Tensor:
+    """Cross-entropy over every item at the non-padded positions."""
+    states, targets, seen = _position_states(batch, "softmax")
+    # Ids 1..N-1 only: a slice is a view of the item embeddings, not a copy.
+    logits = batch.net.score_items(states, slice(1, None)).float()
+    if seen is not None:
+        logits = logits.masked_fill(seen[:, 1:], -torch.inf)
+    return softmax_loss(logits, targets)
+
+
+def sampled_softmax(batch: LossInput) -> torch.Tensor:
+    """Cross-entropy against ``num_negative_samples`` uniform items shared by the batch."""
+    states, targets, seen = _position_states(batch, "sampled_softmax")
+    samples = batch.random_state.randint(1, batch.num_items, batch.num_negative_samples)
+    samples = torch.from_numpy(samples).to(states.device)  # (S,)
+    positive = batch.net(states, targets).float()  # (M,): one state per row, Spotlight's call
+    negative = batch.net.score_items(states, samples).float()  # (M, S)
+    left_out = samples.unsqueeze(0) == targets.unsqueeze(1)  # accidental hits
+    if seen is not None:
+        left_out |= seen[:, samples]
+    return sampled_softmax_loss(positive, negative, left_out)
+
+
+LOSSES = {
+    "pointwise": Loss(_against_one_negative(pointwise_loss)),
+    "bpr": Loss(_against_one_negative(bpr_loss)),
+    "hinge": Loss(_against_one_negative(hinge_loss)),
+    "adaptive_hinge": Loss(adaptive_hinge),
+    "softmax": Loss(softmax, over_items=True),
+    "sampled_softmax": Loss(sampled_softmax, over_items=True),
 }
-"""Spotlight's losses: positive and negative predictions, and a mask."""
-
-SOFTMAX_LOSSES = {"softmax": softmax_loss, "sampled_softmax": sampled_softmax_loss}
-"""Losses over many items per position (beyond Spotlight)."""
-
-LOSSES = {**SAMPLED_LOSSES, **SOFTMAX_LOSSES}
+"""Training losses by the names ``ImplicitSequenceModel(loss=...)`` accepts (Spotlight's
+four, then the two over many items). A new one: a function of a :class:`LossInput` and a
+line here."""

@@ -17,9 +17,8 @@ from tqdm.auto import tqdm
 
 from mlstm4reco.files import atomic_path
 from mlstm4reco.interactions import SequenceInteractions
-from mlstm4reco.losses import LOSSES, sampled_softmax_loss, softmax_loss
-from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
-from mlstm4reco.representations import PADDING_IDX, CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet, ScoresItems
+from mlstm4reco.losses import LOSSES, LossInput
+from mlstm4reco.representations import PADDING_IDX, REPRESENTATIONS, ScoresItems
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
 
@@ -27,19 +26,6 @@ FORMAT_VERSION = 1
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Training precisions ``ImplicitSequenceModel(precision=...)`` accepts."""
-
-REPRESENTATIONS = {
-    "lstm": LSTMNet,
-    "gru": GRUNet,
-    "mlstm": MLSTMNet,
-    "pooling": PoolNet,
-    "cnn": CNNNet,
-    "mixture": MixtureLSTMNet,
-    "mixture_mlstm": MixtureMLSTMNet,
-}
-"""Representations by the names ``ImplicitSequenceModel(representation=...)`` accepts
-(Spotlight's names, plus the mLSTM ones)."""
-
 
 def sample_items(num_items: int, shape, random_state: np.random.RandomState) -> np.ndarray:
     """Item ids drawn uniformly from [0, num_items), as Spotlight's ``sample_items``."""
@@ -99,19 +85,6 @@ def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.d
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for, but CUDA is not available")
     return device
-
-
-def _preceding_items(sequences: torch.Tensor, num_items: int) -> torch.Tensor:
-    """(B, T, N) booleans: whether item n occurs in sequence b before position t, for every
-    n but each position's own item (padding id 0 never counts)."""
-    batch, length = sequences.shape
-    positions = torch.arange(length, device=sequences.device)
-    first = torch.full((batch, num_items), length, dtype=torch.long, device=sequences.device)
-    first.scatter_reduce_(1, sequences, positions.expand(batch, length), reduce="amin")
-    first[:, PADDING_IDX] = length
-    seen = first.unsqueeze(1) < positions.view(1, length, 1)
-    seen.scatter_(2, sequences.unsqueeze(2), False)  # a repeated item stays its own target
-    return seen
 
 
 class ImplicitSequenceModel:
@@ -175,8 +148,9 @@ class ImplicitSequenceModel:
             raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if exclude_preceding and loss not in ("softmax", "sampled_softmax"):
-            raise ValueError(f"exclude_preceding needs loss 'softmax' or 'sampled_softmax', not {loss!r}")
+        if exclude_preceding and not LOSSES[loss].over_items:
+            over_items = " or ".join(repr(name) for name, entry in LOSSES.items() if entry.over_items)
+            raise ValueError(f"exclude_preceding needs loss {over_items}, not {loss!r}")
         if isinstance(representation, str) and representation not in REPRESENTATIONS:
             raise ValueError(
                 f"unknown representation {representation!r}; choose from "
@@ -386,44 +360,10 @@ class ImplicitSequenceModel:
 
     def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
         user_representation, _ = self._net.user_representation(batch)
-        if self._loss in ("softmax", "sampled_softmax"):
-            return self._softmax_loss(user_representation, batch)
-        positive = self._net(user_representation, batch)
-        shape = tuple(batch.shape)
-        if self._loss == "adaptive_hinge":
-            n = self._num_negative_samples
-            # One draw of (n * B, T), as Spotlight, viewed as n sets of negatives.
-            negative_items = self._negatives((n * shape[0], shape[1])).view(n, *shape)
-            negative = torch.stack([self._net(user_representation, items) for items in negative_items])
-        else:
-            negative = self._net(user_representation, self._negatives(shape))
-        # Losses in float32 (bfloat16 scores under autocast are upcast here).
-        return self._loss_func(positive.float(), negative.float(), mask=batch != PADDING_IDX)
-
-    def _softmax_loss(self, user_representation, batch: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy at the non-padded positions, over all items or over a shared
-        uniform sample of items (needs a net with ``position_states``/``score_items``)."""
-        if not isinstance(self._net, ScoresItems):
-            raise ValueError(f"loss {self._loss!r} needs a representation with score_items, score_all "
-                             f"and position_states (representations.ScoresItems)")
-        mask = batch != PADDING_IDX
-        states = self._net.position_states(user_representation)[mask]  # (M, ...)
-        targets = batch[mask]  # (M,)
-        seen = _preceding_items(batch, self._num_items)[mask] if self._exclude_preceding else None  # (M, N)
-        if self._loss == "softmax":
-            # Ids 1..N-1 only: a slice is a view of the item embeddings, not a copy.
-            logits = self._net.score_items(states, slice(1, None)).float()
-            if seen is not None:
-                logits = logits.masked_fill(seen[:, 1:], -torch.inf)
-            return softmax_loss(logits, targets)
-        samples = self._random_state.randint(1, self._num_items, self._num_negative_samples)
-        samples = torch.from_numpy(samples).to(self._device)  # (S,)
-        positive = self._net(states, targets).float()  # (M,): one state per row, Spotlight's call
-        negative = self._net.score_items(states, samples).float()  # (M, S)
-        left_out = samples.unsqueeze(0) == targets.unsqueeze(1)  # accidental hits
-        if seen is not None:
-            left_out |= seen[:, samples]
-        return sampled_softmax_loss(positive, negative, left_out)
+        return self._loss_func.compute(LossInput(
+            net=self._net, sequences=batch, user_representation=user_representation, num_items=self._num_items,
+            num_negative_samples=self._num_negative_samples, negatives=self._negatives,
+            random_state=self._random_state, exclude_preceding=self._exclude_preceding))
 
     def _negatives(self, shape) -> torch.Tensor:
         items = sample_items(self._num_items, shape, self._random_state)

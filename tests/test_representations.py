@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlstm4reco import representations
+from mlstm4reco.representations import recurrent
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
 from mlstm4reco.representations import CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet
 
@@ -214,7 +214,7 @@ def test_recurrent_nets_under_bfloat16_autocast_on_the_cpu(net_class, leaves, mo
     float32 ones; on AVX2-only CPUs oneDNN refuses bfloat16 LSTMs). ``leaves`` forces
     either branch, None leaves it to this machine's CPU."""
     if leaves is not None:
-        monkeypatch.setattr(representations, "recurrent_leaves_autocast", lambda x: leaves)
+        monkeypatch.setattr(recurrent, "recurrent_leaves_autocast", lambda x: leaves)
     if leaves is False and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU's oneDNN has no bfloat16 recurrent kernels")
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def test_recurrent_nets_under_bfloat16_autocast_on_the_cpu(net_class, leaves, mo
     full, _ = net.user_representation(seqs)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, _ = net.user_representation(seqs)
-        expected_float32 = representations.recurrent_leaves_autocast(torch.zeros(1))
+        expected_float32 = recurrent.recurrent_leaves_autocast(torch.zeros(1))
     assert expected_float32 == (leaves if leaves is not None else not torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if expected_float32:
         assert low.dtype == torch.float32 and torch.equal(low, full)

@@ -87,7 +87,7 @@ def test_softmax_loss_matches_a_loop_over_positions(synthetic, representation, e
 def test_sampled_softmax_leaves_out_preceding_items(synthetic, monkeypatch):
     """With exclude_preceding, a sampled item seen earlier in the sequence is left out of a
     position's negatives like an accidental hit."""
-    import mlstm4reco.sequence_model as sequence_model
+    from mlstm4reco import losses
 
     train, _ = synthetic
     model = ImplicitSequenceModel(loss="sampled_softmax", representation="mlstm", embedding_dim=8,
@@ -95,8 +95,8 @@ def test_sampled_softmax_leaves_out_preceding_items(synthetic, monkeypatch):
                                   exclude_preceding=True)
     model.fit(train)
     captured = {}
-    original = sequence_model.sampled_softmax_loss
-    monkeypatch.setattr(sequence_model, "sampled_softmax_loss",
+    original = losses.sampled_softmax_loss
+    monkeypatch.setattr(losses, "sampled_softmax_loss",
                         lambda p, n, hits: captured.setdefault("hits", hits) is None or original(p, n, hits))
     batch = torch.from_numpy(train.sequences[:3].astype(np.int64))
     state = model._random_state.get_state()

@@ -34,7 +34,8 @@ from hyperopt import hp
 from hyperopt.pyll.stochastic import sample
 
 from mlstm4reco import datasets
-from mlstm4reco.sequence_model import REPRESENTATIONS, ImplicitSequenceModel
+from mlstm4reco.representations import REPRESENTATIONS
+from mlstm4reco.sequence_model import ImplicitSequenceModel
 from mlstm4reco.study.errors import UserError
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
