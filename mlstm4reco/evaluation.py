@@ -6,9 +6,17 @@ Spotlight scores one sequence at a time: ``-model.predict(sequence)`` ranked by
 padding id 0 included, pushed to the bottom (set to the largest float32) when
 ``exclude_preceding``. Here whole batches are scored at once and the same average rank is
 counted directly: rank = #(better) + (#(tied) + 1) / 2.
+
+Metrics of one held-out item per sequence are functions of that rank, by name in
+:data:`METRICS`: ``mrr`` (1 / rank), ``hit_rate@k`` (1 when rank <= k), ``ndcg@k``
+(1 / log2(1 + rank) when rank <= k); ``mrr@k`` is the reciprocal rank cut at k. All of
+them take the tied items' average rank, so a target tied with others is neither first nor
+last among them. :func:`evaluate` ranks once and reports each metric asked for.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +24,11 @@ import torch
 from mlstm4reco.interactions import SequenceInteractions
 
 __all__ = [
+    "METRICS",
+    "Metric",
+    "parse_metric",
+    "metric_values",
+    "evaluate",
     "sequence_ranks",
     "sequence_mrr_score",
     "sequence_precision_recall_score",
@@ -105,7 +118,7 @@ def sequence_hit_rate_score(
 ) -> np.ndarray:
     """1 where the last item ranks within the top ``k`` (average rank of ties), else 0."""
     k = _positive_integer("k", k)
-    return (sequence_ranks(model, test, exclude_preceding, batch_size) <= k).astype(np.float64)
+    return _hit_rate(sequence_ranks(model, test, exclude_preceding, batch_size), k)
 
 
 def sequence_ndcg_score(
@@ -114,8 +127,74 @@ def sequence_ndcg_score(
 ) -> np.ndarray:
     """NDCG@k of the single relevant last item: 1 / log2(1 + rank) within the top k."""
     k = _positive_integer("k", k)
-    ranks = sequence_ranks(model, test, exclude_preceding, batch_size)
+    return _ndcg(sequence_ranks(model, test, exclude_preceding, batch_size), k)
+
+
+# ---------------------------------------------------------------- metrics by name
+
+
+def _reciprocal_rank(ranks: np.ndarray, k: int | None) -> np.ndarray:
+    values = 1.0 / ranks
+    return values if k is None else np.where(ranks <= k, values, 0.0)
+
+
+def _hit_rate(ranks: np.ndarray, k: int) -> np.ndarray:
+    return (ranks <= k).astype(np.float64)
+
+
+def _ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where(ranks <= k, 1.0 / np.log2(1.0 + ranks), 0.0)
+
+
+class Metric(NamedTuple):
+    """A metric of each held-out item's rank: ``of_ranks(ranks, k)`` -> one value per
+    sequence; ``cutoff`` is ``'required'`` (``name@k`` only), ``'optional'`` or ``'none'``."""
+
+    of_ranks: Callable[[np.ndarray, int | None], np.ndarray]
+    cutoff: str = "required"
+
+
+METRICS = {
+    "mrr": Metric(_reciprocal_rank, cutoff="optional"),
+    "hit_rate": Metric(_hit_rate),
+    "ndcg": Metric(_ndcg),
+}
+"""Rank metrics by name: ``mrr`` or ``mrr@k``, ``hit_rate@k``, ``ndcg@k``. A new one: a
+function of (ranks, k) and a line here."""
+
+
+def parse_metric(name) -> tuple[Metric, int | None]:
+    """The metric and cutoff a name such as ``'ndcg@10'`` or ``'mrr'`` stands for; a
+    ValueError naming the name and the known metrics otherwise."""
+    base, at, cutoff = name.partition("@") if isinstance(name, str) else ("", "", "")
+    metric = METRICS.get(base)
+    known = ", ".join(f"{n}@k" if m.cutoff == "required" else n for n, m in METRICS.items())
+    if metric is None:
+        raise ValueError(f"unknown metric {name!r}; the metrics are {known} (k a positive integer)")
+    if not at:
+        if metric.cutoff == "required":
+            raise ValueError(f"metric {name!r} needs a cutoff, e.g. {base}@10")
+        return metric, None
+    if metric.cutoff == "none" or not cutoff.isdigit() or int(cutoff) < 1 or cutoff != str(int(cutoff)):
+        raise ValueError(f"metric {name!r}: the cutoff after '@' must be a positive integer (known: {known})")
+    return metric, int(cutoff)
+
+
+def metric_values(ranks: np.ndarray, name: str) -> np.ndarray:
+    """Metric ``name`` (see :data:`METRICS`) of each rank."""
+    metric, k = parse_metric(name)
+    return metric.of_ranks(np.asarray(ranks, dtype=np.float64), k)
+
+
+def evaluate(model, test: SequenceInteractions, metrics=("mrr",), exclude_preceding: bool = False,
+             batch_size: int = 256) -> dict[str, float]:
+    """The mean of each metric named in ``metrics`` (see :data:`METRICS`) over the test
+    sequences' last items, from one ranking of all items (:func:`sequence_ranks`)."""
+    metrics = list(metrics)
+    for name in metrics:
+        parse_metric(name)
+    ranks = sequence_ranks(model, test, exclude_preceding, batch_size)
+    return {name: float(metric_values(ranks, name).mean()) for name in metrics}
 
 
 def sequence_precision_recall_score(

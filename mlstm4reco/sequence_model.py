@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
-import pathlib
-import pickle
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mlstm4reco.files import atomic_path
+from mlstm4reco import checkpoint
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES, LossInput
 from mlstm4reco.representations import PADDING_IDX, REPRESENTATIONS, ScoresItems
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
-
-FORMAT_VERSION = 1
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Training precisions ``ImplicitSequenceModel(precision=...)`` accepts."""
@@ -66,12 +61,6 @@ def _check_representation_kwargs(name: str, kwargs) -> None:
     if unknown:
         raise ValueError(f"representation {name!r} ({REPRESENTATIONS[name].__name__}) takes no "
                          f"{unknown}; its representation_kwargs are {accepted}")
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    """An error's message on one line (torch's state-dict errors span several)."""
-    text = " ".join(str(error).split())
-    return (text[:limit] + " ...") if len(text) > limit else text or type(error).__name__
 
 
 def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.device:
@@ -437,58 +426,22 @@ class ImplicitSequenceModel:
         """Write configuration, weights and optimizer state to ``path`` atomically (a
         plain dict of tensors and numbers, loadable with ``weights_only=True``)."""
         self._require_fit()
-        state = {
-            "format_version": FORMAT_VERSION,
-            "config": self.config(),
-            "num_items": self._num_items,
-            "net": self._net.state_dict(),
-            "optimizer": self._optimizer.state_dict(),
-        }
-        try:
-            with atomic_path(pathlib.Path(path)) as tmp:
-                torch.save(state, tmp)
-        except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
-            raise OSError(f"{path}: could not write the model ({_first_line(error)}); "
-                          "a file there before is unchanged") from error
+        checkpoint.write(path, {"config": self.config(), "num_items": self._num_items,
+                                "net": self._net.state_dict(), "optimizer": self._optimizer.state_dict()})
 
     @classmethod
     def load(cls, path, device="auto", random_state=None) -> ImplicitSequenceModel:
         """Rebuild a model written by :meth:`save` (default Adam optimizer)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no saved model at {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - unpickling raises many kinds
-            # torch's weights-only refusal suggests weights_only=False: not for a file that is no model
-            text = "" if isinstance(error, pickle.UnpicklingError) else str(error).strip()
-            reason = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-            raise ValueError(f"{path}: not a model written by ImplicitSequenceModel.save ({reason})") from error
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: not a model written by ImplicitSequenceModel.save "
-                             f"(it holds a {type(state).__name__})")
-        if state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unknown format version {state.get('format_version')!r}")
-        missing = sorted({"config", "num_items", "net", "optimizer"} - set(state))
-        if missing:
-            raise ValueError(f"{path}: not a whole saved model: no {missing}")
-        if not isinstance(state["config"], dict):
-            raise ValueError(f"{path}: the saved config is a {type(state['config']).__name__}, not a mapping")
-        known = set(inspect.signature(cls).parameters)
-        unknown = sorted(set(state["config"]) - known)
-        if unknown:
-            raise ValueError(f"{path}: the saved config has arguments ImplicitSequenceModel does not take: {unknown}")
-        num_items = state["num_items"]
-        if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 2:
-            raise ValueError(f"{path}: num_items must be an integer of at least 2, got {num_items!r}")
+        state = checkpoint.read(path, set(inspect.signature(cls).parameters))
         try:
             model = cls(**state["config"], device=device, random_state=random_state)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: the saved configuration is refused ({_first_line(error)})") from error
+            raise ValueError(f"{path}: the saved configuration is refused ({checkpoint.first_line(error)})") from error
         try:
-            model._initialize(num_items)
+            model._initialize(state["num_items"])
             model._net.load_state_dict(state["net"])
             model._optimizer.load_state_dict(state["optimizer"])
         except (TypeError, ValueError, RuntimeError, KeyError) as error:
             raise ValueError(f"{path}: the saved weights do not fit the saved configuration "
-                             f"({type(error).__name__}: {_first_line(error)})") from error
+                             f"({type(error).__name__}: {checkpoint.first_line(error)})") from error
         return model

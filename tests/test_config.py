@@ -46,6 +46,10 @@ def edited(tmp_path, **changes):
     (dict(protocol__exclude_preceding="yes please"), r"protocol.exclude_preceding must be true or false"),
     (dict(early_stopping={"every": 2, "patience": 0.5}), r"early_stopping needs positive integers"),
     (dict(published={"valid_mrr": "high"}), r"published.valid_mrr must be a number, got 'high'"),
+    (dict(objective="recall@10"), r"objective: unknown metric 'recall@10'; the metrics are mrr, hit_rate@k"),
+    (dict(objective="ndcg"), r"objective: metric 'ndcg' needs a cutoff, e.g. ndcg@10"),
+    (dict(metrics=["mrr", "hit_rate@0"]), r"metrics: metric 'hit_rate@0': the cutoff after '@' must be"),
+    (dict(metrics="ndcg@10"), r"metrics must be a list of metric names, got 'ndcg@10'"),
     # a space that can propose a bad value is refused from its bounds, whatever point is sampled
     (dict(space__learning_rate={"uniform": [-0.01, 0.1]}),
      r"space.learning_rate can give -0.01 .*learning_rate must be a positive number, got -0.01"),

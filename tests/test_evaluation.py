@@ -1,12 +1,17 @@
 import re
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from scipy.stats import rankdata
 
 from mlstm4reco.evaluation import (
     FLOAT_MAX,
+    METRICS,
+    evaluate,
+    parse_metric,
     sequence_hit_rate_score,
     sequence_mrr_score,
     sequence_ndcg_score,
@@ -37,15 +42,21 @@ def make_test_sequences(num_items=30, n=70, length=8, seed=0):
     return SequenceInteractions(sequences, num_items=num_items)
 
 
-def spotlight_mrr(model, test, exclude_preceding):
-    """Spotlight's loop, written independently: one sequence at a time, scipy ranks."""
-    scores = []
+def reference_ranks(model, test, exclude_preceding):
+    """Each target's rank among all item ids, by pandas: one sequence at a time, scores
+    ranked highest first with ties given their average rank, the input's items (padding id
+    0 among them) moved below every real score when excluded, as Spotlight does."""
+    ranks = []
     for sequence in test.sequences:
-        costs = -model.predict(sequence[:-1])
+        scores = pd.Series(model.predict(sequence[:-1]).astype(np.float64))
         if exclude_preceding:
-            costs[sequence[:-1]] = FLOAT_MAX
-        scores.append(1.0 / rankdata(costs)[sequence[-1]])
-    return np.array(scores)
+            scores[np.unique(sequence[:-1])] = -np.inf
+        ranks.append(scores.rank(method="average", ascending=False)[sequence[-1]])
+    return np.array(ranks)
+
+
+def spotlight_mrr(model, test, exclude_preceding):
+    return 1.0 / reference_ranks(model, test, exclude_preceding)
 
 
 @pytest.mark.parametrize("representation", ["lstm", "mlstm"])
@@ -126,3 +137,39 @@ def test_bad_k_and_batch_size_are_refused():
             metric(model, test, batch_size=0)
     with pytest.raises(ValueError, match="k = 31 is more than the model's 30 items"):
         sequence_precision_recall_score(model, test, 31)
+
+
+@pytest.mark.parametrize("exclude_preceding", [False, True])
+def test_evaluate_gives_every_metric_of_one_ranking(exclude_preceding):
+    """evaluate's means, ties included (average ranks), against a plain loop over the
+    reference ranks: MRR, MRR@k (0 beyond k), HR@k (rank <= k), NDCG@k (1 / log2(1 + rank)
+    within k)."""
+    model = random_model("mlstm", ties=True)
+    test = make_test_sequences()
+    ranks = reference_ranks(model, test, exclude_preceding)
+    assert any(rank != int(rank) for rank in ranks)  # some targets are tied with others
+    expected = {"mrr": [1 / r for r in ranks], "mrr@5": [1 / r if r <= 5 else 0 for r in ranks],
+                "hit_rate@5": [float(r <= 5) for r in ranks], "hit_rate@1": [float(r <= 1) for r in ranks],
+                "ndcg@5": [1 / math.log2(1 + r) if r <= 5 else 0 for r in ranks]}
+    got = evaluate(model, test, list(expected), exclude_preceding=exclude_preceding, batch_size=16)
+    assert list(got) == list(expected)
+    for name, values in expected.items():
+        assert got[name] == pytest.approx(sum(values) / len(values), rel=1e-12), name
+
+
+@pytest.mark.parametrize("name, message", [
+    ("recall@10", "unknown metric 'recall@10'"), ("ndcg", "metric 'ndcg' needs a cutoff, e.g. ndcg@10"),
+    ("hit_rate@0", "the cutoff after '@' must be a positive integer"), ("ndcg@ten", "must be a positive integer"),
+    ("mrr@05", "must be a positive integer"), ("ndcg@-1", "must be a positive integer"), (3, "unknown metric 3"),
+])
+def test_bad_metric_names_are_refused(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_metric(name)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate(random_model("lstm"), make_test_sequences(), ["mrr", name])
+
+
+def test_metric_names_parse():
+    assert parse_metric("mrr") == (METRICS["mrr"], None)
+    assert parse_metric("mrr@20") == (METRICS["mrr"], 20)
+    assert parse_metric("ndcg@10") == (METRICS["ndcg"], 10)

@@ -53,6 +53,49 @@ def is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_search_follows_its_objective_and_records_every_metric(tmp_path, capsys):
+    """objective: ndcg@10 with metrics [mrr, hit_rate@5]: every trial records the three on
+    valid and test (the objective first), TPE learns from the validation NDCG@10, early
+    stopping keeps the epoch of the best one, and the report names it."""
+    from mlstm4reco.study.tpe import _trials_from_records
+
+    config = tiny_config(tmp_path / "configs", objective="ndcg@10", metrics=["mrr", "hit_rate@5"],
+                         early_stopping={"every": 1, "patience": 3}, n_iter=(2, 3, 1))
+    assert search.load_config(config).metrics == ["ndcg@10", "mrr", "hit_rate@5"]
+    assert run.main(["--dataset", "synthetic", "--model", "mlstm", "--trials", "2", "--config", str(config),
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    out = tmp_path / "out" / "synthetic_mlstm"
+    records = read_records(out / "trials.json")
+    for record in records:
+        assert record["status"] == "ok" and record["objective"] == "ndcg@10"
+        for split in ("valid", "test"):
+            assert 0 < record[f"{split}_hit_rate@5"] <= 1 and 0 < record[f"{split}_mrr"] <= 1
+            assert 0 < record[f"{split}_ndcg@10"] <= 1
+        epoch, value = max(record["valid_history"], key=lambda pair: pair[1])  # the first best
+        assert record["best_epoch"] == epoch and record["valid_ndcg@10"] == pytest.approx(value)
+    assert _trials_from_records(records).losses() == [-r["valid_ndcg@10"] for r in records]
+    best = max(records, key=lambda r: r["valid_ndcg@10"])
+    summary = (out / "summary.md").read_text()
+    assert f"Best by validation NDCG@10: trial {best['number']}, valid {best['valid_ndcg@10']:.4f}" in summary
+    header = (out / "trials.csv").read_text().splitlines()[0].split(",")
+    assert header[2:8] == ["valid_ndcg@10", "test_ndcg@10", "valid_mrr", "test_mrr", "valid_hit_rate@5",
+                           "test_hit_rate@5"]
+    assert is_png(out / "valid_ndcg@10.png")
+
+
+def test_records_without_an_objective_are_read_as_mrr(tmp_path):
+    """Records files from before objectives: their valid_mrr/test_mrr are the objective's
+    fields; a record that names another objective must carry that one's."""
+    path = tmp_path / "runs.json"
+    run_record = dict(model="mlstm", dataset="synthetic", seed=0, arguments={}, status="ok", seconds=1.0,
+                      valid_mrr=0.1, test_mrr=0.2, fit_seconds=1.0)
+    path.write_text(json.dumps({"records": [run_record]}))
+    assert search.RecordFile(path, kind="runs").records[0]["valid_mrr"] == 0.1
+    path.write_text(json.dumps({"records": [dict(run_record, objective="ndcg@10")]}))
+    with pytest.raises(search.UserError, match=r"record 0: no field 'valid_ndcg@10'"):
+        search.RecordFile(path, kind="runs")
+
+
 @pytest.mark.parametrize("dataset", ["synthetic", "ml100k"])
 def test_search_end_to_end(tmp_path, dataset, capsys):
     if dataset == "ml100k":
@@ -515,7 +558,7 @@ def test_validation_evaluations_are_timed_apart_from_training(tmp_path, monkeypa
 
     config = search.load_config(tiny_config(tmp_path))
     splits = search.load_splits(config)
-    score, durations = evaluation.sequence_mrr_score, []
+    score, durations = evaluation.evaluate, []
 
     def slow_score(*args, **kwargs):
         start = time.perf_counter()
@@ -524,7 +567,7 @@ def test_validation_evaluations_are_timed_apart_from_training(tmp_path, monkeypa
         durations.append(time.perf_counter() - start)
         return result
 
-    monkeypatch.setattr(evaluation, "sequence_mrr_score", slow_score)
+    monkeypatch.setattr(evaluation, "evaluate", slow_score)
     arguments = search.model_arguments(config, {**config.best, "n_iter": 3})
     result = search.train_and_evaluate(arguments, splits, config.protocol, seed=0, device="cpu",
                                        early_stopping=dict(every=1, patience=5))

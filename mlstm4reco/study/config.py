@@ -10,7 +10,12 @@ A config (see ``configs/``) names a dataset and a model and holds
 - ``early_stopping`` (optional): ``{every: E, patience: P}`` evaluates validation MRR
   every E epochs, keeps the best weights and stops after P evaluations without a gain,
   so that ``n_iter`` becomes a maximum;
-- ``data`` (optional): arguments of the dataset loader (synthetic, amazon).
+- ``data`` (optional): arguments of the dataset loader (synthetic, amazon);
+- ``objective`` (optional, default ``mrr``): the validation metric the search maximises
+  and early stopping and ASHA follow, any name of :data:`mlstm4reco.evaluation.METRICS`
+  (``ndcg@10``, ``hit_rate@10``, ...);
+- ``metrics`` (optional): the metrics every trial and run records for valid and test
+  (``valid_NAME``, ``test_NAME``); the objective always among them, first.
 
 Every field is checked for its type and range when the file is read; a search space is
 checked at the extremes of each distribution (not by sampling a point), so that a space
@@ -33,7 +38,7 @@ import yaml
 from hyperopt import hp
 from hyperopt.pyll.stochastic import sample
 
-from mlstm4reco import datasets
+from mlstm4reco import datasets, evaluation
 from mlstm4reco.representations import REPRESENTATIONS
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 from mlstm4reco.study.errors import UserError
@@ -63,7 +68,12 @@ class ExperimentConfig:
     published: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     early_stopping: dict | None = None
+    objective: str = "mrr"
+    metrics: list = field(default_factory=list)
     source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.metrics = [self.objective, *(m for m in self.metrics if m != self.objective)]
 
     @property
     def name(self) -> str:
@@ -199,8 +209,8 @@ def load_config(path) -> ExperimentConfig:
     missing = {"dataset", "model", "protocol", "fixed", "space"} - set(raw)
     if unknown or missing:
         raise UserError(f"{path}: unknown keys {sorted(map(str, unknown))}, missing keys {sorted(missing)}")
-    if raw["dataset"] not in DATASETS:
-        raise UserError(f"{path}: unknown dataset {raw['dataset']!r}; choose from {DATASETS}")
+    if raw["dataset"] not in datasets.DATASETS:  # the registry itself: a dataset added at run time counts
+        raise UserError(f"{path}: unknown dataset {raw['dataset']!r}; choose from {tuple(datasets.DATASETS)}")
     check_plain_name(raw["model"], f"{path}: model")
     _check_protocol(raw["protocol"], str(path))
     for name in ("fixed", "space", "best", "published", "data"):
@@ -214,6 +224,7 @@ def load_config(path) -> ExperimentConfig:
     if stopping is not None and (not isinstance(stopping, dict) or set(stopping) != {"every", "patience"}
                                  or not all(_is_int(v) and v >= 1 for v in stopping.values())):
         raise UserError(f"{path}: early_stopping needs positive integers 'every' and 'patience', got {stopping!r}")
+    _check_metrics(raw, path)
     raw = {k: ({} if v is None and k in ("best", "published", "data") else v) for k, v in raw.items()}
     config = ExperimentConfig(**raw, source=str(path))
     if config.best:
@@ -221,6 +232,17 @@ def load_config(path) -> ExperimentConfig:
     if config.space:
         _check_space_bounds(config, path)
     return config
+
+
+def _check_metrics(raw: dict, path) -> None:
+    names = raw.get("metrics", [])
+    if not isinstance(names, list):
+        raise UserError(f"{path}: metrics must be a list of metric names, got {names!r:.80}")
+    for where, name in [("objective", raw.get("objective", "mrr")), *(("metrics", n) for n in names)]:
+        try:
+            evaluation.parse_metric(name)
+        except ValueError as error:
+            raise UserError(f"{path}: {where}: {error}") from error
 
 
 def _check_space_bounds(config: ExperimentConfig, path) -> None:

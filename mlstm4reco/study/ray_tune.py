@@ -15,10 +15,10 @@ records written atomically by the driver as each trial ends, and so the same rep
   from the trials it finished and runs the rest (the trials that were in flight are lost;
   their numbers are not reused). Trial numbers are claimed in the file, so a local search
   or another Ray search may share the folder.
-- Optional ASHA (asynchronous successive halving): trials report validation MRR every few
-  epochs and the scheduler stops the poor ones early. A stopped trial is recorded with
-  status ``stopped``, the best validation MRR it reached and no test MRR; TPE learns from it
-  like from a finished one.
+- Optional ASHA (asynchronous successive halving): trials report the validation objective
+  (MRR by default) every few epochs and the scheduler stops the poor ones early. A stopped
+  trial is recorded with status ``stopped``, the best validation score it reached and no
+  test score; TPE learns from it like from a finished one.
 
 ``ray[tune]`` is an optional dependency: ``pip install -e ".[ray]"``.
 """
@@ -36,10 +36,13 @@ from tqdm.auto import tqdm
 from mlstm4reco.study.config import ExperimentConfig, model_arguments
 from mlstm4reco.study.errors import UserError
 from mlstm4reco.study.protocol import load_splits
-from mlstm4reco.study.records import RecordFile, _jsonable, ensure_results_folder
+from mlstm4reco.study.records import RecordFile, _jsonable, ensure_results_folder, metric_field
 from mlstm4reco.study.runners import check_seed, check_trials
 from mlstm4reco.study.tpe import suggest
 from mlstm4reco.study.trial import provenance, run_guarded, train_and_evaluate
+
+METRIC = "objective"
+"""The name under which trials report the config's validation objective to Tune."""
 
 
 def _import_ray():
@@ -67,29 +70,31 @@ def max_epochs(config: ExperimentConfig) -> int:
     return int(args[1])
 
 
-def _trial(trial: dict, *, splits, protocol: dict, seed: int, device: str,
-           early_stopping: dict | None, report_every: int | None, threads: int, train) -> None:
-    """One trial inside a Ray worker. With ``report_every`` (ASHA), validation MRR is
-    reported every few epochs; the last report always carries the whole result as JSON."""
+def _trial(trial: dict, *, splits, protocol: dict, seed: int, device: str, early_stopping: dict | None,
+           report_every: int | None, threads: int, train, metrics=("mrr",)) -> None:
+    """One trial inside a Ray worker. With ``report_every`` (ASHA), the validation
+    objective (the first of ``metrics``) is reported every few epochs as Tune's metric
+    ``objective``; the last report always carries the whole result as JSON."""
     import torch
     from ray import tune
 
     torch.set_num_threads(threads)
     best = -math.inf
 
-    def listener(epoch: int, mrr: float) -> None:
+    def listener(epoch: int, value: float) -> None:
         nonlocal best
-        best = max(best, mrr)
+        best = max(best, value)
         if epoch < trial["arguments"].get("n_iter", math.inf):  # the last epoch: the final report
-            tune.report({"valid_mrr": mrr, "best_valid_mrr": best, "epoch": epoch})
+            tune.report({METRIC: value, "best": best, "epoch": epoch})
 
     monitor = {"every": report_every, "listener": listener} if report_every else None
     result = run_guarded(train, arguments=trial["arguments"], splits=splits, protocol=protocol,
-                                seed=seed, device=device, early_stopping=early_stopping, monitor=monitor)
+                                seed=seed, device=device, early_stopping=early_stopping, monitor=monitor,
+                                metrics=metrics)
     result["worker"] = f"{os.uname().nodename}:{os.getpid()}"
     ok = result["status"] == "ok"
     tune.report({"record": json.dumps(result, default=_jsonable),
-                 "valid_mrr": result["valid_mrr"] if ok else 0.0,  # Tune needs the metric
+                 METRIC: result[metric_field("valid", metrics[0])] if ok else 0.0,  # Tune needs the metric
                  "epoch": result.get("epochs", trial["arguments"].get("n_iter", 0))})
 
 
@@ -100,7 +105,7 @@ class TPESearcher:
 
     def __init__(self, config: ExperimentConfig, store: RecordFile, seed: int, budget: int,
                  bar=None) -> None:
-        super().__init__(metric="valid_mrr", mode="max")
+        super().__init__(metric=METRIC, mode="max")
         self.config, self.store, self.seed, self.budget, self.bar = config, store, seed, budget, bar
         self.pending: dict[str, dict] = {}
 
@@ -134,13 +139,16 @@ class TPESearcher:
                        "error": "the trial's Ray worker failed (killed, out of memory or lost); "
                                 "its log is under the results folder's ray/"}
         else:  # stopped by the scheduler between two reports
-            outcome = {"status": "stopped", "valid_mrr": result["best_valid_mrr"], "test_mrr": None,
-                       "epochs": result["epoch"], "seconds": seconds}
-        self.store.append({**trial, **outcome, "seed": self.seed, "config": self.config.source,
-                           "backend": "ray", "trial_id": trial_id, **provenance()}, release=claim)
+            objective = self.config.objective
+            outcome = {"status": "stopped", metric_field("valid", objective): result["best"],
+                       metric_field("test", objective): None, "epochs": result["epoch"], "seconds": seconds}
+        self.store.append({**trial, **outcome, "seed": self.seed, "objective": self.config.objective,
+                           "config": self.config.source, "backend": "ray", "trial_id": trial_id,
+                           **provenance()}, release=claim)
         if self.bar is not None:
-            scored = [r["valid_mrr"] for r in self.store.records if r["status"] in ("ok", "stopped")]
-            self.bar.set_postfix(best_valid_mrr=f"{max(scored, default=float('nan')):.4f}")
+            valid = metric_field("valid", self.config.objective)
+            scored = [r[valid] for r in self.store.records if r["status"] in ("ok", "stopped") and valid in r]
+            self.bar.set_postfix({f"best {valid}": f"{max(scored, default=float('nan')):.4f}"})
             self.bar.update(1)
 
     def release_all(self) -> None:
@@ -216,11 +224,11 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
         trainable = tune.with_parameters(
             _trial, splits=splits, protocol=config.protocol, seed=seed, device=device,
             early_stopping=config.early_stopping, report_every=every,
-            threads=max(1, int(cpus_per_trial)), train=train)
+            threads=max(1, int(cpus_per_trial)), train=train, metrics=config.metrics)
         trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="valid_mrr",
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric=METRIC,
                                         mode="max", num_samples=trials - len(store.records),
                                         # a fresh worker per trial: with reused ones, Tune went on
                                         # with one worker fewer for good after one had died

@@ -30,7 +30,7 @@ import numpy as np
 from mlstm4reco.files import atomic_path, check_writable, describe_os_error, leftover_parts
 from mlstm4reco.study.errors import UserError
 
-__all__ = ["RecordFile", "ensure_results_folder", "STATUSES"]
+__all__ = ["RecordFile", "ensure_results_folder", "STATUSES", "metric_field", "objective"]
 
 STATUSES = ("ok", "failed", "stopped")
 LOCK_TIMEOUT = 120.0
@@ -44,6 +44,22 @@ def ensure_results_folder(folder) -> pathlib.Path:
         return check_writable(folder)
     except OSError as error:
         raise UserError(f"{folder}: cannot write to the results folder ({describe_os_error(error)})") from error
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def metric_field(split: str, metric: str) -> str:
+    """The record field of ``metric`` on ``split`` ('valid' or 'test'): ``valid_mrr``,
+    ``test_ndcg@10``. Records hold each measured metric as one such field, the shape every
+    records file has had (``valid_mrr``, ``test_mrr``), so old files read as new ones."""
+    return f"{split}_{metric}"
+
+
+def objective(record: dict) -> str:
+    """The metric the record's search or run optimised: its ``objective`` field, or
+    ``mrr`` for records written before there was a choice."""
+    return record.get("objective", "mrr")
 
 
 # ---------------------------------------------------------------------------- validation
@@ -67,18 +83,19 @@ _CHECKS = {
 }
 
 _FIELDS = {
-    # kind: (fields of every record, fields of an 'ok' record, fields of a 'stopped' one)
+    # kind: (fields of every record, fields of an 'ok' record, fields of a 'stopped' one);
+    # VALID and TEST stand for the fields of the record's objective (metric_field('valid', ...))
     "trials": ({"number": "an integer", "vals": "a mapping", "arguments": "a mapping",
                 "status": f"one of {STATUSES}", "seconds": "a number"},
-               {"valid_mrr": "a finite number", "test_mrr": "a finite number"},
-               {"valid_mrr": "a finite number"}),
+               {"VALID": "a finite number", "TEST": "a finite number"},
+               {"VALID": "a finite number"}),
     "runs": ({"model": "a string", "dataset": "a string", "seed": "an integer", "arguments": "a mapping",
               "status": f"one of {STATUSES}", "seconds": "a number"},
-             {"valid_mrr": "a finite number", "test_mrr": "a finite number", "fit_seconds": "a number"},
+             {"VALID": "a finite number", "TEST": "a finite number", "fit_seconds": "a number"},
              {}),
-    "curve_point": ({"epoch": "an integer", "valid_mrr": "a number", "seconds": "a number"}, {}, {}),
+    "curve_point": ({"epoch": "an integer", "VALID": "a number", "seconds": "a number"}, {}, {}),
     "curve_final": ({"status": f"one of {STATUSES}"},
-                    {"valid_mrr": "a finite number", "test_mrr": "a finite number"}, {}),
+                    {"VALID": "a finite number", "TEST": "a finite number"}, {}),
 }
 
 
@@ -93,6 +110,10 @@ def check_record(record, kind: str, where: str) -> None:
     fields = dict(always)
     status = record.get("status")
     fields.update(ok if status == "ok" else stopped if status == "stopped" else {})
+    if not isinstance(record.get("objective", ""), str):
+        raise UserError(f"{where}: field 'objective' must be a metric's name, got {record['objective']!r:.80}")
+    named = {"VALID": metric_field("valid", objective(record)), "TEST": metric_field("test", objective(record))}
+    fields = {named.get(name, name): what for name, what in fields.items()}
     for name, what in fields.items():
         if name not in record:
             raise UserError(f"{where}: no field {name!r} (expected {what})")

@@ -10,8 +10,42 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+from mlstm4reco import evaluation
 from mlstm4reco.files import describe_os_error, write_together
 from mlstm4reco.study.errors import UserError
+from mlstm4reco.study.records import metric_field, objective
+
+
+def _objective(records: list[dict]) -> str:
+    """The metric the records' search or runs optimised (MRR for records from before the
+    choice)."""
+    return objective(records[0]) if records else "mrr"
+
+
+def label(metric: str) -> str:
+    """A metric's name as reports print it: MRR, HR@10, NDCG@10, MRR@20."""
+    base, at, k = metric.partition("@")
+    return {"mrr": "MRR", "hit_rate": "HR", "ndcg": "NDCG"}.get(base, base) + at + k
+
+
+def recorded_metrics(records: list[dict]) -> list[str]:
+    """The metrics the records hold (``valid_NAME`` fields of a known metric), the
+    objective first."""
+    names = [_objective(records)]
+    for record in records:
+        for key in record:
+            name = key[len("valid_"):] if key.startswith("valid_") else None
+            if name and name not in names and _is_metric(name):
+                names.append(name)
+    return names
+
+
+def _is_metric(name: str) -> bool:
+    try:
+        evaluation.parse_metric(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _write_all(contents: dict[pathlib.Path, str | bytes]) -> None:
@@ -65,9 +99,12 @@ def _epoch_seconds(runs: list[dict]) -> float:
 
 
 def reproduction_rows(records: list[dict], baseline: str = "lstm") -> list[dict]:
-    """One row per model: mean and std of valid/test MRR over seeds beside the study's,
-    the median seconds per run (all of it) and per epoch (training only, see
-    :func:`_epoch_seconds`), and the epoch time relative to ``baseline``'s."""
+    """One row per model: mean and std over seeds of each recorded metric on valid and test
+    (the objective, MRR by default, first and beside the study's), the median seconds per
+    run (all of it) and per epoch (training only, see :func:`_epoch_seconds`), and the
+    epoch time relative to ``baseline``'s."""
+    metrics = recorded_metrics(records)
+    valid, test = metric_field("valid", metrics[0]), metric_field("test", metrics[0])
     base_ok = _ok([r for r in records if r["model"] == baseline])
     base_epoch = _epoch_seconds(base_ok) if base_ok else None
     rows = []
@@ -80,10 +117,12 @@ def reproduction_rows(records: list[dict], baseline: str = "lstm") -> list[dict]
             "model": model,
             "seeds": len(ok),
             "failed": len(runs) - len(ok),
-            "valid_mrr": _mean_std([r["valid_mrr"] for r in ok]),
-            "test_mrr": _mean_std([r["test_mrr"] for r in ok]),
-            "study_valid_mrr": published.get("valid_mrr", ""),
-            "study_test_mrr": published.get("test_mrr", ""),
+            valid: _mean_std([r[valid] for r in ok]),
+            test: _mean_std([r[test] for r in ok]),
+            f"study_{valid}": published.get(valid, ""),
+            f"study_{test}": published.get(test, ""),
+            **{metric_field(split, name): _mean_std([r[metric_field(split, name)] for r in ok])
+               for name in metrics[1:] for split in ("valid", "test")},
             "seconds_per_run": f"{np.median([r['seconds'] for r in ok]):.0f}" if ok else "n/a",
             "seconds_per_epoch": f"{_epoch_seconds(ok):.2f}" if ok else "n/a",
             f"epoch_vs_{baseline}": f"{_epoch_seconds(ok) / base_epoch:.2f}x" if ok and base_epoch else "n/a",
@@ -166,8 +205,9 @@ def write_reproduction_report(records: list[dict], out_dir, baseline: str = "lst
     out_dir = pathlib.Path(out_dir)
     rows = reproduction_rows(records, baseline)
     tests = ""
+    metrics = [metric_field(split, name) for name in recorded_metrics(records) for split in ("test", "valid")]
     for model, against in comparisons([row["model"] for row in rows], baseline, pairs):
-        for metric in ("test_mrr", "valid_mrr"):
+        for metric in metrics:
             tests += paired_line(records, against, model, metric)
     paths = {"markdown": out_dir / "table.md", "csv": out_dir / "table.csv",
              "plot": out_dir / "comparison.png"}
@@ -180,12 +220,15 @@ def write_reproduction_report(records: list[dict], out_dir, baseline: str = "lst
 
 
 def plot_comparison(records: list[dict]) -> bytes:
-    """Bars of mean valid/test MRR with std error bars; the study's numbers as marks."""
+    """Bars of the mean valid/test objective (MRR by default) with std error bars; the
+    study's numbers as marks."""
+    name = _objective(records)
+    valid, test = metric_field("valid", name), metric_field("test", name)
     models = list(dict.fromkeys(r["model"] for r in records))
     many = len(models) > 6  # then narrower bars and slanted names
     fig, ax = _pyplot().subplots(figsize=(1.8 + (0.9 if many else 1.6) * len(models), 4.2 if many else 3.6))
     width = 0.38
-    for offset, metric, color in ((-width / 2, "valid_mrr", "#8da0cb"), (width / 2, "test_mrr", "#fc8d62")):
+    for offset, metric, color in ((-width / 2, valid, "#8da0cb"), (width / 2, test, "#fc8d62")):
         for i, model in enumerate(models):
             ok = [r for r in _ok(records) if r["model"] == model]
             values = np.array([r[metric] for r in ok], dtype=float)
@@ -196,9 +239,9 @@ def plot_comparison(records: list[dict]) -> bytes:
             published = next((r.get("published") or {} for r in records if r["model"] == model), {})
             if metric in published:
                 ax.plot(i + offset, published[metric], "k_", markersize=18, mew=2,
-                        label="study" if (i == 0 and metric == "test_mrr") else None)
+                        label="study" if (i == 0 and metric == test) else None)
     ax.set_xticks(range(len(models)), models, rotation=35 if many else 0, ha="right" if many else "center")
-    ax.set_ylabel("MRR")
+    ax.set_ylabel(label(name))
     dataset = records[0]["dataset"] if records else ""
     ax.set_title(f"{dataset}: mean ± std over seeds")
     ax.legend(fontsize=8)
@@ -207,25 +250,31 @@ def plot_comparison(records: list[dict]) -> bytes:
 
 
 def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
-    """summary.md (best trial and all trials), trials.csv and valid_mrr.png."""
+    """summary.md (best trial and all trials), trials.csv and valid_NAME.png (NAME the
+    objective: valid_mrr.png by default)."""
     out_dir = pathlib.Path(out_dir)
     records = sorted(records, key=lambda r: r["number"])  # the Ray backend records by end time
+    name = _objective(records)
+    valid, test, shown = metric_field("valid", name), metric_field("test", name), label(name)
+    others = recorded_metrics(records)[1:]
     rows = [{"number": r["number"], "status": r["status"],
-             "valid_mrr": f"{r['valid_mrr']:.4f}" if r["status"] in ("ok", "stopped") else "",
-             "test_mrr": f"{r['test_mrr']:.4f}" if r["status"] == "ok" else "",
+             valid: f"{r[valid]:.4f}" if r["status"] in ("ok", "stopped") else "",
+             test: f"{r[test]:.4f}" if r["status"] == "ok" else "",
+             **{metric_field(split, other): f"{r[metric_field(split, other)]:.4f}" if r["status"] == "ok" else ""
+                for other in others for split in ("valid", "test")},
              "seconds": f"{r['seconds']:.0f}",
              **{k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in r["arguments"].items()
                 if k not in ("loss", "representation")}} for r in records]
     ok = _ok(records)
-    best = max(ok, key=lambda r: r["valid_mrr"]) if ok else None
+    best = max(ok, key=lambda r: r[valid]) if ok else None
     stopped = sum(r["status"] == "stopped" for r in records)
     head = (f"# Search: {title}\n\n{len(records)} trials, {len(records) - len(ok) - stopped} failed"
-            + (f", {stopped} stopped early by ASHA (their MRR: when stopped)" if stopped else "") + ".\n\n")
+            + (f", {stopped} stopped early by ASHA (their {shown}: when stopped)" if stopped else "") + ".\n\n")
     if best is not None:
-        head += (f"Best by validation MRR: trial {best['number']}, valid {best['valid_mrr']:.4f}, "
-                 f"test {best['test_mrr']:.4f}, arguments {best['arguments']}.\n\n")
+        head += (f"Best by validation {shown}: trial {best['number']}, valid {best[valid]:.4f}, "
+                 f"test {best[test]:.4f}, arguments {best['arguments']}.\n\n")
     paths = {"markdown": out_dir / "summary.md", "csv": out_dir / "trials.csv",
-             "plot": out_dir / "valid_mrr.png"}
+             "plot": out_dir / f"{valid}.png"}
     _write_all({paths["markdown"]: head + markdown_table(rows), paths["csv"]: csv_text(rows),
                 paths["plot"]: plot_search(records, title)})
     return paths
@@ -234,21 +283,23 @@ def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, p
 def plot_search(records: list[dict], title: str) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(6, 3.6))
     records = sorted(records, key=lambda r: r["number"])
+    name = _objective(records)
+    valid = metric_field("valid", name)
     ok = _ok(records)
     numbers = [r["number"] for r in ok]
-    values = [r["valid_mrr"] for r in ok]
+    values = [r[valid] for r in ok]
     ax.plot(numbers, values, "o", color="#66c2a5", label="trial")
     if values:
         ax.step(numbers, np.maximum.accumulate(values), where="post", color="k", label="best so far")
     stopped = [r for r in records if r["status"] == "stopped"]
     if stopped:
-        ax.plot([r["number"] for r in stopped], [r["valid_mrr"] for r in stopped], ".",
+        ax.plot([r["number"] for r in stopped], [r[valid] for r in stopped], ".",
                 color="#999999", label="stopped early")
     failed = [r["number"] for r in records if r["status"] == "failed"]
     if failed:
         ax.plot(failed, [min(values, default=0)] * len(failed), "rx", label="failed")
     ax.set_xlabel("trial")
-    ax.set_ylabel("validation MRR")
+    ax.set_ylabel(f"validation {label(name)}")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -260,26 +311,28 @@ def _curve_points(records: list[dict]) -> list[dict]:
 
 
 def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pathlib.Path]:
-    """curve.md (the final MRRs and the curve) and curve.png from a curve's records."""
+    """curve.md (the final scores and the curve) and curve.png from a curve's records."""
     out_dir = pathlib.Path(out_dir)
     points = _curve_points(records)
     final = next((r for r in records if r.get("final")), None)
+    name = _objective(records)
+    valid, test, shown = metric_field("valid", name), metric_field("test", name), label(name)
     head = f"# Learning curve: {title}\n\n"
     if final is not None and final["status"] == "ok":
-        best = max(points, key=lambda r: r["valid_mrr"]) if points else None
-        head += (f"After {final['epochs']} epochs: valid MRR {final['valid_mrr']:.4f}, test MRR "
-                 f"{final['test_mrr']:.4f}; arguments {final['arguments']}.\n\n")
+        best = max(points, key=lambda r: r[valid]) if points else None
+        head += (f"After {final['epochs']} epochs: valid {shown} {final[valid]:.4f}, test {shown} "
+                 f"{final[test]:.4f}; arguments {final['arguments']}.\n\n")
         if best is not None:
-            head += f"Best validation MRR {best['valid_mrr']:.4f} at epoch {best['epoch']}.\n\n"
+            head += f"Best validation {shown} {best[valid]:.4f} at epoch {best['epoch']}.\n\n"
     elif final is not None:
         head += f"The run failed: {final['error']}\n\n"
-    rows = [{"epoch": r["epoch"], "valid_mrr": f"{r['valid_mrr']:.4f}", "seconds": f"{r['seconds']:.0f}"}
+    rows = [{"epoch": r["epoch"], valid: f"{r[valid]:.4f}", "seconds": f"{r['seconds']:.0f}"}
             for r in points]
     paths = {"markdown": out_dir / "curve.md", "plot": out_dir / "curve.png"}
     fig, ax = _pyplot().subplots(figsize=(6, 3.6))
-    ax.plot([r["epoch"] for r in points], [r["valid_mrr"] for r in points], "o-", color="#66c2a5")
+    ax.plot([r["epoch"] for r in points], [r[valid] for r in points], "o-", color="#66c2a5")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation MRR")
+    ax.set_ylabel(f"validation {shown}")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     _write_all({paths["markdown"]: head + markdown_table(rows), paths["plot"]: _png(fig)})
@@ -299,7 +352,8 @@ def _curve_windows(curves: dict[str, list[list[dict]]], window: int) -> list[tup
 
 
 def _window_mean(records: list[dict], low: int, high: int) -> float | None:
-    inside = [p["valid_mrr"] for p in _curve_points(records) if low <= p["epoch"] <= high]
+    valid = metric_field("valid", _objective(records))
+    inside = [p[valid] for p in _curve_points(records) if low <= p["epoch"] <= high]
     return float(np.mean(inside)) if inside else None
 
 
@@ -311,18 +365,19 @@ def _cell(values: list) -> str:
 
 
 def mean_curve(group: list[list[dict]]) -> dict[int, float]:
-    """``{epoch: validation MRR}`` averaged over a group's curves (one a seed), at the
-    epochs every one of them has."""
-    by_curve = [{p["epoch"]: p["valid_mrr"] for p in _curve_points(records)} for records in group]
+    """``{epoch: validation objective}`` averaged over a group's curves (one a seed), at
+    the epochs every one of them has."""
+    by_curve = [{p["epoch"]: p[metric_field("valid", _objective(records))] for p in _curve_points(records)}
+                for records in group]
     epochs = sorted(set.intersection(*(set(c) for c in by_curve))) if by_curve else []
     return {e: float(np.mean([c[e] for c in by_curve])) for e in epochs}
 
 
 def curve_rows(curves: dict[str, list[list[dict]]], window: int = 10) -> list[dict]:
     """One row per label of ``{label: [records of a curve.json, ...]}`` (several curves
-    under one label are seeds of one configuration): the mean validation MRR over each
-    ``window`` epochs (1..window, window+1..2 window, ...), the best epoch of the mean
-    curve, and the final validation and test MRR; over seeds, mean ± std. Means over
+    under one label are seeds of one configuration): the mean validation objective (MRR by
+    default) over each ``window`` epochs (1..window, window+1..2 window, ...), the best
+    epoch of the mean curve, and the final validation and test score; over seeds, mean ± std. Means over
     windows rather than single epochs, whose validation MRR moves by about as much as
     the differences one looks for. A cell is blank where a curve has no point (or no
     final record)."""
@@ -337,8 +392,8 @@ def curve_rows(curves: dict[str, list[list[dict]]], window: int = 10) -> list[di
         for low, high in windows:
             row[f"valid_{low}-{high}"] = _cell([_window_mean(records, low, high) for records in group])
         row["best_valid"] = f"{mean[best]:.4f} (epoch {best})" if best is not None else ""
-        for metric in ("valid_mrr", "test_mrr"):
-            row[f"final_{metric[:-4]}"] = _cell([f[metric] if f else None for f in finals])
+        for split in ("valid", "test"):
+            row[f"final_{split}"] = _cell([f[metric_field(split, objective(f))] if f else None for f in finals])
         rows.append(row)
     return rows
 
@@ -352,14 +407,16 @@ def curve_tests(curves: dict[str, list[list[dict]]], window: int = 10) -> str:
         return ""
     low, high = _curve_windows(curves, window)[-1]
     last = f"valid_{low}-{high}"
-    records = [dict(model=label, seed=final["seed"], status="ok", test_mrr=final["test_mrr"],
-                    valid_mrr=final["valid_mrr"], **{last: _window_mean(group_records, low, high)})
-               for label, group in curves.items() for group_records in group
+    name = _objective(next(iter(curves.values()))[0])
+    valid, test = metric_field("valid", name), metric_field("test", name)
+    records = [{"model": key, "seed": final["seed"], "status": "ok", test: final[test], valid: final[valid],
+                last: _window_mean(group_records, low, high)}
+               for key, group in curves.items() for group_records in group
                if (final := _curve_final(group_records)) is not None and "seed" in final]
     records = [r for r in records if r[last] is not None]
     baseline, *others = curves
-    return "".join(paired_line(records, baseline, label, metric)
-                   for label in others for metric in ("test_mrr", "valid_mrr", last))
+    return "".join(paired_line(records, baseline, key, metric)
+                   for key in others for metric in (test, valid, last))
 
 
 def write_curves_comparison(curves: dict[str, list[list[dict]]], out_dir, window: int = 10) -> dict[str, pathlib.Path]:
@@ -370,21 +427,23 @@ def write_curves_comparison(curves: dict[str, list[list[dict]]], out_dir, window
     tests = curve_tests(curves, window)
     out_dir = pathlib.Path(out_dir)
     paths = {"markdown": out_dir / "curves.md", "csv": out_dir / "curves.csv", "plot": out_dir / "curves.png"}
-    head = (f"# Learning curves\n\nValidation MRR averaged over windows of {window} epochs, the best "
+    shown = label(_objective(next(iter(curves.values()))[0])) if curves else "MRR"
+    head = (f"# Learning curves\n\nValidation {shown} averaged over windows of {window} epochs, the best "
             "epoch of the curve (with several seeds, of their mean curve), and the final model's "
-            "validation and test MRR; with several seeds, mean ± std over them.\n\n")
+            f"validation and test {shown}; with several seeds, mean ± std over them.\n\n")
     fig, ax = _pyplot().subplots(figsize=(7, 4))
-    for label, group in curves.items():
+    for key, group in curves.items():
         mean = mean_curve(group)
         (line,) = ax.plot(list(mean), list(mean.values()), ".-" if len(group) == 1 else "-",
-                          lw=1.5 if len(group) == 1 else 2, label=label + (f" ({len(group)} seeds)" if len(group) > 1 else ""))
+                          lw=1.5 if len(group) == 1 else 2, label=key + (f" ({len(group)} seeds)" if len(group) > 1 else ""))
         if len(group) > 1:
             for records in group:
                 points = _curve_points(records)
-                ax.plot([p["epoch"] for p in points], [p["valid_mrr"] for p in points], "-",
+                valid = metric_field("valid", _objective(records))
+                ax.plot([p["epoch"] for p in points], [p[valid] for p in points], "-",
                         color=line.get_color(), lw=0.6, alpha=0.35)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation MRR")
+    ax.set_ylabel(f"validation {shown}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     _write_all({paths["markdown"]: head + markdown_table(rows) + ("\n" + tests if tests else ""),

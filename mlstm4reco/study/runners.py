@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mlstm4reco.study.config import ExperimentConfig, check_plain_name, model_arguments, read_yaml
 from mlstm4reco.study.errors import UserError
 from mlstm4reco.study.protocol import load_splits
-from mlstm4reco.study.records import RecordFile, ensure_results_folder
+from mlstm4reco.study.records import RecordFile, ensure_results_folder, metric_field
 from mlstm4reco.study.tpe import suggest
 from mlstm4reco.study.trial import provenance, run_guarded, train_and_evaluate
 
@@ -57,8 +57,9 @@ def check_trials(trials: int) -> None:
 def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "auto",
                data_dir=None, seed: int | None = None, progress: bool = True,
                train=train_and_evaluate) -> list[dict]:
-    """Run (or resume) a TPE search maximising validation MRR until ``trials`` trials are
-    recorded or in flight in ``out_dir/trials.json``. Test MRR is recorded, never optimised.
+    """Run (or resume) a TPE search maximising the config's validation ``objective`` (MRR
+    by default) until ``trials`` trials are recorded or in flight in
+    ``out_dir/trials.json``. The config's ``metrics`` on test are recorded, never optimised.
 
     Several processes may run it on one folder (with the same or other seeds): each
     claims a trial number before proposing its point, proposes from every finished trial
@@ -84,14 +85,16 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
             arguments = model_arguments(config, params)
             result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol,
                                  seed=seed, device=device, verbose=progress,
-                                 early_stopping=config.early_stopping)
+                                 early_stopping=config.early_stopping, metrics=config.metrics)
             store.append({"number": number, "vals": vals, "arguments": arguments, **result, "seed": seed,
-                          "config": config.source, **provenance()}, release=claim)
+                          "objective": config.objective, "config": config.source, **provenance()},
+                         release=claim)
         except BaseException:
             store.release(claim)
             raise
-        best = max((r["valid_mrr"] for r in store.records if r["status"] == "ok"), default=float("nan"))
-        bar.set_postfix(best_valid_mrr=f"{best:.4f}")
+        valid = metric_field("valid", config.objective)
+        best = max((r[valid] for r in store.records if r["status"] == "ok" and valid in r), default=float("nan"))
+        bar.set_postfix({f"best {valid}": f"{best:.4f}"})
         bar.update(len(store.records) - bar.n)
     bar.close()
     return store.records
@@ -140,8 +143,8 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
 
     def record(config, seed, claim, arguments, result):
         store.append({"model": config.model, "dataset": config.dataset, "seed": seed,
-                      "arguments": arguments, **result, "published": config.published,
-                      "config": config.source, **provenance()}, release=claim)
+                      "arguments": arguments, **result, "objective": config.objective,
+                      "published": config.published, "config": config.source, **provenance()}, release=claim)
         bar.update(1)
 
     if workers == 1 or len(open_jobs()) <= 1:
@@ -201,10 +204,10 @@ def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, eve
               device: str = "auto", data_dir=None, progress: bool = True,
               train=train_and_evaluate) -> list[dict]:
     """One run of the config's ``best`` arguments updated with ``overrides``, with the
-    validation MRR every ``every`` epochs appended to ``out_dir/curve.json`` as it comes
-    (a killed run keeps its curve so far), then a final record with valid and test MRR.
-    No early stopping: a curve shows the whole run, to choose epochs or options on
-    validation MRR. An existing curve, or one another process is writing, is not
+    validation objective (MRR by default) every ``every`` epochs appended to
+    ``out_dir/curve.json`` as it comes (a killed run keeps its curve so far), then a final
+    record with the config's metrics on valid and test. No early stopping: a curve shows
+    the whole run, to choose epochs or options on validation scores. An existing curve, or one another process is writing, is not
     overwritten."""
     if every < 1:
         raise UserError(f"every must be at least 1, got {every}")
@@ -221,16 +224,20 @@ def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, eve
         arguments = model_arguments(config, {**config.best, **overrides})
         start = time.perf_counter()
 
-        def listener(epoch: int, mrr: float) -> None:
-            store.append({"epoch": epoch, "valid_mrr": mrr, "seconds": time.perf_counter() - start})
+        valid = metric_field("valid", config.objective)
+
+        def listener(epoch: int, value: float) -> None:
+            store.append({"epoch": epoch, valid: value, "seconds": time.perf_counter() - start,
+                          "objective": config.objective})
             if progress:
-                print(f"epoch {epoch}: valid MRR {mrr:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+                print(f"epoch {epoch}: {valid} {value:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
         result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol, seed=seed,
-                             device=device, verbose=progress, monitor=dict(every=every, listener=listener))
+                             device=device, verbose=progress, monitor=dict(every=every, listener=listener),
+                             metrics=config.metrics)
         store.append({"final": True, "model": config.model, "dataset": config.dataset, "seed": seed,
-                      "overrides": overrides, "arguments": arguments, **result, "config": config.source,
-                      **provenance()}, release=claim)
+                      "overrides": overrides, "arguments": arguments, **result, "objective": config.objective,
+                      "config": config.source, **provenance()}, release=claim)
     except BaseException:
         store.release(claim)
         raise
@@ -241,8 +248,9 @@ def _reproduce_one(config: ExperimentConfig, seed: int, device: str, data_dir, t
     arguments = model_arguments(config, config.best)
     result = run_guarded(train, arguments=arguments, splits=load_splits(config, data_dir),
                          protocol=config.protocol, seed=seed, device=device, verbose=verbose,
-                         early_stopping=config.early_stopping)
+                         early_stopping=config.early_stopping, metrics=config.metrics)
     return arguments, result
+
 
 
 def set_threads(threads: int) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials, fmin, space_eval, tpe
 
 from mlstm4reco.study.config import ExperimentConfig, build_space
+from mlstm4reco.study.records import metric_field, objective
 
 
 def _trials_from_records(records: list[dict]):
@@ -15,8 +16,8 @@ def _trials_from_records(records: list[dict]):
     trials = Trials()
     for tid, record in enumerate(records):
         vals = record["vals"]
-        # a trial stopped early by a scheduler (ASHA) counts with the MRR it had reached
-        result = ({"status": STATUS_OK, "loss": -record["valid_mrr"]}
+        # a trial stopped early by a scheduler (ASHA) counts with the score it had reached
+        result = ({"status": STATUS_OK, "loss": -record[metric_field("valid", objective(record))]}
                   if record["status"] in ("ok", "stopped") else {"status": STATUS_FAIL})
         misc = {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
                 "idxs": {k: [tid] for k in vals}, "vals": {k: [v] for k, v in vals.items()}}

@@ -15,19 +15,22 @@ import torch
 import mlstm4reco
 from mlstm4reco import evaluation
 from mlstm4reco.sequence_model import ImplicitSequenceModel
+from mlstm4reco.study.records import metric_field
 
 
 class EarlyStopping:
-    """A ``fit`` callback: validation MRR every ``every`` epochs; the best weights are
-    kept, and training stops after ``patience`` evaluations without a gain (never when
-    ``patience`` is None). ``listener(epoch, mrr)``, when given, hears every evaluation
-    (the Ray backend reports them to its scheduler)."""
+    """A ``fit`` callback: the validation ``objective`` (a name of
+    :data:`mlstm4reco.evaluation.METRICS`, default MRR) every ``every`` epochs; the best
+    weights are kept, and training stops after ``patience`` evaluations without a gain
+    (never when ``patience`` is None). ``listener(epoch, value)``, when given, hears every
+    evaluation (the Ray backend reports them to its scheduler)."""
 
     def __init__(self, model, valid, exclude_preceding: bool, every: int, patience: int | None,
-                 listener=None) -> None:
+                 listener=None, objective: str = "mrr") -> None:
         self.model, self.valid, self.exclude = model, valid, exclude_preceding
         self.every, self.patience, self.listener = every, patience, listener
-        self.best_mrr, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
+        self.objective = objective
+        self.best_value, self.best_epoch, self.best_state, self.stale = -math.inf, None, None, 0
         self.history: list[tuple[int, float]] = []
         self.seconds = 0.0
 
@@ -41,12 +44,13 @@ class EarlyStopping:
             self.seconds += time.perf_counter() - start
 
     def _evaluate(self, epoch: int) -> bool:
-        mrr = float(evaluation.sequence_mrr_score(self.model, self.valid, exclude_preceding=self.exclude).mean())
-        self.history.append((epoch + 1, mrr))
+        value = evaluation.evaluate(self.model, self.valid, [self.objective], exclude_preceding=self.exclude)
+        value = value[self.objective]
+        self.history.append((epoch + 1, value))
         if self.listener is not None:
-            self.listener(epoch + 1, mrr)
-        if mrr > self.best_mrr:
-            self.best_mrr, self.best_epoch, self.stale = mrr, epoch + 1, 0
+            self.listener(epoch + 1, value)
+        if value > self.best_value:
+            self.best_value, self.best_epoch, self.stale = value, epoch + 1, 0
             if self.patience is not None:  # a monitor that never stops never restores
                 self.best_state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
             return False
@@ -60,20 +64,24 @@ class EarlyStopping:
 
 def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, device: str,
                        verbose: bool = False, early_stopping: dict | None = None,
-                       monitor: dict | None = None) -> dict:
-    """Fit one model and return its validation and test MRR and timings (with early
-    stopping: of the weights with the best validation MRR): ``fit_seconds`` for ``fit``
-    and, of those, ``eval_seconds`` in validation evaluations during it. ``monitor``
-    (``{every: E, listener: f}``) calls ``f(epoch, valid_mrr)`` every E epochs (every
-    ``early_stopping.every`` epochs when early stopping is on) and changes nothing else."""
+                       monitor: dict | None = None, metrics=("mrr",)) -> dict:
+    """Fit one model and return each of ``metrics`` on valid and test (fields
+    ``valid_NAME``, ``test_NAME``; the first metric is the objective, which early stopping
+    follows: with it, of the weights with the best validation value) and timings:
+    ``fit_seconds`` for ``fit`` and, of those, ``eval_seconds`` in validation evaluations
+    during it. ``monitor`` (``{every: E, listener: f}``) calls ``f(epoch, valid_value)``
+    every E epochs (every ``early_stopping.every`` epochs when early stopping is on) and
+    changes nothing else."""
     train, valid, test = splits
     exclude = protocol["exclude_preceding"]
+    metrics = list(metrics)
+    objective = metrics[0]
     model = ImplicitSequenceModel(**arguments, random_state=seed, device=device)
     listener = monitor["listener"] if monitor else None
     if early_stopping:
-        stopper = EarlyStopping(model, valid, exclude, **early_stopping, listener=listener)
+        stopper = EarlyStopping(model, valid, exclude, **early_stopping, listener=listener, objective=objective)
     elif monitor:
-        stopper = EarlyStopping(model, valid, exclude, monitor["every"], None, listener)
+        stopper = EarlyStopping(model, valid, exclude, monitor["every"], None, listener, objective)
     else:
         stopper = None
     start = time.perf_counter()
@@ -83,12 +91,13 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
     if early_stopping:
         stopper.restore()
         extra = dict(best_epoch=stopper.best_epoch, valid_history=stopper.history)
-    valid_mrr = float(evaluation.sequence_mrr_score(model, valid, exclude_preceding=exclude).mean())
-    test_mrr = float(evaluation.sequence_mrr_score(model, test, exclude_preceding=exclude).mean())
-    if not (math.isfinite(valid_mrr) and math.isfinite(test_mrr)):
-        raise ValueError(f"non-finite MRR: valid {valid_mrr}, test {test_mrr}")
-    return dict(valid_mrr=valid_mrr, test_mrr=test_mrr, final_loss=losses[-1],
-                epochs=len(losses), fit_seconds=fit_seconds,
+    scores = {}
+    for split, interactions in (("valid", valid), ("test", test)):
+        for name, value in evaluation.evaluate(model, interactions, metrics, exclude_preceding=exclude).items():
+            scores[metric_field(split, name)] = value
+    if not all(math.isfinite(value) for value in scores.values()):
+        raise ValueError(f"non-finite metrics: {scores}")
+    return dict(**scores, final_loss=losses[-1], epochs=len(losses), fit_seconds=fit_seconds,
                 eval_seconds=stopper.seconds if stopper is not None else 0.0,
                 device=str(model.device), **extra)
 
