@@ -35,21 +35,32 @@ import pathlib
 import time
 from typing import NamedTuple
 
+import kernel_build  # benchmarks/kernel_build.py
 import numpy as np
 import torch
+from layers import (
+    compare_layers,
+    layer_seconds,
+    median_seconds,
+    print_row,
+    step,
+)  # benchmarks/layers.py
 from torch import nn
 
+from mlstm4reco import triton_mlstm
 from mlstm4reco.cross_validation import user_based_train_test_split
 from mlstm4reco.datasets import get_movielens_dataset
-from mlstm4reco.files import atomic_path
 from mlstm4reco.evaluation import sequence_mrr_score
-from mlstm4reco import triton_mlstm
+from mlstm4reco.files import atomic_path
 from mlstm4reco.layers import MLSTM
-from mlstm4reco.search import config_path, load_config, load_dataset, model_arguments, protocol_split
+from mlstm4reco.search import (
+    config_path,
+    load_config,
+    load_dataset,
+    model_arguments,
+    protocol_split,
+)
 from mlstm4reco.sequence_model import ImplicitSequenceModel
-
-import kernel_build  # benchmarks/kernel_build.py
-from layers import compare_layers, layer_seconds, median_seconds, print_row, step  # benchmarks/layers.py
 
 
 def best_arguments(model: str) -> dict:
@@ -83,7 +94,9 @@ class Results:
 RESULTS = Results()
 
 
-def training_benchmark(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
+def training_benchmark(
+    device: torch.device, epochs: int, data_dir, tuned: tuple | None = None
+) -> None:
     """A full ML-1M training epoch of MLSTMNet against LSTMNet (study's best arguments) and
     the evaluation of the test split; with ``tuned`` (launch options and precision), MLSTMNet
     also with the kernels under them."""
@@ -92,56 +105,100 @@ def training_benchmark(device: torch.device, epochs: int, data_dir, tuned: tuple
     train, rest = user_based_train_test_split(data, 0.2, state)
     test, _ = user_based_train_test_split(rest, 0.5, state)
     train, test = train.to_sequence(100, 20, 100), test.to_sequence(100, 20, 100)
-    models = {name: ImplicitSequenceModel(loss="adaptive_hinge", representation=name, n_iter=1,
-                                          random_state=72, device=device, **params)
-              for name, params in BEST.items()}
+    models = {
+        name: ImplicitSequenceModel(
+            loss="adaptive_hinge",
+            representation=name,
+            n_iter=1,
+            random_state=72,
+            device=device,
+            **params,
+        )
+        for name, params in BEST.items()
+    }
     runs = {"LSTMNet": ("lstm", DEFAULTS), "MLSTMNet": ("mlstm", DEFAULTS)}
     if tuned:
         runs[f"MLSTMNet {describe(*tuned)}"] = ("mlstm", tuned)
     epoch = {}
     for label, (name, (options, precision)) in runs.items():
         with within(options, precision):
-            epoch[label] = median_seconds(lambda m=models[name]: m.fit(train), device, epochs, warmup=1)
-    print(f"ML-1M epoch ({len(train)} sequences): "
-          + ", ".join(f"{label} {seconds:.2f} s ({seconds / epoch['LSTMNet']:.2f}x)" for label, seconds in epoch.items()))
+            epoch[label] = median_seconds(
+                lambda m=models[name]: m.fit(train), device, epochs, warmup=1
+            )
+    print(
+        f"ML-1M epoch ({len(train)} sequences): "
+        + ", ".join(
+            f"{label} {seconds:.2f} s ({seconds / epoch['LSTMNet']:.2f}x)"
+            for label, seconds in epoch.items()
+        )
+    )
     RESULTS.add("epoch_seconds", epoch)
     evaluation = {}
     for label, (name, (options, precision)) in runs.items():
         if name == "mlstm":
             with within(options, precision):
                 evaluation[label] = median_seconds(
-                    lambda: sequence_mrr_score(models[name], test, exclude_preceding=True), device, 5)
-            print(f"evaluation of the ML-1M test split ({len(test)} sequences x {test.num_items} items), "
-                  f"{label}: {evaluation[label] * 1e3:.0f} ms")
+                    lambda: sequence_mrr_score(models[name], test, exclude_preceding=True),
+                    device,
+                    5,
+                )
+            print(
+                f"evaluation of the ML-1M test split ({len(test)} sequences x {test.num_items} "
+                "items), "
+                f"{label}: {evaluation[label] * 1e3:.0f} ms"
+            )
     RESULTS.add("evaluation_seconds", evaluation)
 
 
 def softmax_benchmark(device: torch.device, epochs: int, mrr_epochs: int, data_dir) -> None:
     """Full-softmax training (configs/ml1m_<model>_softmax_dropout.yaml) in float32 and
     bfloat16: epoch time of both models, then the MRR of mLSTM after ``mrr_epochs``."""
-    configs = {name: load_config(config_path("ml1m", f"{name}_softmax_dropout")) for name in ("lstm", "mlstm")}
-    train, valid, test = protocol_split(load_dataset(configs["lstm"], data_dir), configs["lstm"].protocol)
+    configs = {
+        name: load_config(config_path("ml1m", f"{name}_softmax_dropout"))
+        for name in ("lstm", "mlstm")
+    }
+    train, valid, test = protocol_split(
+        load_dataset(configs["lstm"], data_dir), configs["lstm"].protocol
+    )
 
     def model(name, precision, n_iter):
         arguments = model_arguments(configs[name], {**configs[name].best, "n_iter": n_iter})
-        return ImplicitSequenceModel(**arguments, precision=precision, random_state=0, device=device)
+        return ImplicitSequenceModel(
+            **arguments, precision=precision, random_state=0, device=device
+        )
 
-    times = {(name, precision): median_seconds(lambda m=model(name, precision, 1): m.fit(train), device,
-                                               epochs, warmup=1)
-             for name in ("lstm", "mlstm") for precision in ("float32", "bfloat16")}
+    times = {
+        (name, precision): median_seconds(
+            lambda m=model(name, precision, 1): m.fit(train), device, epochs, warmup=1
+        )
+        for name in ("lstm", "mlstm")
+        for precision in ("float32", "bfloat16")
+    }
     base = times["lstm", "float32"]
     print("ML-1M epoch, full softmax, dropout 0.25 (ratio to LSTMNet float32):")
     for (name, precision), seconds in times.items():
         print(f"  {name:6s} {precision:9s} {seconds:7.2f} s  {seconds / base:5.2f}x")
-    RESULTS.add("softmax_epoch_seconds",
-                {f"{name} {precision}": seconds for (name, precision), seconds in times.items()})
+    RESULTS.add(
+        "softmax_epoch_seconds",
+        {f"{name} {precision}": seconds for (name, precision), seconds in times.items()},
+    )
     reached = {}
     for precision in ("float32", "bfloat16"):
         trained = model("mlstm", precision, mrr_epochs)
         trained.fit(train)
-        mrr = [sequence_mrr_score(trained, part, exclude_preceding=True).mean() for part in (valid, test)]
-        print(f"mLSTM, {mrr_epochs} epochs, {precision}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f}")
-        reached[precision] = {"epochs": mrr_epochs, "valid_mrr": float(mrr[0]), "test_mrr": float(mrr[1])}
+        mrr = [
+            sequence_mrr_score(trained, part, exclude_preceding=True).mean()
+            for part in (valid, test)
+        ]
+        print(
+            f"mLSTM, {mrr_epochs} epochs, {precision}: valid MRR {mrr[0]:.4f}, test MRR "
+            f"{mrr[1]:.4f}"
+        )
+        reached[precision] = {
+            "epochs": mrr_epochs,
+            "valid_mrr": float(mrr[0]),
+            "test_mrr": float(mrr[1]),
+        }
         RESULTS.add("softmax_mrr", reached)
 
 
@@ -179,7 +236,9 @@ def describe(options: dict, precision: str) -> str:
 class WithOptions(nn.Module):
     """``layer`` whose Triton kernels launch :func:`within` ``options`` and ``precision``."""
 
-    def __init__(self, layer: nn.Module, precision: str = "tf32x3", options: dict | None = None) -> None:
+    def __init__(
+        self, layer: nn.Module, precision: str = "tf32x3", options: dict | None = None
+    ) -> None:
         super().__init__()
         self.layer, self.precision, self.options = layer, precision, options or {}
 
@@ -188,19 +247,30 @@ class WithOptions(nn.Module):
             return self.layer(x)
 
 
-def lstm_without_tf32(measured: dict, device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
-                      dim: int = 120) -> dict[str, float]:
+def lstm_without_tf32(
+    measured: dict,
+    device: torch.device,
+    repeats: int,
+    batch: int = 240,
+    seq: int = 100,
+    dim: int = 120,
+) -> dict[str, float]:
     """A row under :func:`compare_layers`' table (``measured``): cuDNN's LSTM with TF32 off,
     in full fp32 as the kernels' default tf32x3 is (PyTorch lets cuDNN use TF32 by default:
     the first row), and each Triton row's fwd+bwd ratio to it. Returns its seconds."""
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, dim, device=device)
     with cudnn_tf32(False):
-        both, fwd = layer_seconds(nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device, repeats)
+        both, fwd = layer_seconds(
+            nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device, repeats
+        )
     row = {"seconds": both, "forward_seconds": fwd}
     print_row("nn.LSTM no TF32", row, next(iter(measured.values())))
-    ratios = ", ".join(f"{name} {times['seconds'] / both:.2f}x" for name, times in measured.items()
-                       if "triton" in name)
+    ratios = ", ".join(
+        f"{name} {times['seconds'] / both:.2f}x"
+        for name, times in measured.items()
+        if "triton" in name
+    )
     print(f"fwd+bwd against nn.LSTM without TF32: {ratios}")
     return row
 
@@ -215,7 +285,9 @@ def check_triton(device: torch.device) -> list[str]:
     x = torch.randn(240, 100, 120, device=device)
     grad = torch.randn(240, 100, 120, device=device)
     results = {}
-    for implementation, precision in [("fused", None)] + [("triton", p) for p in triton_mlstm.PRECISIONS]:
+    for implementation, precision in [("fused", None)] + [
+        ("triton", p) for p in triton_mlstm.PRECISIONS
+    ]:
         layer.implementation = implementation
         layer.zero_grad()
         inputs = x.clone().requires_grad_(True)
@@ -227,13 +299,18 @@ def check_triton(device: torch.device) -> list[str]:
                 raise
             print(f"triton ({precision}) failed: {type(error).__name__}: {str(error)[:300]}")
             continue
-        results[precision] = [out.detach(), inputs.grad] + [p.grad.clone() for p in layer.parameters()]
+        results[precision] = [out.detach(), inputs.grad] + [
+            p.grad.clone() for p in layer.parameters()
+        ]
     differences = {}
     for precision in [p for p in triton_mlstm.PRECISIONS if p in results]:
-        worst = differences[precision] = triton_mlstm._largest_relative_difference(results[precision],
-                                                                                      results[None])
-        print(f"triton ({precision}) vs fused, largest difference relative to each tensor's "
-              f"largest value: {worst:.2e}")
+        worst = differences[precision] = triton_mlstm._largest_relative_difference(
+            results[precision], results[None]
+        )
+        print(
+            f"triton ({precision}) vs fused, largest difference relative to each tensor's "
+            f"largest value: {worst:.2e}"
+        )
     RESULTS.add("triton_vs_fused_difference", differences)
     return [p for p in triton_mlstm.PRECISIONS if p in results]
 
@@ -241,13 +318,29 @@ def check_triton(device: torch.device) -> list[str]:
 #: the sweep's configurations, the defaults first: launch options (triton_mlstm.launch_options),
 #: the products' precision, and what the configuration tells
 SWEEP = [
-    ({}, "tf32x3", "defaults (weights resident where they fit, inputs a step ahead, H compiled in)"),
-    (dict(WAIT=0), "tf32x3", "the programs do not wait at the barriers: wrong results, the barriers' cost"),
-    (dict(POLL=1), "tf32x3", "no barriers: the programs poll the data itself (no fences, no atomics)"),
+    (
+        {},
+        "tf32x3",
+        "defaults (weights resident where they fit, inputs a step ahead, H compiled in)",
+    ),
+    (
+        dict(WAIT=0),
+        "tf32x3",
+        "the programs do not wait at the barriers: wrong results, the barriers' cost",
+    ),
+    (
+        dict(POLL=1),
+        "tf32x3",
+        "no barriers: the programs poll the data itself (no fences, no atomics)",
+    ),
     (dict(POLL=1, SPLIT=8), "tf32x3", "polling, 8 programs a tile"),
     (dict(forward=dict(POLL=1)), "tf32x3", "polling in the forward only"),
     (dict(backward=dict(POLL=1)), "tf32x3", "polling in the backward only"),
-    (dict(BATCHED=1), "tf32x3", "the backward's gate products batched (the step's MMA chain 59, not 168)"),
+    (
+        dict(BATCHED=1),
+        "tf32x3",
+        "the backward's gate products batched (the step's MMA chain 59, not 168)",
+    ),
     (dict(BATCHED=1, SPLIT=8), "tf32x3", "gate products batched, 8 programs a tile"),
     (dict(BATCHED=1, num_warps=8), "tf32x3", "gate products batched, 8 warps"),
     (dict(BATCHED=1, POLL=1), "tf32x3", "gate products batched, polling"),
@@ -270,10 +363,18 @@ SWEEP = [
     (dict(num_warps=2), "tf32x3", "2 warps a program"),
     (dict(forward=dict(SPLIT=8)), "tf32x3", "forward 8 programs a tile, backward 4"),
     (dict(backward=dict(SPLIT=8)), "tf32x3", "forward 4 programs a tile, backward 8"),
-    ({}, "tf32", "one TF32 product (the precision cuDNN's LSTM runs in by default; 8 programs a tile)"),
+    (
+        {},
+        "tf32",
+        "one TF32 product (the precision cuDNN's LSTM runs in by default; 8 programs a tile)",
+    ),
     (dict(RESIDENT=0), "tf32", "one TF32 product, weights re-read"),
     (dict(SPLIT=4), "tf32", "one TF32 product, 4 programs a tile (as tf32x3; 8 by default)"),
-    (dict(SPLIT=2, RESIDENT=1), "tf32", "one TF32 product, 2 programs a tile, weights resident (tf32 fits)"),
+    (
+        dict(SPLIT=2, RESIDENT=1),
+        "tf32",
+        "one TF32 product, 2 programs a tile, weights resident (tf32 fits)",
+    ),
     (dict(POLL=1), "tf32", "one TF32 product, polling"),
     (dict(POLL=1, SPLIT=4), "tf32", "one TF32 product, polling, 4 programs a tile"),
     (dict(BATCHED=1), "tf32", "one TF32 product, the backward's gate products batched"),
@@ -289,6 +390,7 @@ FP32_AGREEMENT = 1e-5
 
 class Timed(NamedTuple):
     """A configuration the sweep timed (seconds) and its largest difference from fused."""
+
     both: float
     forward: float
     difference: float
@@ -302,8 +404,16 @@ class Timed(NamedTuple):
 TOO_SLOW_SECONDS = 0.5
 
 
-def timed_against_fused(layer, x: torch.Tensor, grad: torch.Tensor, expected, options: dict, precision: str,
-                        device: torch.device, repeats: int) -> dict:
+def timed_against_fused(
+    layer,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    expected,
+    options: dict,
+    precision: str,
+    device: torch.device,
+    repeats: int,
+) -> dict:
     """The Triton ``layer``'s forward+backward and forward-only seconds :func:`within`
     ``options`` and ``precision``, and the largest difference of its output and input
     gradient from the fused path's (``expected``); or, for a configuration that does not
@@ -314,16 +424,21 @@ def timed_against_fused(layer, x: torch.Tensor, grad: torch.Tensor, expected, op
             got = step(layer, x, grad)  # compiles the kernels
             once = median_seconds(lambda: step(layer, x, grad), device, 1, warmup=0)
             if once > TOO_SLOW_SECONDS:
-                return {"failed": f"one forward+backward took {once:.2f} s (over {TOO_SLOW_SECONDS} s): not timed"}
+                took = f"one forward+backward took {once:.2f} s (over {TOO_SLOW_SECONDS} s)"
+                return {"failed": f"{took}: not timed"}
             both, fwd = layer_seconds(layer, x, grad, device, repeats)
     except Exception as error:  # noqa: BLE001 - reported by the caller; the benchmark goes on
         return {"failed": f"{type(error).__name__}: {str(error)[:300]}"}
-    return {"seconds": both, "forward_seconds": fwd,
-            "difference": triton_mlstm._largest_relative_difference(got, expected)}
+    return {
+        "seconds": both,
+        "forward_seconds": fwd,
+        "difference": triton_mlstm._largest_relative_difference(got, expected),
+    }
 
 
-def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, seq: int = 100,
-                         dim: int = 120) -> tuple[dict, str] | None:
+def sweep_launch_options(
+    device: torch.device, repeats: int, batch: int = 240, seq: int = 100, dim: int = 120
+) -> tuple[dict, str] | None:
     """Forward+backward and forward-only time of the Triton layer at the benchmark's shape
     in each configuration of :data:`SWEEP`, against the defaults and cuDNN's LSTM measured
     in the same run, with the largest difference of the output and the input gradient
@@ -343,16 +458,34 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
     layer.implementation = "fused"
     expected = step(layer, x, grad)
     layer.implementation = "triton"
-    print(f"nn.LSTM: fwd+bwd {lstm_both * 1e3:.2f} ms, fwd {lstm_fwd * 1e3:.2f} ms with cuDNN's TF32 (PyTorch's "
-          f"default, allow_tf32 = {torch.backends.cudnn.allow_tf32}); without: fwd+bwd {fp32_both * 1e3:.2f} ms, "
-          f"fwd {fp32_fwd * 1e3:.2f} ms; the two differ by {lstm_difference:.1e}")
-    RESULTS.add("lstm_precision", {"tf32_allowed": torch.backends.cudnn.allow_tf32, "seconds": lstm_both,
-                                   "forward_seconds": lstm_fwd, "fp32_seconds": fp32_both,
-                                   "fp32_forward_seconds": fp32_fwd, "difference": lstm_difference})
-    print("Triton layer under other launch options, against nn.LSTM as PyTorch runs it (/LSTM) and in full "
-          "fp32 (/fp32); difference: of the output and x.grad from the fused path's")
-    print(f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'/fp32':>6} {'fwd ms':>7} {'/LSTM':>6} "
-          f"{'difference':>10}  configuration")
+    print(
+        f"nn.LSTM: fwd+bwd {lstm_both * 1e3:.2f} ms, fwd {lstm_fwd * 1e3:.2f} ms with cuDNN's TF32 "
+        "(PyTorch's "
+        f"default, allow_tf32 = {torch.backends.cudnn.allow_tf32}); without: fwd+bwd "
+        f"{fp32_both * 1e3:.2f} ms, "
+        f"fwd {fp32_fwd * 1e3:.2f} ms; the two differ by {lstm_difference:.1e}"
+    )
+    RESULTS.add(
+        "lstm_precision",
+        {
+            "tf32_allowed": torch.backends.cudnn.allow_tf32,
+            "seconds": lstm_both,
+            "forward_seconds": lstm_fwd,
+            "fp32_seconds": fp32_both,
+            "fp32_forward_seconds": fp32_fwd,
+            "difference": lstm_difference,
+        },
+    )
+    print(
+        "Triton layer under other launch options, against nn.LSTM as PyTorch runs it (/LSTM) and "
+        "in full "
+        "fp32 (/fp32); difference: of the output and x.grad from the fused path's"
+    )
+    print(
+        f"  {'fwd+bwd ms':>10} {'/default':>8} {'/LSTM':>6} {'/fp32':>6} {'fwd ms':>7} "
+        f"{'/LSTM':>6} "
+        f"{'difference':>10}  configuration"
+    )
     base, timed, measured = None, [], []
 
     def measure(options, precision, meaning):
@@ -365,26 +498,46 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         else:
             both, fwd, worst = outcome["seconds"], outcome["forward_seconds"], outcome["difference"]
             base = base or both
-            print(f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x {both / fp32_both:>5.2f}x "
-                  f"{fwd * 1e3:>7.2f} "
-                  f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
-            if all(kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS):
-                timed.append(Timed(both, fwd, worst, options, precision))  # WAIT=0 gives wrong results by design
+            print(
+                f"  {both * 1e3:>10.2f} {both / base:>7.2f}x {both / lstm_both:>5.2f}x "
+                f"{both / fp32_both:>5.2f}x "
+                f"{fwd * 1e3:>7.2f} "
+                f"{fwd / lstm_fwd:>5.2f}x {worst:>10.1e}  {label} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+            if all(
+                kernel_options(options, kernel).get("WAIT", 1) for kernel in triton_mlstm.KERNELS
+            ):
+                timed.append(
+                    Timed(both, fwd, worst, options, precision)
+                )  # WAIT=0 gives wrong results by design
         measured.append({"options": options, "precision": precision, "meaning": meaning, **outcome})
-        RESULTS.add("sweep", {"lstm_seconds": lstm_both, "lstm_forward_seconds": lstm_fwd,
-                              "configurations": measured})
+        RESULTS.add(
+            "sweep",
+            {
+                "lstm_seconds": lstm_both,
+                "lstm_forward_seconds": lstm_fwd,
+                "configurations": measured,
+            },
+        )
 
     for configuration in SWEEP:
         measure(*configuration)
     # the forward of the configuration whose forward was fastest with the backward of the one
     # whose backward was (forward+backward less forward only), both at fp32 accuracy
-    accurate = [entry for entry in timed if entry.difference <= FP32_AGREEMENT and entry.precision == "tf32x3"]
+    accurate = [
+        entry
+        for entry in timed
+        if entry.difference <= FP32_AGREEMENT and entry.precision == "tf32x3"
+    ]
     if accurate:
         fastest_forward = min(accurate, key=lambda entry: entry.forward).options
         fastest_backward = min(accurate, key=lambda entry: entry.both - entry.forward).options
-        combined = {kernel: kernel_options(options, kernel)
-                    for kernel, options in (("forward", fastest_forward), ("backward", fastest_backward))}
+        combined = {
+            kernel: kernel_options(options, kernel)
+            for kernel, options in (("forward", fastest_forward), ("backward", fastest_backward))
+        }
         if fastest_forward != fastest_backward:
             measure(combined, "tf32x3", "the fastest forward with the fastest backward above")
     best = None
@@ -392,12 +545,17 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
         agreeing = [entry for entry in timed if entry.difference <= tolerance]
         if agreeing:
             fastest = min(agreeing, key=lambda entry: entry.both)
-            print(f"fastest that agrees with fused to {tolerance:.0e}: {describe(fastest.options, fastest.precision)}, "
-                  f"{fastest.both * 1e3:.2f} ms, {fastest.both / lstm_both:.2f}x nn.LSTM, "
-                  f"{fastest.both / fp32_both:.2f}x in fp32")
+            print(
+                f"fastest that agrees with fused to {tolerance:.0e}: "
+                f"{describe(fastest.options, fastest.precision)}, "
+                f"{fastest.both * 1e3:.2f} ms, {fastest.both / lstm_both:.2f}x nn.LSTM, "
+                f"{fastest.both / fp32_both:.2f}x in fp32"
+            )
             best = fastest.options, fastest.precision
-            RESULTS.add(f"sweep_fastest_within_{tolerance:.0e}", {"options": best[0], "precision": best[1],
-                                                                "seconds": fastest.both})
+            RESULTS.add(
+                f"sweep_fastest_within_{tolerance:.0e}",
+                {"options": best[0], "precision": best[1], "seconds": fastest.both},
+            )
     return best
 
 
@@ -406,51 +564,86 @@ def sweep_launch_options(device: torch.device, repeats: int, batch: int = 240, s
 SHAPES = ((240, 120), (240, 32), (240, 64), (240, 256), (64, 120), (1024, 120))
 
 
-def shape_scan(device: torch.device, repeats: int, tuned: tuple | None = None, seq: int = 100) -> None:
+def shape_scan(
+    device: torch.device, repeats: int, tuned: tuple | None = None, seq: int = 100
+) -> None:
     """The Triton layer with the defaults (and with ``tuned``, launch options and
     precision) against cuDNN's LSTM at each of :data:`SHAPES`, in microseconds a step,
     forward+backward and forward only, with the kernels' split and their largest
     difference from the fused path: what a step's time follows, the hidden size (the
     products) or neither (barriers and latencies), and where the kernels stand against
     cuDNN at the sizes a user picks."""
-    print(f"Triton layer at other shapes, {seq} steps, us a step (ratio to nn.LSTM in the same shape); "
-          f"difference: of the output and x.grad from the fused path's")
-    print(f"  {'batch':>5} {'dim':>4} {'split':>5} {'kernels':<36} {'fwd+bwd':>8} {'':>6} {'fwd':>7} {'':>6} "
-          f"{'difference':>10}")
+    print(
+        f"Triton layer at other shapes, {seq} steps, us a step (ratio to nn.LSTM in the same "
+        "shape); "
+        f"difference: of the output and x.grad from the fused path's"
+    )
+    print(
+        f"  {'batch':>5} {'dim':>4} {'split':>5} {'kernels':<36} {'fwd+bwd':>8} {'':>6} {'fwd':>7} "
+        f"{'':>6} "
+        f"{'difference':>10}"
+    )
     rows = []
     for batch, dim in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
         grad = torch.randn(batch, seq, dim, device=device)
-        lstm_both, lstm_fwd = layer_seconds(nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device,
-                                            repeats)
+        lstm_both, lstm_fwd = layer_seconds(
+            nn.LSTM(dim, dim, batch_first=True).to(device), x, grad, device, repeats
+        )
         layer = MLSTM(dim, dim).to(device)
         layer.implementation = "fused"
         expected = step(layer, x, grad)
         layer.implementation = "triton"
-        print(f"  {batch:>5} {dim:>4} {'':>5} {'nn.LSTM':<36} {lstm_both / seq * 1e6:>8.1f} {'':>6} "
-              f"{lstm_fwd / seq * 1e6:>7.1f}", flush=True)
-        rows.append({"batch": batch, "hidden": dim, "steps": seq, "layer": "nn.LSTM", "seconds": lstm_both,
-                     "forward_seconds": lstm_fwd})
+        print(
+            f"  {batch:>5} {dim:>4} {'':>5} {'nn.LSTM':<36} {lstm_both / seq * 1e6:>8.1f} {'':>6} "
+            f"{lstm_fwd / seq * 1e6:>7.1f}",
+            flush=True,
+        )
+        rows.append(
+            {
+                "batch": batch,
+                "hidden": dim,
+                "steps": seq,
+                "layer": "nn.LSTM",
+                "seconds": lstm_both,
+                "forward_seconds": lstm_fwd,
+            }
+        )
         for options, precision in [DEFAULTS] + ([tuned] if tuned else []):
             label = describe(options, precision)
-            outcome = timed_against_fused(layer, x, grad, expected, options, precision, device, repeats)
-            row = {"batch": batch, "hidden": dim, "steps": seq, "layer": "MLSTM triton", "options": options,
-                   "precision": precision}
+            outcome = timed_against_fused(
+                layer, x, grad, expected, options, precision, device, repeats
+            )
+            row = {
+                "batch": batch,
+                "hidden": dim,
+                "steps": seq,
+                "layer": "MLSTM triton",
+                "options": options,
+                "precision": precision,
+            }
             if "failed" in outcome:
                 print(f"  {batch:>5} {dim:>4} failed ({outcome['failed'][:160]}): {label}")
             else:
                 with within(options, precision):  # it ran: its options are valid at this shape
-                    row["split"] = triton_mlstm._launch(dim, batch, triton_mlstm._multiprocessors(device))["SPLIT"]
+                    row["split"] = triton_mlstm._launch(
+                        dim, batch, triton_mlstm._multiprocessors(device)
+                    )["SPLIT"]
                 both, fwd = outcome["seconds"], outcome["forward_seconds"]
-                print(f"  {batch:>5} {dim:>4} {row['split']:>5} {label:<36} {both / seq * 1e6:>8.1f} "
-                      f"{both / lstm_both:>5.2f}x {fwd / seq * 1e6:>7.1f} {fwd / lstm_fwd:>5.2f}x "
-                      f"{outcome['difference']:>10.1e}", flush=True)
+                print(
+                    f"  {batch:>5} {dim:>4} {row['split']:>5} {label:<36} {both / seq * 1e6:>8.1f} "
+                    f"{both / lstm_both:>5.2f}x {fwd / seq * 1e6:>7.1f} {fwd / lstm_fwd:>5.2f}x "
+                    f"{outcome['difference']:>10.1e}",
+                    flush=True,
+                )
             rows.append({**row, **outcome})
         RESULTS.add("shapes", rows)
 
 
-def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple | None = None) -> None:
+def implementation_mrr(
+    device: torch.device, epochs: int, data_dir, tuned: tuple | None = None
+) -> None:
     """mLSTM trained with the Triton kernels and with the fused path (study's ML-1M
     arguments, same seed, ``epochs`` epochs), and with ``tuned`` (launch options and
     precision) the kernels under them: the MRR each reaches, and epoch times."""
@@ -459,21 +652,42 @@ def implementation_mrr(device: torch.device, epochs: int, data_dir, tuned: tuple
     runs = [("fused", DEFAULTS), ("triton", DEFAULTS)] + ([("triton", tuned)] if tuned else [])
     reached = []
     for implementation, (options, precision) in runs:
-        model = ImplicitSequenceModel(loss="adaptive_hinge", representation="mlstm", n_iter=epochs,
-                                      random_state=0, device=device,
-                                      representation_kwargs={"implementation": implementation},
-                                      **BEST["mlstm"])
+        model = ImplicitSequenceModel(
+            loss="adaptive_hinge",
+            representation="mlstm",
+            n_iter=epochs,
+            random_state=0,
+            device=device,
+            representation_kwargs={"implementation": implementation},
+            **BEST["mlstm"],
+        )
         with within(options, precision):
             start = time.perf_counter()
             model.fit(train)
             seconds = (time.perf_counter() - start) / epochs
-            mrr = [sequence_mrr_score(model, part, exclude_preceding=True).mean() for part in (valid, test)]
-        label = implementation + ("" if (options, precision) == DEFAULTS else f" {describe(options, precision)}")
-        print(f"mLSTM, {epochs} epochs, {label}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f} "
-              f"({seconds:.2f} s per epoch)", flush=True)
-        reached.append({"implementation": implementation, "options": options, "precision": precision,
-                        "epochs": epochs, "valid_mrr": float(mrr[0]), "test_mrr": float(mrr[1]),
-                        "epoch_seconds": seconds})
+            mrr = [
+                sequence_mrr_score(model, part, exclude_preceding=True).mean()
+                for part in (valid, test)
+            ]
+        label = implementation + (
+            "" if (options, precision) == DEFAULTS else f" {describe(options, precision)}"
+        )
+        print(
+            f"mLSTM, {epochs} epochs, {label}: valid MRR {mrr[0]:.4f}, test MRR {mrr[1]:.4f} "
+            f"({seconds:.2f} s per epoch)",
+            flush=True,
+        )
+        reached.append(
+            {
+                "implementation": implementation,
+                "options": options,
+                "precision": precision,
+                "epochs": epochs,
+                "valid_mrr": float(mrr[0]),
+                "test_mrr": float(mrr[1]),
+                "epoch_seconds": seconds,
+            }
+        )
         RESULTS.add("mrr", reached)
 
 
@@ -489,8 +703,12 @@ def print_kernel_resources(hidden_size: int, batch: int = 240) -> None:
             print(f"note: cannot compile the Triton kernels for sm_90 here ({error})")
             return
         for kernel, resources in usage.items():
-            print(f"Triton {kernel} kernel for sm_90 at H={hidden_size}, split {split}: {resources['shared']} B "
-                  f"shared memory, {resources['registers']} registers, {resources['spilled']} B spilled per thread")
+            print(
+                f"Triton {kernel} kernel for sm_90 at H={hidden_size}, split {split}: "
+                f"{resources['shared']} B "
+                f"shared memory, {resources['registers']} registers, {resources['spilled']} B "
+                "spilled per thread"
+            )
 
 
 def main() -> None:
@@ -499,43 +717,84 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--softmax", action="store_true", help="the softmax part on the CPU too (slow)")
-    parser.add_argument("--mrr-epochs", type=int, default=12,
-                        help="epochs of the MRR checks (triton vs fused; float32 vs bfloat16)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="last, time the Triton layer under other launch options")
-    parser.add_argument("--sweep-only", action="store_true",
-                        help="only the kernels' resources, their check against the fused path and the sweep")
-    parser.add_argument("--tune", action="store_true",
-                        help="first the sweep, then every measurement with the defaults and again with the "
-                             "sweep's fastest configuration that agrees with fused to fp32 accuracy")
-    parser.add_argument("--no-mrr", action="store_true",
-                        help="leave out the trainings to MRR (triton vs fused, float32 vs bfloat16): a quick run")
-    parser.add_argument("--no-softmax", action="store_true",
-                        help="leave out the full-softmax part (float32 vs bfloat16)")
-    parser.add_argument("--json", type=pathlib.Path, default=None,
-                        help="also write what the run measures to this JSON file, atomically after each part")
-    parser.add_argument("--shapes", action="store_true",
-                        help="after the rest, the Triton layer against cuDNN's LSTM at other batch and "
-                             "hidden sizes (with --tune, also with the tuned configuration)")
+    parser.add_argument(
+        "--softmax", action="store_true", help="the softmax part on the CPU too (slow)"
+    )
+    parser.add_argument(
+        "--mrr-epochs",
+        type=int,
+        default=12,
+        help="epochs of the MRR checks (triton vs fused; float32 vs bfloat16)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="last, time the Triton layer under other launch options",
+    )
+    parser.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the kernels' resources, their check against the fused path and the sweep",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="first the sweep, then every measurement with the defaults and again with the "
+        "sweep's fastest configuration that agrees with fused to fp32 accuracy",
+    )
+    parser.add_argument(
+        "--no-mrr",
+        action="store_true",
+        help="leave out the trainings to MRR (triton vs fused, float32 vs bfloat16): a quick run",
+    )
+    parser.add_argument(
+        "--no-softmax",
+        action="store_true",
+        help="leave out the full-softmax part (float32 vs bfloat16)",
+    )
+    parser.add_argument(
+        "--json",
+        type=pathlib.Path,
+        default=None,
+        help="also write what the run measures to this JSON file, atomically after each part",
+    )
+    parser.add_argument(
+        "--shapes",
+        action="store_true",
+        help="after the rest, the Triton layer against cuDNN's LSTM at other batch and "
+        "hidden sizes (with --tune, also with the tuned configuration)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {name}, torch {torch.__version__}")
     RESULTS.path, RESULTS.parts = args.json, {}
-    RESULTS.add("run", {"device": name, "torch": torch.__version__,
-                        "triton": getattr(triton_mlstm.triton, "__version__", None),  # None: not installed
-                        "arguments": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}})
+    RESULTS.add(
+        "run",
+        {
+            "device": name,
+            "torch": torch.__version__,
+            "triton": getattr(triton_mlstm.triton, "__version__", None),  # None: not installed
+            "arguments": {
+                k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()
+            },
+        },
+    )
     if device.type != "cuda":
         print("note: no GPU: running on the CPU, slowly; the issue's targets are for a GPU")
         args.repeats = min(args.repeats, 3)
-    layers = {"nn.LSTM": nn.LSTM(120, 120, batch_first=True),
-              "MLSTM fused": MLSTM(120, 120, implementation="fused")}
+    layers = {
+        "nn.LSTM": nn.LSTM(120, 120, batch_first=True),
+        "MLSTM fused": MLSTM(120, 120, implementation="fused"),
+    }
     if triton_mlstm.available() and not triton_mlstm.interpreted():
         print_kernel_resources(120)
     working = []
     if device.type == "cuda" and triton_mlstm.available():
-        print(f"cuDNN may use TF32: torch.backends.cudnn.allow_tf32 = {torch.backends.cudnn.allow_tf32}")
+        print(
+            "cuDNN may use TF32: torch.backends.cudnn.allow_tf32 = "
+            f"{torch.backends.cudnn.allow_tf32}"
+        )
         working = check_triton(device)
         for precision in working:
             name = "MLSTM triton" + ("" if precision == "tf32x3" else f" {precision}")
@@ -544,7 +803,11 @@ def main() -> None:
         print("note: the Triton kernels need a CUDA device and Triton: not timed here")
     if (args.sweep_only or args.tune) and not working:
         print("note: nothing to sweep without the kernels on a GPU")
-    tuned = sweep_launch_options(device, args.repeats) if working and (args.sweep_only or args.tune) else None
+    tuned = (
+        sweep_launch_options(device, args.repeats)
+        if working and (args.sweep_only or args.tune)
+        else None
+    )
     if args.sweep_only:
         return
     RESULTS.add("tuned", None if tuned is None else {"options": tuned[0], "precision": tuned[1]})
@@ -553,7 +816,9 @@ def main() -> None:
         tuned = None
     elif tuned:
         print(f"tuned: {describe(*tuned)}; measured below beside the defaults")
-        layers["MLSTM triton tuned"] = WithOptions(MLSTM(120, 120, implementation="triton"), tuned[1], tuned[0])
+        layers["MLSTM triton tuned"] = WithOptions(
+            MLSTM(120, 120, implementation="triton"), tuned[1], tuned[0]
+        )
     print("layer, batch 240, seq 100, dim 120, fp32 (MLSTM 'auto' picks triton tf32x3 on CUDA):")
     measured = compare_layers(layers, device, args.repeats, 240, 100, 120)
     if device.type == "cuda":
@@ -569,12 +834,16 @@ def main() -> None:
     elif device.type == "cuda" or args.softmax:
         softmax_benchmark(device, args.epochs, args.mrr_epochs, args.data_dir)
     else:
-        print("note: the full-softmax part (float32 vs bfloat16) runs on the CPU only with --softmax")
+        print(
+            "note: the full-softmax part (float32 vs bfloat16) runs on the CPU only with --softmax"
+        )
     if working and args.shapes:
         shape_scan(device, args.repeats, tuned)
     elif args.shapes:
         print("note: the shapes' scan times the Triton kernels: it needs them on a GPU")
-    if working and args.sweep and not args.tune:  # last: each configuration compiles, and a cut-short sweep still reports
+    if (
+        working and args.sweep and not args.tune
+    ):  # last: each configuration compiles, and a cut-short sweep still reports
         sweep_launch_options(device, args.repeats)
 
 

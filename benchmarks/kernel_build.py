@@ -3,7 +3,8 @@ for a GPU architecture on any machine (Triton ships ``ptxas``) and read the reso
 ask for (shared memory, registers, spills) from the cubin with Triton's ``cuobjdump``.
 The test suite checks the kernels for sm_90 with these; ``gpu.py`` reports them.
 
-    python benchmarks/kernel_build.py [--hidden 120] [--arch 90] [--batch 240] [--multiprocessors 132]
+    python benchmarks/kernel_build.py [--hidden 120] [--arch 90] [--batch 240] \
+        [--multiprocessors 132]
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ SHARED_MEMORY = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 KERNEL_FLAGS = {"forward": ("HAS_B_MH",), "backward": ("HAS_GRAD_HS", "HAS_GRAD_CS")}
 
 
-def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, multiprocessors: int = 0,
-                **flags: bool):
+def compile_for(
+    kernel: str,
+    hidden_size: int,
+    arch: int = 90,
+    batch: int = 1,
+    multiprocessors: int = 0,
+    **flags: bool,
+):
     """Compile the ``'forward'`` or ``'backward'`` kernel for NVIDIA architecture ``arch``
     (90: H100/H200, 80: A100) at ``hidden_size``, with the launch options and precision
-    :class:`~mlstm4reco.triton_mlstm.TritonMLSTM` would use for ``batch`` sequences on a GPU of ``multiprocessors``
-    multiprocessors (the defaults: hidden units unsplit) and the optional inputs ``flags``
-    (see :data:`KERNEL_FLAGS`; omitted ones present), on any machine: no GPU is needed,
+    :class:`~mlstm4reco.triton_mlstm.TritonMLSTM` would use for ``batch`` sequences on a
+    GPU of ``multiprocessors`` multiprocessors (the defaults: hidden units unsplit) and the
+    optional inputs ``flags`` (see :data:`KERNEL_FLAGS`; omitted ones present), on any
+    machine: no GPU is needed,
     Triton ships ``ptxas``. Specialised as Triton's launcher would specialise it: every
     pointer 16-byte aligned (as PyTorch allocates), B and H known to be multiples of 16
     where they are (the number of steps is not). Returns Triton's compiled kernel
@@ -44,32 +52,65 @@ def compile_for(kernel: str, hidden_size: int, arch: int = 90, batch: int = 1, m
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    options = triton_mlstm._launch(hidden_size, batch, multiprocessors, kernel, SHARED_MEMORY.get(arch, 0))
+    options = triton_mlstm._launch(
+        hidden_size, batch, multiprocessors, kernel, SHARED_MEMORY.get(arch, 0)
+    )
     function = triton_mlstm._kernel(kernel)
-    constants = {**{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-                 **{k: options[k] for k in ("BLOCK_B", "BLOCK_H", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H",
-                                             "RESIDENT", "PREFETCH", "POLL", "BATCHED", "X3")},
-                 "PRECISION": triton_mlstm.precision()}
-    signature = {arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
-                 for arg in function.arg_names}
+    constants = {
+        **{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
+        **{
+            k: options[k]
+            for k in (
+                "BLOCK_B",
+                "BLOCK_H",
+                "KC",
+                "K_STAGES",
+                "SPLIT",
+                "WAIT",
+                "STATIC_H",
+                "RESIDENT",
+                "PREFETCH",
+                "POLL",
+                "BATCHED",
+                "X3",
+            )
+        },
+        "PRECISION": triton_mlstm.precision(),
+    }
+    signature = {
+        arg: ("*i32" if arg == "sync_ptr" else "*fp32") if arg.endswith("_ptr") else "i32"
+        for arg in function.arg_names
+    }
     signature.update({arg: "constexpr" for arg in constants})
     multiple_of_16 = {"B": batch % 16 == 0, "H": hidden_size % 16 == 0}
-    aligned = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(function.arg_names)
-               if arg.endswith("_ptr") or multiple_of_16.get(arg, False)}
-    source = ASTSource(fn=function, signature=signature, attrs=aligned,
-                       constexprs={(function.arg_names.index(k),): v for k, v in constants.items()})
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, arg in enumerate(function.arg_names)
+        if arg.endswith("_ptr") or multiple_of_16.get(arg, False)
+    }
+    source = ASTSource(
+        fn=function,
+        signature=signature,
+        attrs=aligned,
+        constexprs={(function.arg_names.index(k),): v for k, v in constants.items()},
+    )
     keys = ("num_warps", "num_stages", "enable_fp_fusion", "launch_cooperative_grid")
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={k: options[k] for k in keys})
+    return triton.compile(
+        source, target=GPUTarget("cuda", arch, 32), options={k: options[k] for k in keys}
+    )
 
 
-def resource_usage(hidden_size: int, arch: int = 90, batch: int = 1,
-                   multiprocessors: int = 0) -> dict[str, dict[str, int]]:
+def resource_usage(
+    hidden_size: int, arch: int = 90, batch: int = 1, multiprocessors: int = 0
+) -> dict[str, dict[str, int]]:
     """Per kernel (:func:`compile_for`, every optional input present), the shared memory it
     asks for (bytes), its registers per thread and the bytes per thread it spills to local
     memory (its stack frame), read from the cubin with Triton's ``cuobjdump``."""
     if triton is None:
         raise RuntimeError("resource_usage needs Triton: pip install -e '.[triton]'")
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    cuobjdump = os.path.join(
+        os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"
+    )
     if not os.path.exists(cuobjdump):
         cuobjdump = shutil.which("cuobjdump")
     if cuobjdump is None:
@@ -81,12 +122,19 @@ def resource_usage(hidden_size: int, arch: int = 90, batch: int = 1,
             path = os.path.join(folder, "kernel.cubin")
             with open(path, "wb") as f:
                 f.write(compiled.asm["cubin"])
-            dump = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True,
-                                  text=True, check=True).stdout
+            dump = subprocess.run(
+                [cuobjdump, "--dump-resource-usage", path],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
         line = next(line for line in dump.splitlines() if "REG:" in line)
         fields = dict(field.split(":", 1) for field in line.split() if ":" in field)
-        usage[kernel] = {"shared": int(compiled.metadata.shared), "registers": int(fields["REG"]),
-                         "spilled": int(fields["STACK"])}
+        usage[kernel] = {
+            "shared": int(compiled.metadata.shared),
+            "registers": int(fields["REG"]),
+            "spilled": int(fields["STACK"]),
+        }
     return usage
 
 
@@ -97,9 +145,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=240)
     parser.add_argument("--multiprocessors", type=int, default=132)
     args = parser.parse_args()
-    for kernel, usage in resource_usage(args.hidden, args.arch, args.batch, args.multiprocessors).items():
-        print(f"{kernel}: {usage['shared']} bytes of shared memory, {usage['registers']} registers, "
-              f"{usage['spilled']} bytes spilled per thread")
+    for kernel, usage in resource_usage(
+        args.hidden, args.arch, args.batch, args.multiprocessors
+    ).items():
+        print(
+            f"{kernel}: {usage['shared']} bytes of shared memory, {usage['registers']} registers, "
+            f"{usage['spilled']} bytes spilled per thread"
+        )
 
 
 if __name__ == "__main__":

@@ -47,20 +47,24 @@ def step(layer, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torc
     return out.detach(), x.grad
 
 
-def layer_seconds(layer, x: torch.Tensor, grad: torch.Tensor, device: torch.device,
-                  repeats: int) -> tuple[float, float]:
+def layer_seconds(
+    layer, x: torch.Tensor, grad: torch.Tensor, device: torch.device, repeats: int
+) -> tuple[float, float]:
     """Median forward+backward and forward-only time of ``layer`` on ``x``."""
 
     def forward_only():
         with torch.no_grad():
             layer(x)
 
-    return (median_seconds(lambda: step(layer, x, grad), device, repeats),
-            median_seconds(forward_only, device, repeats))
+    return (
+        median_seconds(lambda: step(layer, x, grad), device, repeats),
+        median_seconds(forward_only, device, repeats),
+    )
 
 
-def compare_layers(layers: dict, device: torch.device, repeats: int, batch: int, seq: int,
-                   dim: int) -> dict[str, dict[str, float]]:
+def compare_layers(
+    layers: dict, device: torch.device, repeats: int, batch: int, seq: int, dim: int
+) -> dict[str, dict[str, float]]:
     """Print forward+backward and forward-only medians of each layer, with ratios to the
     first, on a dense upstream gradient (out.sum() would give a stride-0 gradient that
     flatters every implementation). Returns them (seconds) by layer."""
@@ -78,8 +82,11 @@ def compare_layers(layers: dict, device: torch.device, repeats: int, batch: int,
 def print_row(name: str, times: dict[str, float], base: dict[str, float]) -> None:
     """One row of :func:`compare_layers`' table: ``times`` (seconds, as it returns them) in
     milliseconds, with their ratios to ``base``'s."""
-    print(f"{name:<18}{times['seconds'] * 1e3:>12.1f}{times['seconds'] / base['seconds']:>7.2f}x"
-          f"{times['forward_seconds'] * 1e3:>10.1f}{times['forward_seconds'] / base['forward_seconds']:>7.2f}x")
+    print(
+        f"{name:<18}{times['seconds'] * 1e3:>12.1f}{times['seconds'] / base['seconds']:>7.2f}x"
+        f"{times['forward_seconds'] * 1e3:>10.1f}"
+        f"{times['forward_seconds'] / base['forward_seconds']:>7.2f}x"
+    )
 
 
 def main() -> None:
@@ -96,8 +103,10 @@ def main() -> None:
     layers = {"nn.LSTM": nn.LSTM(D, D, batch_first=True)}
     for impl in ("reference", "fused"):
         layers[f"MLSTM {impl}"] = MLSTM(D, D, implementation=impl)
-    print(f"batch {args.batch}, seq {args.seq}, dim {D}, fp32, {args.threads} threads, "
-          f"torch {torch.__version__}")
+    print(
+        f"batch {args.batch}, seq {args.seq}, dim {D}, fp32, {args.threads} threads, "
+        f"torch {torch.__version__}"
+    )
     compare_layers(layers, torch.device("cpu"), args.repeats, args.batch, args.seq, D)
 
 

@@ -36,11 +36,16 @@ def timed(label: str, function, out: pathlib.Path) -> dict:
     records = function(out)
     seconds = time.perf_counter() - start
     top = best(records)
-    row = dict(run=label, trials=len(records), seconds=seconds,
-               stopped=sum(r["status"] == "stopped" for r in records),
-               failed=sum(r["status"] == "failed" for r in records),
-               epochs=sum(r.get("epochs") or 0 for r in records),
-               best_valid_mrr=top["valid_mrr"], its_test_mrr=top["test_mrr"])
+    row = dict(
+        run=label,
+        trials=len(records),
+        seconds=seconds,
+        stopped=sum(r["status"] == "stopped" for r in records),
+        failed=sum(r["status"] == "failed" for r in records),
+        epochs=sum(r.get("epochs") or 0 for r in records),
+        best_valid_mrr=top["valid_mrr"],
+        its_test_mrr=top["test_mrr"],
+    )
     print(json.dumps(row), flush=True)
     return row
 
@@ -62,23 +67,43 @@ def main() -> None:
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="search_backends_"))
     common = dict(device="cpu", data_dir=args.data_dir, progress=False)
     ray = dict(common, workers=args.workers)
-    asha = dict(every=args.every, grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+    asha = dict(
+        every=args.every, grace_period=args.grace_period, reduction_factor=args.reduction_factor
+    )
     print(f"{config.name}: results under {out}", flush=True)
     rows = [
-        timed(f"local, {args.trials} trials",
-              lambda o: search.run_search(config, args.trials, o, **common), out / "local"),
-        timed(f"ray x{args.workers}, {args.trials} trials",
-              lambda o: run_ray_search(config, args.trials, o, **ray), out / "ray"),
-        timed(f"ray x{args.workers}, {args.asha_trials} trials",
-              lambda o: run_ray_search(config, args.asha_trials, o, **ray), out / "ray_plain"),
-        timed(f"ray x{args.workers} + ASHA, {args.asha_trials} trials",
-              lambda o: run_ray_search(config, args.asha_trials, o, asha=asha, **ray), out / "ray_asha"),
+        timed(
+            f"local, {args.trials} trials",
+            lambda o: search.run_search(config, args.trials, o, **common),
+            out / "local",
+        ),
+        timed(
+            f"ray x{args.workers}, {args.trials} trials",
+            lambda o: run_ray_search(config, args.trials, o, **ray),
+            out / "ray",
+        ),
+        timed(
+            f"ray x{args.workers}, {args.asha_trials} trials",
+            lambda o: run_ray_search(config, args.asha_trials, o, **ray),
+            out / "ray_plain",
+        ),
+        timed(
+            f"ray x{args.workers} + ASHA, {args.asha_trials} trials",
+            lambda o: run_ray_search(config, args.asha_trials, o, asha=asha, **ray),
+            out / "ray_asha",
+        ),
     ]
-    print(f"\n{'run':<32}{'seconds':>9}{'ratio':>8}{'epochs':>8}{'stopped':>9}{'best valid':>12}{'its test':>10}")
+    print(
+        f"\n{'run':<32}{'seconds':>9}{'ratio':>8}{'epochs':>8}{'stopped':>9}"
+        f"{'best valid':>12}{'its test':>10}"
+    )
     for index, row in enumerate(rows):
         base = rows[0 if index < 2 else 2]["seconds"]
-        print(f"{row['run']:<32}{row['seconds']:>9.0f}{row['seconds'] / base:>7.2f}x{row['epochs']:>8}"
-              f"{row['stopped']:>9}{row['best_valid_mrr']:>12.4f}{row['its_test_mrr']:>10.4f}")
+        print(
+            f"{row['run']:<32}{row['seconds']:>9.0f}{row['seconds'] / base:>7.2f}x"
+            f"{row['epochs']:>8}"
+            f"{row['stopped']:>9}{row['best_valid_mrr']:>12.4f}{row['its_test_mrr']:>10.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ import time
 
 import numpy as np
 import torch
+from gpu import BEST  # the study's best ML-1M configurations, from configs/
 from scipy.stats import rankdata
 
 from mlstm4reco.cross_validation import user_based_train_test_split
 from mlstm4reco.datasets import get_movielens_dataset
 from mlstm4reco.evaluation import FLOAT_MAX, sequence_mrr_score
 from mlstm4reco.sequence_model import ImplicitSequenceModel
-
-from gpu import BEST  # the study's best ML-1M configurations, from configs/
 
 
 def spotlight_loop_mrr(model, test) -> np.ndarray:
@@ -55,12 +54,20 @@ def main() -> None:
     train, rest = user_based_train_test_split(data, 0.2, state)
     test, _ = user_based_train_test_split(rest, 0.5, state)
     train, test = train.to_sequence(100, 20, 100), test.to_sequence(100, 20, 100)
-    print(f"ML-1M: {len(train)} train / {len(test)} test sequences, device {args.device}, "
-          f"{args.threads} threads, torch {torch.__version__}")
+    print(
+        f"ML-1M: {len(train)} train / {len(test)} test sequences, device {args.device}, "
+        f"{args.threads} threads, torch {torch.__version__}"
+    )
 
     models = {
-        name: ImplicitSequenceModel(loss="adaptive_hinge", representation=name, n_iter=1,
-                                    random_state=72, device=args.device, **params)
+        name: ImplicitSequenceModel(
+            loss="adaptive_hinge",
+            representation=name,
+            n_iter=1,
+            random_state=72,
+            device=args.device,
+            **params,
+        )
         for name, params in BEST.items()
     }
     times = {name: [] for name in models}
@@ -69,18 +76,24 @@ def main() -> None:
             times[name].append(timed(lambda: model.fit(train))[0])
     epoch = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
-        print(f"{name:<6} epoch {epoch[name]:7.2f} s (median of {args.epochs}: "
-              f"{', '.join(f'{t:.2f}' for t in values)})")
+        print(
+            f"{name:<6} epoch {epoch[name]:7.2f} s (median of {args.epochs}: "
+            f"{', '.join(f'{t:.2f}' for t in values)})"
+        )
     print(f"mLSTM / LSTM epoch ratio: {epoch['mlstm'] / epoch['lstm']:.2f}x")
 
     model = models["mlstm"]
-    batched = [timed(lambda: sequence_mrr_score(model, test, exclude_preceding=True)) for _ in range(5)]
+    batched = [
+        timed(lambda: sequence_mrr_score(model, test, exclude_preceding=True)) for _ in range(5)
+    ]
     batched_time = statistics.median(t for t, _ in batched)
     loop_time, loop_mrr = timed(lambda: spotlight_loop_mrr(model, test))
     np.testing.assert_allclose(batched[0][1], loop_mrr, rtol=1e-6)
-    print(f"evaluation of the test split: batched {batched_time * 1e3:.0f} ms (median of 5), "
-          f"one at a time {loop_time * 1e3:.0f} ms; speed-up {loop_time / batched_time:.1f}x "
-          f"(same MRR {loop_mrr.mean():.4f})")
+    print(
+        f"evaluation of the test split: batched {batched_time * 1e3:.0f} ms (median of 5), "
+        f"one at a time {loop_time * 1e3:.0f} ms; speed-up {loop_time / batched_time:.1f}x "
+        f"(same MRR {loop_mrr.mean():.4f})"
+    )
 
 
 if __name__ == "__main__":

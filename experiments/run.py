@@ -14,7 +14,8 @@ Rewrite a reproduction's report from its runs.json, with more paired tests (MODE
     python experiments/run.py report results/ml1m_reproduce --pairs mlstm:mlstm_hidden
 
 A learning curve (validation MRR every epoch) of a config's best arguments, changed:
-    python experiments/run.py curve --dataset ml1m --model mlstm_softmax --set representation_kwargs.dropout=0.25
+    python experiments/run.py curve --dataset ml1m --model mlstm_softmax \
+        --set representation_kwargs.dropout=0.25
 
 Learning curves side by side (validation MRR over windows of epochs, one figure); folders
 given one label are seeds of one configuration, averaged and paired by seed:
@@ -38,19 +39,34 @@ from mlstm4reco.search import DATASETS, UserError  # noqa: E402
 
 def common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset to run on")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the dataset files (else $MLSTM4RECO_DATA, then ~/.cache/mlstm4reco)")
-    parser.add_argument("--out", default=str(ROOT / "results"), help="results folder (default: results/)")
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the dataset files (else $MLSTM4RECO_DATA, then ~/.cache/mlstm4reco)",
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / "results"), help="results folder (default: results/)"
+    )
     parser.add_argument("--config-dir", default=None, help="folder of configs (default: configs/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def comparison_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--baseline", default=None,
-                        help="model every other is paired against, and epoch times are relative to (default lstm)")
-    parser.add_argument("--pairs", nargs="+", default=[], metavar="MODEL:AGAINST",
-                        help="more paired tests, each of MODEL against AGAINST (e.g. mlstm:mlstm_hidden)")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="model every other is paired against, and epoch times are relative to (default lstm)",
+    )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=[],
+        metavar="MODEL:AGAINST",
+        help="more paired tests, each of MODEL against AGAINST (e.g. mlstm:mlstm_hidden)",
+    )
 
 
 def parse_pairs(texts: list[str]) -> list[tuple[str, str]]:
@@ -68,7 +84,9 @@ def check_comparisons(args: argparse.Namespace, models: list[str], where: str) -
     (before any training, so a misspelt name costs nothing)."""
     models = list(dict.fromkeys(models))
     if args.baseline is not None and args.baseline not in models:
-        raise UserError(f"--baseline {args.baseline!r}: no such model in {where} (models: {', '.join(models)})")
+        raise UserError(
+            f"--baseline {args.baseline!r}: no such model in {where} (models: {', '.join(models)})"
+        )
     baseline = args.baseline or "lstm"
     pairs = parse_pairs(args.pairs)
     try:
@@ -98,66 +116,159 @@ def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[
         seed = next((r.get("seed") for r in records if r.get("final")), None)
         if labels.count(label) > 1:
             if seed is None:
-                raise UserError(f"{path}: no final record with a seed (a run in progress?), so nothing "
-                                f"to pair it by under label {label!r}")
+                raise UserError(
+                    f"{path}: no final record with a seed (a run in progress?), so nothing "
+                    f"to pair it by under label {label!r}"
+                )
             if seed in seeds.setdefault(label, {}):
-                raise UserError(f"label {label!r}: {seeds[label][seed]} and {folder} are both seed {seed}")
+                raise UserError(
+                    f"label {label!r}: {seeds[label][seed]} and {folder} are both seed {seed}"
+                )
             seeds[label][seed] = folder
     return curves
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command")
     find = commands.add_parser("search", help="hyperopt TPE search (the default command)")
     common_options(find)
-    find.add_argument("--model", required=True, help="model name, e.g. lstm or mlstm (a config <dataset>_<model>.yaml)")
-    find.add_argument("--trials", type=int, default=200, help="trials to reach (default 200, as the study)")
-    find.add_argument("--seed", type=int, default=None, help="search and model seed (default: the config's, 72)")
-    find.add_argument("--config", default=None, help="run this config file instead of configs/<dataset>_<model>.yaml")
-    on_ray = find.add_argument_group("Ray backend (pip install -e \".[ray]\")")
-    on_ray.add_argument("--backend", choices=("local", "ray"), default="local",
-                     help="'local': one trial at a time in this process (default); 'ray': trials in parallel on Ray Tune")
+    find.add_argument(
+        "--model",
+        required=True,
+        help="model name, e.g. lstm or mlstm (a config <dataset>_<model>.yaml)",
+    )
+    find.add_argument(
+        "--trials", type=int, default=200, help="trials to reach (default 200, as the study)"
+    )
+    find.add_argument(
+        "--seed", type=int, default=None, help="search and model seed (default: the config's, 72)"
+    )
+    find.add_argument(
+        "--config",
+        default=None,
+        help="run this config file instead of configs/<dataset>_<model>.yaml",
+    )
+    on_ray = find.add_argument_group('Ray backend (pip install -e ".[ray]")')
+    on_ray.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="'local': one trial at a time in this process (default); 'ray': trials in parallel on "
+        "Ray Tune",
+    )
     on_ray.add_argument("--workers", type=int, default=2, help="trials at a time (default 2)")
-    on_ray.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs (and torch threads) per trial (default 1)")
-    on_ray.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, may be fractional (default 0)")
-    on_ray.add_argument("--ray-address", default=None,
-                     help="an existing Ray cluster (e.g. ray://head:10001); default: start Ray on this machine")
-    on_ray.add_argument("--asha", action="store_true", help="stop poor trials early (ASHA on validation MRR)")
-    on_ray.add_argument("--asha-every", type=int, default=5,
-                     help="epochs between validation reports (default 5; the config's early_stopping.every if set)")
-    on_ray.add_argument("--grace-period", type=int, default=10, help="ASHA: epochs before a trial can be stopped (default 10)")
-    on_ray.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in this many at each rung (default 3)")
-    again = commands.add_parser("reproduce", help="the study's best configurations over several seeds")
+    on_ray.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1,
+        help="CPUs (and torch threads) per trial (default 1)",
+    )
+    on_ray.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0,
+        help="GPUs per trial, may be fractional (default 0)",
+    )
+    on_ray.add_argument(
+        "--ray-address",
+        default=None,
+        help="an existing Ray cluster (e.g. ray://head:10001); default: start Ray on this machine",
+    )
+    on_ray.add_argument(
+        "--asha", action="store_true", help="stop poor trials early (ASHA on validation MRR)"
+    )
+    on_ray.add_argument(
+        "--asha-every",
+        type=int,
+        default=5,
+        help="epochs between validation reports (default 5; the config's early_stopping.every if "
+        "set)",
+    )
+    on_ray.add_argument(
+        "--grace-period",
+        type=int,
+        default=10,
+        help="ASHA: epochs before a trial can be stopped (default 10)",
+    )
+    on_ray.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=3,
+        help="ASHA: keep 1 in this many at each rung (default 3)",
+    )
+    again = commands.add_parser(
+        "reproduce", help="the study's best configurations over several seeds"
+    )
     common_options(again)
-    again.add_argument("--models", nargs="+", default=["lstm", "mlstm"], help="models to compare (default: lstm mlstm)")
-    again.add_argument("--seeds", type=int, default=5, help="model seeds per configuration (default 5)")
-    again.add_argument("--workers", type=int, default=1,
-                       help="runs at a time, in worker processes (default 1)")
-    again.add_argument("--threads", type=int, default=None,
-                       help="torch threads per worker, at least 1 (default: CPUs / workers; torch's own with one worker)")
+    again.add_argument(
+        "--models",
+        nargs="+",
+        default=["lstm", "mlstm"],
+        help="models to compare (default: lstm mlstm)",
+    )
+    again.add_argument(
+        "--seeds", type=int, default=5, help="model seeds per configuration (default 5)"
+    )
+    again.add_argument(
+        "--workers", type=int, default=1, help="runs at a time, in worker processes (default 1)"
+    )
+    again.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker, at least 1 (default: CPUs / workers; torch's own with one "
+        "worker)",
+    )
     comparison_options(again)
-    redo = commands.add_parser("report", help="rewrite a reproduction's table and tests from its runs.json")
+    redo = commands.add_parser(
+        "report", help="rewrite a reproduction's table and tests from its runs.json"
+    )
     redo.add_argument("folder", help="a reproduction's results folder (holding runs.json)")
     comparison_options(redo)
     curve = commands.add_parser("curve", help="validation MRR every epoch of one run of a config")
     common_options(curve)
-    curve.add_argument("--model", required=True, help="model name (a config <dataset>_<model>.yaml)")
-    curve.add_argument("--config", default=None, help="this config file instead of configs/<dataset>_<model>.yaml")
+    curve.add_argument(
+        "--model", required=True, help="model name (a config <dataset>_<model>.yaml)"
+    )
+    curve.add_argument(
+        "--config", default=None, help="this config file instead of configs/<dataset>_<model>.yaml"
+    )
     curve.add_argument("--seed", type=int, default=0, help="model seed (default 0)")
-    curve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                       help="change one of the config's best arguments (dotted names for nested ones); repeatable")
-    curve.add_argument("--every", type=int, default=1, help="epochs between evaluations (default 1)")
-    curve.add_argument("--threads", type=int, default=None,
-                       help="torch threads (default: torch's, one a core); 1 for two curves side by side on two cores")
+    curve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one of the config's best arguments (dotted names for nested ones); repeatable",
+    )
+    curve.add_argument(
+        "--every", type=int, default=1, help="epochs between evaluations (default 1)"
+    )
+    curve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's, one a core); 1 for two curves side by side on two "
+        "cores",
+    )
     side = commands.add_parser("curves", help="learning curves of 'curve' side by side")
     side.add_argument("folders", nargs="+", help="folders of 'curve' (each holding curve.json)")
-    side.add_argument("--out", required=True, help="folder for curves.md, curves.csv and curves.png")
-    side.add_argument("--labels", nargs="+", default=None,
-                      help="a label per folder (default: the folder names); folders with one label are seeds, "
-                           "averaged, with paired tests against the first label")
-    side.add_argument("--window", type=int, default=10, help="epochs averaged per column (default 10)")
+    side.add_argument(
+        "--out", required=True, help="folder for curves.md, curves.csv and curves.png"
+    )
+    side.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        help="a label per folder (default: the folder names); folders with one label are seeds, "
+        "averaged, with paired tests against the first label",
+    )
+    side.add_argument(
+        "--window", type=int, default=10, help="epochs averaged per column (default 10)"
+    )
     if argv and argv[0] not in ("search", "reproduce", "report", "curve", "curves", "-h", "--help"):
         argv = ["search", *argv]
     return parser.parse_args(argv)
@@ -177,52 +288,92 @@ def main(argv: list[str] | None = None) -> int:
             out = search.results_folder(args.out, config.name)
         if args.command == "curve":
             overrides = search.parse_overrides(args.set)
-            search.check_model_arguments(search.model_arguments(config, {**config.best, **overrides}),
-                                         f"{path} with --set {' '.join(args.set)}")
+            search.check_model_arguments(
+                search.model_arguments(config, {**config.best, **overrides}),
+                f"{path} with --set {' '.join(args.set)}",
+            )
             changes = "".join(f"_{name}={value}" for name, value in overrides.items())
-            out = search.results_folder(pathlib.Path(args.out) / "curves",
-                                        search.plain_label(f"{config.name}{changes}_seed{args.seed}"))
+            out = search.results_folder(
+                pathlib.Path(args.out) / "curves",
+                search.plain_label(f"{config.name}{changes}_seed{args.seed}"),
+            )
             if args.threads is not None:
                 if args.threads < 1:
                     raise UserError(f"--threads must be at least 1, got {args.threads}")
                 search.set_threads(args.threads)
-            records = search.run_curve(config, overrides, args.seed, out, args.every, args.device,
-                                       args.data_dir, progress)
+            records = search.run_curve(
+                config, overrides, args.seed, out, args.every, args.device, args.data_dir, progress
+            )
             paths = report.write_curve_report(records, out, out.name)
         elif args.command == "search":
             if args.backend == "ray":
                 from mlstm4reco.ray_search import run_ray_search
 
-                asha = (dict(every=args.asha_every, grace_period=args.grace_period,
-                             reduction_factor=args.reduction_factor) if args.asha else None)
-                records = run_ray_search(config, args.trials, out, args.device, args.data_dir, args.seed,
-                                         progress, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
-                                         gpus_per_trial=args.gpus_per_trial, address=args.ray_address, asha=asha)
+                asha = (
+                    dict(
+                        every=args.asha_every,
+                        grace_period=args.grace_period,
+                        reduction_factor=args.reduction_factor,
+                    )
+                    if args.asha
+                    else None
+                )
+                records = run_ray_search(
+                    config,
+                    args.trials,
+                    out,
+                    args.device,
+                    args.data_dir,
+                    args.seed,
+                    progress,
+                    workers=args.workers,
+                    cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial,
+                    address=args.ray_address,
+                    asha=asha,
+                )
             elif args.asha or args.ray_address:
                 raise UserError("--asha and --ray-address need --backend ray")
             else:
-                records = search.run_search(config, args.trials, out, args.device, args.data_dir,
-                                            args.seed, progress)
+                records = search.run_search(
+                    config, args.trials, out, args.device, args.data_dir, args.seed, progress
+                )
             paths = report.write_search_report(records, out, config.name)
         elif args.command == "curves":
             if args.window < 1:
                 raise UserError(f"--window must be at least 1 epoch, got {args.window}")
-            paths = report.write_curves_comparison(read_curves(args.folders, args.labels), args.out, args.window)
+            paths = report.write_curves_comparison(
+                read_curves(args.folders, args.labels), args.out, args.window
+            )
         elif args.command == "report":
             out = pathlib.Path(args.folder)
             records = search.RecordFile(out / "runs.json", kind="runs").records
             if not records:
-                raise UserError(f"{out / 'runs.json'}: no runs to report (is this a reproduction's folder?)")
+                raise UserError(
+                    f"{out / 'runs.json'}: no runs to report (is this a reproduction's folder?)"
+                )
             compare = check_comparisons(args, [r["model"] for r in records], out / "runs.json")
             paths = report.write_reproduction_report(records, out, **compare)
         else:
-            configs = [search.load_config(search.config_path(args.dataset, m, args.config_dir))
-                       for m in args.models]
+            configs = [
+                search.load_config(search.config_path(args.dataset, m, args.config_dir))
+                for m in args.models
+            ]
             out = search.results_folder(args.out, f"{args.dataset}_reproduce")
             stored = [r["model"] for r in search.RecordFile(out / "runs.json", kind="runs").records]
-            compare = check_comparisons(args, [*args.models, *stored], "--models and " + str(out / "runs.json"))
-            records = search.run_reproduce(configs, args.seeds, out, args.device, args.data_dir, progress,
-                                           workers=args.workers, threads=args.threads)
+            compare = check_comparisons(
+                args, [*args.models, *stored], "--models and " + str(out / "runs.json")
+            )
+            records = search.run_reproduce(
+                configs,
+                args.seeds,
+                out,
+                args.device,
+                args.data_dir,
+                progress,
+                workers=args.workers,
+                threads=args.threads,
+            )
             paths = report.write_reproduction_report(records, out, **compare)
     except UserError as error:
         print(f"run.py: error: {error}", file=sys.stderr)

@@ -29,8 +29,10 @@ def write(path, parts: dict) -> None:
         with atomic_path(pathlib.Path(path)) as tmp:
             torch.save(state, tmp)
     except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
-        raise OSError(f"{path}: could not write the model ({first_line(error)}); "
-                      "a file there before is unchanged") from error
+        raise OSError(
+            f"{path}: could not write the model ({first_line(error)}); "
+            "a file there before is unchanged"
+        ) from error
 
 
 def read(path, known_arguments: set) -> dict:
@@ -45,20 +47,28 @@ def read(path, known_arguments: set) -> dict:
         # torch's weights-only refusal suggests weights_only=False: not for a file that is no model
         text = "" if isinstance(error, pickle.UnpicklingError) else str(error).strip()
         reason = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-        raise ValueError(f"{path}: not a model written by ImplicitSequenceModel.save ({reason})") from error
+        raise ValueError(
+            f"{path}: not a model written by ImplicitSequenceModel.save ({reason})"
+        ) from error
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a model written by ImplicitSequenceModel.save "
-                         f"(it holds a {type(state).__name__})")
+        raise ValueError(
+            f"{path}: not a model written by ImplicitSequenceModel.save "
+            f"(it holds a {type(state).__name__})"
+        )
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unknown format version {state.get('format_version')!r}")
     missing = sorted(set(PARTS) - set(state))
     if missing:
         raise ValueError(f"{path}: not a whole saved model: no {missing}")
     if not isinstance(state["config"], dict):
-        raise ValueError(f"{path}: the saved config is a {type(state['config']).__name__}, not a mapping")
+        raise ValueError(
+            f"{path}: the saved config is a {type(state['config']).__name__}, not a mapping"
+        )
     unknown = sorted(set(state["config"]) - known_arguments)
     if unknown:
-        raise ValueError(f"{path}: the saved config has arguments ImplicitSequenceModel does not take: {unknown}")
+        raise ValueError(
+            f"{path}: the saved config has arguments ImplicitSequenceModel does not take: {unknown}"
+        )
     num_items = state["num_items"]
     if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 2:
         raise ValueError(f"{path}: num_items must be an integer of at least 2, got {num_items!r}")

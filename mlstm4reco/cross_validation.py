@@ -19,14 +19,17 @@ def _random_state(random_state) -> np.random.RandomState:
     if isinstance(random_state, np.random.RandomState):
         return random_state
     raise ValueError(
-        f"random_state must be None, an int or a numpy RandomState, got {type(random_state).__name__}"
+        "random_state must be None, an int or a numpy RandomState, got "
+        f"{type(random_state).__name__}"
     )
 
 
 def _check_interactions(interactions) -> None:
     if not isinstance(interactions, Interactions):
-        raise ValueError(f"interactions must be Interactions (split them, then cut sequences with "
-                         f"to_sequence), got {type(interactions).__name__}")
+        raise ValueError(
+            f"interactions must be Interactions (split them, then cut sequences with "
+            f"to_sequence), got {type(interactions).__name__}"
+        )
 
 
 def _check_percentage(test_percentage: float) -> None:

@@ -113,7 +113,10 @@ def sequence_mrr_score(
 
 
 def sequence_hit_rate_score(
-    model, test: SequenceInteractions, k: int = 10, exclude_preceding: bool = False,
+    model,
+    test: SequenceInteractions,
+    k: int = 10,
+    exclude_preceding: bool = False,
     batch_size: int = 256,
 ) -> np.ndarray:
     """1 where the last item ranks within the top ``k`` (average rank of ties), else 0."""
@@ -122,7 +125,10 @@ def sequence_hit_rate_score(
 
 
 def sequence_ndcg_score(
-    model, test: SequenceInteractions, k: int = 10, exclude_preceding: bool = False,
+    model,
+    test: SequenceInteractions,
+    k: int = 10,
+    exclude_preceding: bool = False,
     batch_size: int = 256,
 ) -> np.ndarray:
     """NDCG@k of the single relevant last item: 1 / log2(1 + rank) within the top k."""
@@ -175,8 +181,15 @@ def parse_metric(name) -> tuple[Metric, int | None]:
         if metric.cutoff == "required":
             raise ValueError(f"metric {name!r} needs a cutoff, e.g. {base}@10")
         return metric, None
-    if metric.cutoff == "none" or not cutoff.isdigit() or int(cutoff) < 1 or cutoff != str(int(cutoff)):
-        raise ValueError(f"metric {name!r}: the cutoff after '@' must be a positive integer (known: {known})")
+    if (
+        metric.cutoff == "none"
+        or not cutoff.isdigit()
+        or int(cutoff) < 1
+        or cutoff != str(int(cutoff))
+    ):
+        raise ValueError(
+            f"metric {name!r}: the cutoff after '@' must be a positive integer (known: {known})"
+        )
     return metric, int(cutoff)
 
 
@@ -186,8 +199,13 @@ def metric_values(ranks: np.ndarray, name: str) -> np.ndarray:
     return metric.of_ranks(np.asarray(ranks, dtype=np.float64), k)
 
 
-def evaluate(model, test: SequenceInteractions, metrics=("mrr",), exclude_preceding: bool = False,
-             batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model,
+    test: SequenceInteractions,
+    metrics=("mrr",),
+    exclude_preceding: bool = False,
+    batch_size: int = 256,
+) -> dict[str, float]:
     """The mean of each metric named in ``metrics`` (see :data:`METRICS`) over the test
     sequences' last items, from one ranking of all items (:func:`sequence_ranks`)."""
     metrics = list(metrics)
@@ -198,7 +216,10 @@ def evaluate(model, test: SequenceInteractions, metrics=("mrr",), exclude_preced
 
 
 def sequence_precision_recall_score(
-    model, test: SequenceInteractions, k: int = 10, exclude_preceding: bool = False,
+    model,
+    test: SequenceInteractions,
+    k: int = 10,
+    exclude_preceding: bool = False,
     batch_size: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall at ``k`` of the last ``k`` items of each sequence given the
@@ -228,7 +249,9 @@ def _check_k_items(k: int, num_items: int) -> None:
         raise ValueError(f"k = {k} is more than the model's {num_items} items")
 
 
-def _hits_one_at_a_time(model, sequences: np.ndarray, k: int, exclude_preceding: bool) -> np.ndarray:
+def _hits_one_at_a_time(
+    model, sequences: np.ndarray, k: int, exclude_preceding: bool
+) -> np.ndarray:
     hits = np.empty(len(sequences))
     for row, sequence in enumerate(sequences):
         costs = -np.asarray(model.predict(sequence[:-k]), dtype=np.float64)

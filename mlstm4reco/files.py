@@ -85,7 +85,9 @@ def check_writable(folder) -> pathlib.Path:
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(20, "exists and is not a folder", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
-    probe = _temporary_beside(folder / ".write-probe")  # a name of its own: processes may probe at once
+    probe = _temporary_beside(
+        folder / ".write-probe"
+    )  # a name of its own: processes may probe at once
     try:
         probe.write_bytes(b"0" * 4096)  # a full disk refuses a block, not an empty file
     finally:

@@ -17,12 +17,15 @@ from torch.autograd.function import once_differentiable
 __all__ = ["FusedMLSTM", "layer", "input_and_weight_gradients"]
 
 
-def layer(cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def layer(
+    cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``cell``'s layer (an :class:`~mlstm4reco.layers.MLSTMCell`) over the time-major
     ``x_tm`` (T, B, I) from the states ``h`` and ``c`` (B, H): (h_1..h_T, c_1..c_T), each
     (T, B, H)."""
-    return FusedMLSTM.apply(x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh,
-                            cell.weight_mh)
+    return FusedMLSTM.apply(
+        x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh, cell.weight_mh
+    )
 
 
 _scratch = threading.local()
@@ -133,10 +136,14 @@ class FusedMLSTM(torch.autograd.Function):
             dh = torch.mm(grad_mh[t], weight_hm)
             dc = dc * f
         torch.mul(grad_m, mh, out=grad_xp[:, :, :H])
-        return input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias, dh, dc)
+        return input_and_weight_gradients(
+            flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias, dh, dc
+        )
 
 
-def input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, has_bias, grad_h0, grad_c0):
+def input_and_weight_gradients(
+    flat_x, weight_ih, grad_xp, grad_mh, ms, hs, has_bias, grad_h0, grad_c0
+):
     """The gradients of an mLSTM layer's forward arguments once the recurrence is done:
     ``grad_xp`` (T, B, 5H) and ``grad_mh`` (T, B, H) hold the gradients of the input
     projections and of W_mh h_{t-1} + b_mh at every step; each weight gradient is one
@@ -151,5 +158,13 @@ def input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, has_
     grad_weight_hm = grad_mh_flat.t().mm(hs[:-1].reshape(T * B, H))
     grad_bias_ih = grad_xp_flat.sum(0) if has_bias[0] else None
     grad_bias_mh = grad_mh_flat.sum(0) if has_bias[1] else None
-    return (grad_x, grad_weight_ih, grad_bias_ih, grad_h0, grad_c0, grad_weight_hm, grad_bias_mh,
-            grad_weight_mh)
+    return (
+        grad_x,
+        grad_weight_ih,
+        grad_bias_ih,
+        grad_h0,
+        grad_c0,
+        grad_weight_hm,
+        grad_bias_mh,
+        grad_weight_mh,
+    )

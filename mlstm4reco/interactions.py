@@ -21,9 +21,7 @@ def _as_ids(name: str, values, bound: int | None) -> np.ndarray:
         raise ValueError(f"{name}: ids must be non-negative, got {array[bad]} at index {bad}")
     if array.size and bound is not None and array.max() >= bound:
         bad = int(np.flatnonzero(array >= bound)[0])
-        raise ValueError(
-            f"{name}: ids must be below {bound}, got {array[bad]} at index {bad}"
-        )
+        raise ValueError(f"{name}: ids must be below {bound}, got {array[bad]} at index {bad}")
     if array.size and array.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{name}: ids must fit in int32, got {array.max()}")
     return array.astype(np.int32)
@@ -40,7 +38,9 @@ def _timestamps(values, length: int) -> np.ndarray | None:
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.int64)
     if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"timestamps: expected numbers (integer or float), got dtype {array.dtype}")
+        raise ValueError(
+            f"timestamps: expected numbers (integer or float), got dtype {array.dtype}"
+        )
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array))[0])
@@ -171,7 +171,9 @@ class Interactions:
         L = max_sequence_length
         order = np.lexsort((self.timestamps, self.user_ids))  # stable: ties keep input order
         items = self.item_ids[order]
-        users, starts, counts = np.unique(self.user_ids[order], return_index=True, return_counts=True)
+        users, starts, counts = np.unique(
+            self.user_ids[order], return_index=True, return_counts=True
+        )
         windows = -(-counts // step_size)  # ceil: windows per user
         row_user = np.repeat(np.arange(len(users)), windows)
         # k-th window of a user (0 = latest) ends (exclusive) k * step_size before the end.

@@ -38,9 +38,9 @@ with one of two implementations that give the same numbers:
 
 - ``'reference'``: a plain loop over :meth:`MLSTMCell.forward`, differentiated by autograd;
 - ``'fused'``: the input projections of all time steps in one matmul before the time loop,
-  and an explicit backward pass (:class:`~mlstm4reco.fused.FusedMLSTM`) whose per-step work is the two
-  recurrent matmuls and the gate arithmetic; the weight gradients are one matmul each over
-  all steps after the loop.
+  and an explicit backward pass (:class:`~mlstm4reco.fused.FusedMLSTM`) whose per-step
+  work is the two recurrent matmuls and the gate arithmetic; the weight gradients are one
+  matmul each over all steps after the loop.
 """
 
 from __future__ import annotations
@@ -274,8 +274,10 @@ class MLSTM(nn.Module):
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
             )
         if layer_norm and implementation in ("fused", "triton"):
-            raise ValueError(f"layer_norm=True needs implementation 'reference' or 'auto'; "
-                             f"the {implementation} path has no layer normalisation")
+            raise ValueError(
+                f"layer_norm=True needs implementation 'reference' or 'auto'; "
+                f"the {implementation} path has no layer normalisation"
+            )
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -346,9 +348,13 @@ class MLSTM(nn.Module):
         if chosen == "auto":
             if self.cells[0].layer_norm:
                 return self._layer_reference
-            if (x_tm.is_cuda and x_tm.dtype == torch.float32 and triton_mlstm.available()
-                    and self.hidden_size <= triton_mlstm.MAX_AUTO_HIDDEN
-                    and triton_mlstm.indexable(x_tm.shape[0], x_tm.shape[1], self.hidden_size)):
+            if (
+                x_tm.is_cuda
+                and x_tm.dtype == torch.float32
+                and triton_mlstm.available()
+                and self.hidden_size <= triton_mlstm.MAX_AUTO_HIDDEN
+                and triton_mlstm.indexable(x_tm.shape[0], x_tm.shape[1], self.hidden_size)
+            ):
                 return triton_mlstm.checked_layer_or_fused
             return fused.layer
         return self._layer_reference if chosen == "reference" else fused.layer

@@ -25,8 +25,16 @@ import torch
 from mlstm4reco.representations.base import PADDING_IDX, ScoresItems
 
 __all__ = [
-    "pointwise_loss", "bpr_loss", "hinge_loss", "adaptive_hinge_loss", "softmax_loss",
-    "sampled_softmax_loss", "LossInput", "Loss", "LOSSES", "preceding_items",
+    "pointwise_loss",
+    "bpr_loss",
+    "hinge_loss",
+    "adaptive_hinge_loss",
+    "softmax_loss",
+    "sampled_softmax_loss",
+    "LossInput",
+    "Loss",
+    "LOSSES",
+    "preceding_items",
 ]
 
 
@@ -149,11 +157,15 @@ def preceding_items(sequences: torch.Tensor, num_items: int) -> torch.Tensor:
 def _against_one_negative(function):
     """Spotlight's loss ``function`` of positive and negative predictions, on a batch:
     one uniform negative per position."""
+
     def compute(batch: LossInput) -> torch.Tensor:
         positive = batch.net(batch.user_representation, batch.sequences)
-        negative = batch.net(batch.user_representation, batch.negatives(tuple(batch.sequences.shape)))
+        negative = batch.net(
+            batch.user_representation, batch.negatives(tuple(batch.sequences.shape))
+        )
         # Losses in float32 (bfloat16 scores under autocast are upcast here).
         return function(positive.float(), negative.float(), mask=batch.mask)
+
     compute.__name__ = compute.__qualname__ = function.__name__.replace("_loss", "")
     return compute
 
@@ -164,7 +176,9 @@ def adaptive_hinge(batch: LossInput) -> torch.Tensor:
     n, shape = batch.num_negative_samples, tuple(batch.sequences.shape)
     # One draw of (n * B, T), as Spotlight, viewed as n sets of negatives.
     negative_items = batch.negatives((n * shape[0], shape[1])).view(n, *shape)
-    negative = torch.stack([batch.net(batch.user_representation, items) for items in negative_items])
+    negative = torch.stack(
+        [batch.net(batch.user_representation, items) for items in negative_items]
+    )
     return adaptive_hinge_loss(positive.float(), negative.float(), mask=batch.mask)
 
 
@@ -172,11 +186,15 @@ def _position_states(batch: LossInput, name: str):
     """The states, targets and (with ``exclude_preceding``) the preceding items of the
     batch's non-padded positions: (M, ...), (M,), (M, N) or None."""
     if not isinstance(batch.net, ScoresItems):
-        raise ValueError(f"loss {name!r} needs a representation with score_items, score_all "
-                         f"and position_states (representations.ScoresItems)")
+        raise ValueError(
+            f"loss {name!r} needs a representation with score_items, score_all "
+            f"and position_states (representations.ScoresItems)"
+        )
     mask = batch.mask
     states = batch.net.position_states(batch.user_representation)[mask]  # (M, ...)
-    seen = preceding_items(batch.sequences, batch.num_items)[mask] if batch.exclude_preceding else None
+    seen = (
+        preceding_items(batch.sequences, batch.num_items)[mask] if batch.exclude_preceding else None
+    )
     return states, batch.sequences[mask], seen
 
 

@@ -33,4 +33,10 @@ from mlstm4reco.study.runners import (  # noqa: F401
     set_threads,
 )
 from mlstm4reco.study.tpe import suggest  # noqa: F401
-from mlstm4reco.study.trial import EarlyStopping, provenance, run_guarded, train_and_evaluate, versions  # noqa: F401
+from mlstm4reco.study.trial import (  # noqa: F401
+    EarlyStopping,
+    provenance,
+    run_guarded,
+    train_and_evaluate,
+    versions,
+)

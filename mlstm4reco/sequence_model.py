@@ -22,6 +22,7 @@ __all__ = ["ImplicitSequenceModel", "sample_items"]
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Training precisions ``ImplicitSequenceModel(precision=...)`` accepts."""
 
+
 def sample_items(num_items: int, shape, random_state: np.random.RandomState) -> np.ndarray:
     """Item ids drawn uniformly from [0, num_items), as Spotlight's ``sample_items``."""
     return random_state.randint(0, num_items, shape, dtype=np.int64)
@@ -51,21 +52,29 @@ def _check_representation_kwargs(name: str, kwargs) -> None:
     if kwargs is None:
         return
     if not isinstance(kwargs, dict):
-        raise TypeError(f"representation_kwargs must be a dict, got {type(kwargs).__name__} {kwargs!r}")
+        raise TypeError(
+            f"representation_kwargs must be a dict, got {type(kwargs).__name__} {kwargs!r}"
+        )
     accepted = sorted(representation_arguments(REPRESENTATIONS[name]) - set(MODEL_SETS))
     clashes = sorted(set(kwargs) & set(MODEL_SETS))
     if clashes:
-        raise ValueError(f"representation_kwargs {clashes}: set by the model itself (num_items from the "
-                         f"data; embedding_dim and sparse are ImplicitSequenceModel arguments)")
+        raise ValueError(
+            f"representation_kwargs {clashes}: set by the model itself (num_items from the "
+            f"data; embedding_dim and sparse are ImplicitSequenceModel arguments)"
+        )
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"representation {name!r} ({REPRESENTATIONS[name].__name__}) takes no "
-                         f"{unknown}; its representation_kwargs are {accepted}")
+        raise ValueError(
+            f"representation {name!r} ({REPRESENTATIONS[name].__name__}) takes no "
+            f"{unknown}; its representation_kwargs are {accepted}"
+        )
 
 
 def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.device:
     if use_cuda is not None and device not in (None, "auto"):
-        raise ValueError(f"give device or use_cuda, not both (device={device!r}, use_cuda={use_cuda})")
+        raise ValueError(
+            f"give device or use_cuda, not both (device={device!r}, use_cuda={use_cuda})"
+        )
     if use_cuda is not None:
         device = "cuda" if use_cuda else "cpu"
     if device in (None, "auto"):
@@ -138,7 +147,9 @@ class ImplicitSequenceModel:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if exclude_preceding and not LOSSES[loss].over_items:
-            over_items = " or ".join(repr(name) for name, entry in LOSSES.items() if entry.over_items)
+            over_items = " or ".join(
+                repr(name) for name, entry in LOSSES.items() if entry.over_items
+            )
             raise ValueError(f"exclude_preceding needs loss {over_items}, not {loss!r}")
         if isinstance(representation, str) and representation not in REPRESENTATIONS:
             raise ValueError(
@@ -147,13 +158,20 @@ class ImplicitSequenceModel:
             )
         if isinstance(representation, str):
             _check_representation_kwargs(representation, representation_kwargs)
-        for name, value in (("n_iter", n_iter), ("batch_size", batch_size),
-                            ("embedding_dim", embedding_dim),
-                            ("num_negative_samples", num_negative_samples)):
+        for name, value in (
+            ("n_iter", n_iter),
+            ("batch_size", batch_size),
+            ("embedding_dim", embedding_dim),
+            ("num_negative_samples", num_negative_samples),
+        ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         real = (int, float, np.integer, np.floating)
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, real) or not learning_rate > 0:
+        if (
+            isinstance(learning_rate, bool)
+            or not isinstance(learning_rate, real)
+            or not learning_rate > 0
+        ):
             raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
         if isinstance(l2, bool) or not isinstance(l2, real) or not l2 >= 0:
             raise ValueError(f"l2 must be a non-negative number, got {l2!r}")
@@ -251,7 +269,11 @@ class ImplicitSequenceModel:
         seeded from ``random_state`` and carried from one fit to the next; torch's global
         generators are as they were after."""
         cuda = self._device.type == "cuda"
-        devices = [self._device.index if self._device.index is not None else torch.cuda.current_device()] if cuda else []
+        devices = (
+            [self._device.index if self._device.index is not None else torch.cuda.current_device()]
+            if cuda
+            else []
+        )
         with torch.random.fork_rng(devices=devices):
             if self._torch_state is None:
                 torch.manual_seed(self._torch_seed)  # every device's generator
@@ -262,7 +284,10 @@ class ImplicitSequenceModel:
             try:
                 yield
             finally:
-                self._torch_state = (torch.get_rng_state(), torch.cuda.get_rng_state(devices[0]) if cuda else None)
+                self._torch_state = (
+                    torch.get_rng_state(),
+                    torch.cuda.get_rng_state(devices[0]) if cuda else None,
+                )
 
     def _check_sequences(self, sequences: np.ndarray, name: str = "sequences") -> None:
         if sequences.ndim != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
@@ -274,8 +299,9 @@ class ImplicitSequenceModel:
                 f"got ids from {low} to {high}"
             )
 
-    def fit(self, interactions: SequenceInteractions, verbose: bool = False,
-            callback=None) -> list[float]:
+    def fit(
+        self, interactions: SequenceInteractions, verbose: bool = False, callback=None
+    ) -> list[float]:
         """Train for ``n_iter`` epochs; a repeated call continues training.
 
         ``callback(epoch, loss)``, if given, runs after each epoch (epoch counted from 0
@@ -300,8 +326,12 @@ class ImplicitSequenceModel:
                 f"{type(interactions).__name__}"
             )
         sequences = interactions.sequences.astype(np.int64)
-        if sequences.shape[0] == 0 or sequences.shape[1] == 0:  # before a net is built for this data
-            raise ValueError(f"sequences: expected a non-empty 2-D array, got shape {sequences.shape}")
+        if (
+            sequences.shape[0] == 0 or sequences.shape[1] == 0
+        ):  # before a net is built for this data
+            raise ValueError(
+                f"sequences: expected a non-empty 2-D array, got shape {sequences.shape}"
+            )
         fresh = not self._initialized()
         if fresh:
             self._initialize(interactions.num_items)
@@ -329,8 +359,11 @@ class ImplicitSequenceModel:
             epoch_loss = 0.0
             for count, start in enumerate(batches, start=1):
                 batch = sequences_tensor[order[start : start + self._batch_size]]
-                with torch.autocast(self._device.type, dtype=PRECISIONS[self._precision],
-                                    enabled=self._precision != "float32"):
+                with torch.autocast(
+                    self._device.type,
+                    dtype=PRECISIONS[self._precision],
+                    enabled=self._precision != "float32",
+                ):
                     loss = self._batch_loss(batch)
                 self._optimizer.zero_grad()
                 loss.backward()
@@ -349,10 +382,18 @@ class ImplicitSequenceModel:
 
     def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
         user_representation, _ = self._net.user_representation(batch)
-        return self._loss_func.compute(LossInput(
-            net=self._net, sequences=batch, user_representation=user_representation, num_items=self._num_items,
-            num_negative_samples=self._num_negative_samples, negatives=self._negatives,
-            random_state=self._random_state, exclude_preceding=self._exclude_preceding))
+        return self._loss_func.compute(
+            LossInput(
+                net=self._net,
+                sequences=batch,
+                user_representation=user_representation,
+                num_items=self._num_items,
+                num_negative_samples=self._num_negative_samples,
+                negatives=self._negatives,
+                random_state=self._random_state,
+                exclude_preceding=self._exclude_preceding,
+            )
+        )
 
     def _negatives(self, shape) -> torch.Tensor:
         items = sample_items(self._num_items, shape, self._random_state)
@@ -383,9 +424,9 @@ class ImplicitSequenceModel:
             return self._net.score_all(final)
         # A representation from elsewhere: Spotlight's call, one sequence at a time.
         items = torch.arange(self._num_items, device=final.device).unsqueeze(1)
-        return torch.stack([
-            self._net(row.expand(self._num_items, -1), items).reshape(-1) for row in final
-        ])
+        return torch.stack(
+            [self._net(row.expand(self._num_items, -1), items).reshape(-1) for row in final]
+        )
 
     def predict(self, sequences, item_ids=None) -> np.ndarray:
         """Scores of items to come after one sequence (1-D: returns (num_items,) or
@@ -397,7 +438,8 @@ class ImplicitSequenceModel:
             item_ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
             if item_ids.size and (item_ids.min() < 0 or item_ids.max() >= self._num_items):
                 raise ValueError(
-                    f"item_ids must be in [0, {self._num_items}), got {item_ids.min()} to {item_ids.max()}"
+                    f"item_ids must be in [0, {self._num_items}), got {item_ids.min()} to "
+                    f"{item_ids.max()}"
                 )
             scores = scores[:, torch.from_numpy(item_ids).to(scores.device)]
         scores = scores.cpu().numpy()
@@ -410,7 +452,11 @@ class ImplicitSequenceModel:
         array, single = self._as_batch(sequence)
         if not single:
             raise ValueError(f"recommend takes one 1-D sequence, got shape {np.shape(sequence)}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self._num_items - 1:
+        if (
+            isinstance(k, bool)
+            or not isinstance(k, (int, np.integer))
+            or not 1 <= k <= self._num_items - 1
+        ):
             raise ValueError(f"k must be an integer in [1, {self._num_items - 1}], got {k!r}")
         sequence_tensor = torch.from_numpy(array).to(self._device)
         scores = self.score_sequences(sequence_tensor)[0]
@@ -426,8 +472,15 @@ class ImplicitSequenceModel:
         """Write configuration, weights and optimizer state to ``path`` atomically (a
         plain dict of tensors and numbers, loadable with ``weights_only=True``)."""
         self._require_fit()
-        checkpoint.write(path, {"config": self.config(), "num_items": self._num_items,
-                                "net": self._net.state_dict(), "optimizer": self._optimizer.state_dict()})
+        checkpoint.write(
+            path,
+            {
+                "config": self.config(),
+                "num_items": self._num_items,
+                "net": self._net.state_dict(),
+                "optimizer": self._optimizer.state_dict(),
+            },
+        )
 
     @classmethod
     def load(cls, path, device="auto", random_state=None) -> ImplicitSequenceModel:
@@ -436,12 +489,16 @@ class ImplicitSequenceModel:
         try:
             model = cls(**state["config"], device=device, random_state=random_state)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: the saved configuration is refused ({checkpoint.first_line(error)})") from error
+            raise ValueError(
+                f"{path}: the saved configuration is refused ({checkpoint.first_line(error)})"
+            ) from error
         try:
             model._initialize(state["num_items"])
             model._net.load_state_dict(state["net"])
             model._optimizer.load_state_dict(state["optimizer"])
         except (TypeError, ValueError, RuntimeError, KeyError) as error:
-            raise ValueError(f"{path}: the saved weights do not fit the saved configuration "
-                             f"({type(error).__name__}: {checkpoint.first_line(error)})") from error
+            raise ValueError(
+                f"{path}: the saved weights do not fit the saved configuration "
+                f"({type(error).__name__}: {checkpoint.first_line(error)})"
+            ) from error
         return model

@@ -52,8 +52,14 @@ def _tile(B, H, sync_ptr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
     row_ok = rows < B
-    return (rows, cols, row_ok, row_ok[:, None] & (cols < H)[None, :], rows[:, None] * H + cols[None, :],
-            sync_ptr + tl.program_id(0))
+    return (
+        rows,
+        cols,
+        row_ok,
+        row_ok[:, None] & (cols < H)[None, :],
+        rows[:, None] * H + cols[None, :],
+        sync_ptr + tl.program_id(0),
+    )
 
 
 @triton.jit
@@ -90,7 +96,12 @@ def _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr):
     barrier is: by the PTX memory model, the acquire in :func:`_sync` followed by the
     block's ``bar.sync`` makes the other programs' writes visible to all its threads
     (as after CUDA's grid.sync)."""
-    return _read(a_ptr + rows[:, None] * a_stride + ks[None, :], row_ok[:, None] & k_ok[None, :], SPLIT, False)
+    return _read(
+        a_ptr + rows[:, None] * a_stride + ks[None, :],
+        row_ok[:, None] & k_ok[None, :],
+        SPLIT,
+        False,
+    )
 
 
 #: the bits (as int32) of what the buffers that POLL reads hold until written: a NaN that
@@ -132,28 +143,38 @@ def _read(at, ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
 @triton.jit
 def _slab(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT: tl.constexpr, POLL: tl.constexpr):
     """:func:`_a_chunk`, polled under POLL (:func:`_read`)."""
-    return _read(a_ptr + rows[:, None] * a_stride + ks[None, :], row_ok[:, None] & k_ok[None, :], SPLIT, POLL)
+    return _read(
+        a_ptr + rows[:, None] * a_stride + ks[None, :], row_ok[:, None] & k_ok[None, :], SPLIT, POLL
+    )
 
 
 @triton.jit
 def _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
     """Rows ks of W[:, cols] (of W transposed if TRANSPOSED), W an (H, H) matrix."""
     if TRANSPOSED:  # (k, j) -> W[j, k]
-        return tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=k_ok[:, None] & (cols < H)[None, :],
-                       other=0.0)
+        return tl.load(
+            w_ptr + cols[None, :] * H + ks[:, None],
+            mask=k_ok[:, None] & (cols < H)[None, :],
+            other=0.0,
+        )
     else:  # (k, j) -> W[k, j]
-        return tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=k_ok[:, None] & (cols < H)[None, :],
-                       other=0.0)
+        return tl.load(
+            w_ptr + ks[:, None] * H + cols[None, :],
+            mask=k_ok[:, None] & (cols < H)[None, :],
+            other=0.0,
+        )
 
 
 @triton.jit
 def _gate_weights(w_ptr, H, cols, ks, k_ok, TRANSPOSED: tl.constexpr):
     """Rows ks of each of the four gates' W[:, cols] (transposed if TRANSPOSED), W the
     (4H, H) stack of the gates' weights: :func:`_w_chunk` for each gate."""
-    return (_w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED),
-            _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, TRANSPOSED),
-            _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, TRANSPOSED),
-            _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, TRANSPOSED))
+    return (
+        _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED),
+        _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, TRANSPOSED),
+        _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, TRANSPOSED),
+        _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, TRANSPOSED),
+    )
 
 
 @triton.jit
@@ -162,8 +183,11 @@ def _stacked_gate_weights(w_ptr, H, cols, ks, k_ok):
     weights, as one (4, rows, cols) tensor: the right operand of a product batched over
     the gates (BATCHED)."""
     gates = tl.arange(0, 4)
-    return tl.load(w_ptr + gates[:, None, None] * H * H + ks[None, :, None] * H + cols[None, None, :],
-                   mask=(gates < 4)[:, None, None] & k_ok[None, :, None] & (cols < H)[None, None, :], other=0.0)
+    return tl.load(
+        w_ptr + gates[:, None, None] * H * H + ks[None, :, None] * H + cols[None, None, :],
+        mask=(gates < 4)[:, None, None] & k_ok[None, :, None] & (cols < H)[None, None, :],
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -187,8 +211,9 @@ def _product(a, w, w_low, acc, zero, PRECISION: tl.constexpr, X3: tl.constexpr):
         a_high, a_low = _tf32_split(a)
         acc += zero  # (where acc is a constant, as zeros: folding dot(a_high, w, 0) + c too)
         zeros = tl.zeros(acc.shape, tl.float32) + zero
-        corrections = tl.dot(a_high, w_low, zeros, input_precision="tf32") + \
-            tl.dot(a_low, w, zeros, input_precision="tf32")
+        corrections = tl.dot(a_high, w_low, zeros, input_precision="tf32") + tl.dot(
+            a_low, w, zeros, input_precision="tf32"
+        )
         return tl.dot(a_high, w, acc, input_precision="tf32") + corrections
     else:
         return tl.dot(a, w, acc, input_precision=PRECISION)
@@ -223,8 +248,22 @@ def _gate_parts(w_i, w_f, w_g, w_o, X3: tl.constexpr):
 
 
 @triton.jit
-def _gate_batched_dot(g_ptr, rows, row_ok, H, w_front, w_back, l_front, l_back, zero, BLOCK_H: tl.constexpr,
-                      PRECISION: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr, X3: tl.constexpr):
+def _gate_batched_dot(
+    g_ptr,
+    rows,
+    row_ok,
+    H,
+    w_front,
+    w_back,
+    l_front,
+    l_back,
+    zero,
+    BLOCK_H: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
+    POLL: tl.constexpr,
+    X3: tl.constexpr,
+):
     """The sum over the gates of dGate @ W_gate[:, cols] (dGate this program's rows of
     the gate's block of a (rows, 5H) slab, g_ptr the first gate's) as products batched
     over the gates, whose four accumulators are independent, summed after. The inner
@@ -236,17 +275,49 @@ def _gate_batched_dot(g_ptr, rows, row_ok, H, w_front, w_back, l_front, l_back, 
     back = front + BLOCK_H // 2
     at = g_ptr + gates[:, None, None] * H + rows[None, :, None] * 5 * H + front[None, None, :]
     ok = (gates < 4)[:, None, None] & row_ok[None, :, None]
-    parts = _product(_read(at, ok & (front < H)[None, None, :], SPLIT, POLL), w_front, l_front,
-                     tl.zeros((4, rows.shape[0], w_front.shape[2]), tl.float32), zero, PRECISION, X3)
-    parts = _product(_read(at + BLOCK_H // 2, ok & (back < H)[None, None, :], SPLIT, POLL), w_back, l_back, parts,
-                     zero, PRECISION, X3)
+    parts = _product(
+        _read(at, ok & (front < H)[None, None, :], SPLIT, POLL),
+        w_front,
+        l_front,
+        tl.zeros((4, rows.shape[0], w_front.shape[2]), tl.float32),
+        zero,
+        PRECISION,
+        X3,
+    )
+    parts = _product(
+        _read(at + BLOCK_H // 2, ok & (back < H)[None, None, :], SPLIT, POLL),
+        w_back,
+        l_back,
+        parts,
+        zero,
+        PRECISION,
+        X3,
+    )
     return tl.sum(parts, axis=0)
 
 
 @triton.jit
-def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, l_hm, zero, H, cols, BLOCK_B: tl.constexpr,
-                    BLOCK_H: tl.constexpr, RESIDENT: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-                    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, POLL: tl.constexpr, X3: tl.constexpr):
+def _hidden_product(
+    b_mh,
+    hs_t,
+    rows,
+    row_ok,
+    w_hm_ptr,
+    w_hm,
+    l_hm,
+    zero,
+    H,
+    cols,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    KC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
+    POLL: tl.constexpr,
+    X3: tl.constexpr,
+):
     """b_mh + h_{t-1} @ W_hm^T[:, cols], h_{t-1} this program's rows of hs_t: in one
     product from w_hm, W_hm^T[:, cols] loaded before the first step (RESIDENT; h_{t-1}
     polled under POLL; l_hm its low part under X3, :func:`_product`), or reading W_hm KC
@@ -254,39 +325,96 @@ def _hidden_product(b_mh, hs_t, rows, row_ok, w_hm_ptr, w_hm, l_hm, zero, H, col
     mh = tl.zeros((BLOCK_B, cols.shape[0]), tl.float32) + b_mh[None, :]
     if RESIDENT:
         units = tl.arange(0, BLOCK_H)
-        mh = _product(_slab(hs_t, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, l_hm, mh, zero, PRECISION,
-                      X3)
+        mh = _product(
+            _slab(hs_t, H, rows, row_ok, units, units < H, SPLIT, POLL),
+            w_hm,
+            l_hm,
+            mh,
+            zero,
+            PRECISION,
+            X3,
+        )
     else:
-        mh = _chunked_dot(mh, hs_t, H, rows, row_ok, w_hm_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT)
+        mh = _chunked_dot(
+            mh, hs_t, H, rows, row_ok, w_hm_ptr, H, cols, True, KC, PRECISION, K_STAGES, SPLIT
+        )
     return mh
 
 
 @triton.jit
-def _gate_products(a, w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o, pre_i, pre_f, pre_g, pre_o, zero,
-                   PRECISION: tl.constexpr, X3: tl.constexpr):
+def _gate_products(
+    a,
+    w_i,
+    w_f,
+    w_g,
+    w_o,
+    l_i,
+    l_f,
+    l_g,
+    l_o,
+    pre_i,
+    pre_f,
+    pre_g,
+    pre_o,
+    zero,
+    PRECISION: tl.constexpr,
+    X3: tl.constexpr,
+):
     """pre_gate + a @ w_gate for each of the four gates (l_gate: w_gate's low part under
     X3, :func:`_product`)."""
-    return (_product(a, w_i, l_i, pre_i, zero, PRECISION, X3), _product(a, w_f, l_f, pre_f, zero, PRECISION, X3),
-            _product(a, w_g, l_g, pre_g, zero, PRECISION, X3), _product(a, w_o, l_o, pre_o, zero, PRECISION, X3))
+    return (
+        _product(a, w_i, l_i, pre_i, zero, PRECISION, X3),
+        _product(a, w_f, l_f, pre_f, zero, PRECISION, X3),
+        _product(a, w_g, l_g, pre_g, zero, PRECISION, X3),
+        _product(a, w_o, l_o, pre_o, zero, PRECISION, X3),
+    )
 
 
 @triton.jit
-def _chunked_dot(acc, a_ptr, a_stride, rows, row_ok, w_ptr, H, cols,
-                 TRANSPOSED: tl.constexpr, KC: tl.constexpr,
-                 PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+def _chunked_dot(
+    acc,
+    a_ptr,
+    a_stride,
+    rows,
+    row_ok,
+    w_ptr,
+    H,
+    cols,
+    TRANSPOSED: tl.constexpr,
+    KC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
     """acc + A @ W[:, cols] (W transposed if TRANSPOSED), KC columns of A (rows of W)
     at a time: the operands never sit whole in registers."""
     for k in tl.range(0, H, KC, num_stages=K_STAGES):
         ks = k + tl.arange(0, KC)
         k_ok = ks < H
         a = _a_chunk(a_ptr, a_stride, rows, row_ok, ks, k_ok, SPLIT)
-        acc = tl.dot(a, _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED), acc, input_precision=PRECISION)
+        acc = tl.dot(
+            a, _w_chunk(w_ptr, H, cols, ks, k_ok, TRANSPOSED), acc, input_precision=PRECISION
+        )
     return acc
 
 
 @triton.jit
-def _gate_dots(pre_i, pre_f, pre_g, pre_o, a_ptr, rows, row_ok, w_ptr, H, cols,
-               KC: tl.constexpr, PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr):
+def _gate_dots(
+    pre_i,
+    pre_f,
+    pre_g,
+    pre_o,
+    a_ptr,
+    rows,
+    row_ok,
+    w_ptr,
+    H,
+    cols,
+    KC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
     """The four gates' pre-activations plus M @ W_gate^T[:, cols], for M this program's
     rows of an (rows, H) slab and W the (4H, H) stack of the gates' weights: each chunk
     of M is read once for all four gates (it comes from L2; the weights from L1)."""
@@ -294,19 +422,41 @@ def _gate_dots(pre_i, pre_f, pre_g, pre_o, a_ptr, rows, row_ok, w_ptr, H, cols,
         ks = k + tl.arange(0, KC)
         k_ok = ks < H
         a = _a_chunk(a_ptr, H, rows, row_ok, ks, k_ok, SPLIT)
-        pre_i = tl.dot(a, _w_chunk(w_ptr, H, cols, ks, k_ok, True), pre_i, input_precision=PRECISION)
-        pre_f = tl.dot(a, _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, True), pre_f, input_precision=PRECISION)
-        pre_g = tl.dot(a, _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, True), pre_g,
-                       input_precision=PRECISION)
-        pre_o = tl.dot(a, _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, True), pre_o,
-                       input_precision=PRECISION)
+        pre_i = tl.dot(
+            a, _w_chunk(w_ptr, H, cols, ks, k_ok, True), pre_i, input_precision=PRECISION
+        )
+        pre_f = tl.dot(
+            a, _w_chunk(w_ptr + H * H, H, cols, ks, k_ok, True), pre_f, input_precision=PRECISION
+        )
+        pre_g = tl.dot(
+            a,
+            _w_chunk(w_ptr + 2 * H * H, H, cols, ks, k_ok, True),
+            pre_g,
+            input_precision=PRECISION,
+        )
+        pre_o = tl.dot(
+            a,
+            _w_chunk(w_ptr + 3 * H * H, H, cols, ks, k_ok, True),
+            pre_o,
+            input_precision=PRECISION,
+        )
     return pre_i, pre_f, pre_g, pre_o
 
 
 @triton.jit
-def _gate_gradient_dot(dm, g_ptr, rows, row_ok, w_ptr, H, cols,
-                       KC: tl.constexpr, PRECISION: tl.constexpr, K_STAGES: tl.constexpr,
-                       SPLIT: tl.constexpr):
+def _gate_gradient_dot(
+    dm,
+    g_ptr,
+    rows,
+    row_ok,
+    w_ptr,
+    H,
+    cols,
+    KC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
     """dm + sum over the gates of dGate @ W_gate[:, cols], dGate this program's rows of
     the gate's (rows, H) block of a (rows, 5H) slab (g_ptr: the first gate's block),
     W the (4H, H) stack: the four gates' chunks are loaded together, so that their
@@ -316,8 +466,12 @@ def _gate_gradient_dot(dm, g_ptr, rows, row_ok, w_ptr, H, cols,
         k_ok = ks < H
         for gate in tl.static_range(4):
             a = _a_chunk(g_ptr + gate * H, 5 * H, rows, row_ok, ks, k_ok, SPLIT)
-            dm = tl.dot(a, _w_chunk(w_ptr + gate * H * H, H, cols, ks, k_ok, False), dm,
-                        input_precision=PRECISION)
+            dm = tl.dot(
+                a,
+                _w_chunk(w_ptr + gate * H * H, H, cols, ks, k_ok, False),
+                dm,
+                input_precision=PRECISION,
+            )
     return dm
 
 
@@ -339,13 +493,32 @@ def _gate_gradients(dh, dc, i, f, g, o, tanh_c, c_prev):
     """:func:`_cell` backwards: from the gradients of h and c (dc: from later steps),
     the gradient of c with h's share added, and those of the four pre-activations."""
     dc += dh * o * (1.0 - tanh_c * tanh_c)
-    return dc, dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g), \
-        dh * tanh_c * o * (1.0 - o)
+    return (
+        dc,
+        dc * g * i * (1.0 - i),
+        dc * c_prev * f * (1.0 - f),
+        dc * i * (1.0 - g * g),
+        dh * tanh_c * o * (1.0 - o),
+    )
 
 
 @triton.jit
-def _saved(t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
-           HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr):
+def _saved(
+    t,
+    grad_hs_ptr,
+    grad_cs_ptr,
+    acts_ptr,
+    tanh_cs_ptr,
+    cs_ptr,
+    B,
+    H,
+    rows,
+    cols,
+    mask,
+    state,
+    HAS_GRAD_HS: tl.constexpr,
+    HAS_GRAD_CS: tl.constexpr,
+):
     """What the backward kernels' step t reads first, where ``mask``: the upstream
     gradients of h_t and c_t (zeros where there are none), and the forward's gates, tanh c_t
     and c_{t-1}. No barrier guards them (the kernel's inputs): with PREFETCH they are
@@ -354,15 +527,29 @@ def _saved(t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr, B, H, row
     zeros = tl.zeros((rows.shape[0], cols.shape[0]), tl.float32)
     g_h = tl.load(grad_hs_ptr + at, mask=mask, other=0.0) if HAS_GRAD_HS else zeros
     g_c = tl.load(grad_cs_ptr + at, mask=mask, other=0.0) if HAS_GRAD_CS else zeros
-    i, f, g, o = _load_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, mask)
+    i, f, g, o = _load_gates(
+        acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, mask
+    )
     tanh_c = tl.load(tanh_cs_ptr + at, mask=mask, other=0.0)
     c_prev = tl.load(cs_ptr + at, mask=mask, other=0.0)  # cs[t] = c_{t-1}
     return g_h, g_c, i, f, g, o, tanh_c, c_prev
 
 
 @triton.jit
-def _step_gradients(dh, dc, g_h, g_c, i, f, g, o, tanh_c, c_prev, HAS_GRAD_HS: tl.constexpr,
-                    HAS_GRAD_CS: tl.constexpr):
+def _step_gradients(
+    dh,
+    dc,
+    g_h,
+    g_c,
+    i,
+    f,
+    g,
+    o,
+    tanh_c,
+    c_prev,
+    HAS_GRAD_HS: tl.constexpr,
+    HAS_GRAD_CS: tl.constexpr,
+):
     """The backward kernels' step up to the gate gradients: the gradients of h_t and c_t
     from later steps (dh, dc) plus the upstream ones (g_h, g_c), through
     :func:`_gate_gradients` with what :func:`_saved` loaded. Returns dc and the four gate
@@ -379,7 +566,9 @@ def _factors(xp_ptr, mh_ptr, t, B, H, rows, cols, mask, state):
     """m_t's two factors as the forward computed them, W_mx x_t + b_mx and W_mh h_{t-1} +
     b_mh, in this program's columns where ``mask``: what the backward kernel's step t reads
     after the gradient of m_t, loaded with :func:`_saved` under PREFETCH."""
-    xm = tl.load(xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0)
+    xm = tl.load(
+        xp_ptr + t * B * 5 * H + rows[:, None] * 5 * H + cols[None, :], mask=mask, other=0.0
+    )
     return xm, tl.load(mh_ptr + t * B * H + state, mask=mask, other=0.0)
 
 
@@ -395,8 +584,12 @@ def _store_gates(ptr, gap, a, b, c, d, mask):
 @triton.jit
 def _load_gates(ptr, gap, mask):
     """What :func:`_store_gates` stored."""
-    return (tl.load(ptr, mask=mask, other=0.0), tl.load(ptr + gap, mask=mask, other=0.0),
-            tl.load(ptr + 2 * gap, mask=mask, other=0.0), tl.load(ptr + 3 * gap, mask=mask, other=0.0))
+    return (
+        tl.load(ptr, mask=mask, other=0.0),
+        tl.load(ptr + gap, mask=mask, other=0.0),
+        tl.load(ptr + 2 * gap, mask=mask, other=0.0),
+        tl.load(ptr + 3 * gap, mask=mask, other=0.0),
+    )
 
 
 @triton.jit
@@ -413,13 +606,32 @@ def _inputs(xp_ptr, t, B, H, rows, m_units, m_mask, cols, mask):
 
 @triton.jit
 def forward_kernel(
-    xp_ptr, w_hm_ptr, b_mh_ptr, w_mh_ptr,  # (T, B, 5H), (H, H), (H,), (4H, H)
-    hs_ptr, cs_ptr, acts_ptr, tanh_cs_ptr, mh_ptr, ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
-    T, B, H,
+    xp_ptr,
+    w_hm_ptr,
+    b_mh_ptr,
+    w_mh_ptr,  # (T, B, 5H), (H, H), (H,), (4H, H)
+    hs_ptr,
+    cs_ptr,
+    acts_ptr,
+    tanh_cs_ptr,
+    mh_ptr,
+    ms_ptr,  # (T+1, B, H) x2, (T, B, 4H), (T, B, H) x3
+    T,
+    B,
+    H,
     sync_ptr,  # (tiles,) zeroed counters of _sync
-    HAS_B_MH: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr,
-    PRECISION: tl.constexpr, K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
+    HAS_B_MH: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    KC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
+    WAIT: tl.constexpr,
+    STATIC_H: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    POLL: tl.constexpr,
     BATCHED: tl.constexpr,  # the backward's (backward_kernel)
     X3: tl.constexpr,
 ):
@@ -433,7 +645,11 @@ def forward_kernel(
     BLOCK_J: tl.constexpr = BLOCK_H // SPLIT
     rows, cols, row_ok, mask, state, count_ptr = _tile(B, H, sync_ptr, BLOCK_B, BLOCK_J)
     c = tl.load(cs_ptr + state, mask=mask, other=0.0)
-    b_mh = tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0) if HAS_B_MH else tl.zeros((BLOCK_J,), tl.float32)
+    b_mh = (
+        tl.load(b_mh_ptr + cols, mask=cols < H, other=0.0)
+        if HAS_B_MH
+        else tl.zeros((BLOCK_J,), tl.float32)
+    )
     units = tl.arange(0, BLOCK_H)
     w_hm = w_hm_ptr  # the product reads its weights, KC rows at a time (_chunked_dot)...
     l_hm = w_hm_ptr
@@ -454,9 +670,30 @@ def forward_kernel(
         if PREFETCH:  # this step's inputs came a step ago; the next step's are loaded now
             x_m, x_i, x_f, x_g, x_o = nx_m, nx_i, nx_f, nx_g, nx_o
             later = tl.minimum(t + 1, T - 1)  # at the last step: that step again, unused
-            nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(xp_ptr, later, B, H, rows, cols, mask, cols, mask)
-        mh = _hidden_product(b_mh, hs_ptr + t * B * H, rows, row_ok, w_hm_ptr, w_hm, l_hm, zero, H, cols, BLOCK_B,
-                             BLOCK_H, RESIDENT, KC, PRECISION, K_STAGES, SPLIT, POLL, X3)
+            nx_m, nx_i, nx_f, nx_g, nx_o = _inputs(
+                xp_ptr, later, B, H, rows, cols, mask, cols, mask
+            )
+        mh = _hidden_product(
+            b_mh,
+            hs_ptr + t * B * H,
+            rows,
+            row_ok,
+            w_hm_ptr,
+            w_hm,
+            l_hm,
+            zero,
+            H,
+            cols,
+            BLOCK_B,
+            BLOCK_H,
+            RESIDENT,
+            KC,
+            PRECISION,
+            K_STAGES,
+            SPLIT,
+            POLL,
+            X3,
+        )
         if not PREFETCH:
             x_m = tl.load(xp_row, mask=mask, other=0.0)
         m = x_m * mh
@@ -468,33 +705,86 @@ def forward_kernel(
         if not PREFETCH:
             x_i, x_f, x_g, x_o = _load_gates(xp_row + H, H, mask)
         if RESIDENT:
-            pre_i, pre_f, pre_g, pre_o = _gate_products(_slab(ms_t, H, rows, row_ok, units, units < H, SPLIT, POLL),
-                                                        w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o, x_i, x_f, x_g, x_o,
-                                                        zero, PRECISION, X3)
+            pre_i, pre_f, pre_g, pre_o = _gate_products(
+                _slab(ms_t, H, rows, row_ok, units, units < H, SPLIT, POLL),
+                w_i,
+                w_f,
+                w_g,
+                w_o,
+                l_i,
+                l_f,
+                l_g,
+                l_o,
+                x_i,
+                x_f,
+                x_g,
+                x_o,
+                zero,
+                PRECISION,
+                X3,
+            )
         else:
-            pre_i, pre_f, pre_g, pre_o = _gate_dots(x_i, x_f, x_g, x_o, ms_t, rows, row_ok, w_mh_ptr, H, cols,
-                                                    KC, PRECISION, K_STAGES, SPLIT)
+            pre_i, pre_f, pre_g, pre_o = _gate_dots(
+                x_i,
+                x_f,
+                x_g,
+                x_o,
+                ms_t,
+                rows,
+                row_ok,
+                w_mh_ptr,
+                H,
+                cols,
+                KC,
+                PRECISION,
+                K_STAGES,
+                SPLIT,
+            )
         i, f, g, o, c, tanh_c, h = _cell(pre_i, pre_f, pre_g, pre_o, c)
         tl.store(hs_ptr + B * H + step, h, mask=mask)
         tl.store(cs_ptr + B * H + step, c, mask=mask)
         tl.store(tanh_cs_ptr + step, tanh_c, mask=mask)
-        _store_gates(acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask)
+        _store_gates(
+            acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + cols[None, :], H, i, f, g, o, mask
+        )
         if not POLL:
             _sync(count_ptr, (2 * t + 2) * SPLIT, SPLIT, WAIT)
 
 
 @triton.jit
 def backward_kernel(
-    grad_hs_ptr, grad_cs_ptr,  # (T, B, H) each, when present
-    xp_ptr, acts_ptr, cs_ptr, tanh_cs_ptr, mh_ptr, w_hm_ptr, w_mh_ptr,
-    grad_xp_ptr, grad_mh_ptr, grad_h0_ptr, grad_c0_ptr,  # (T, B, 5H), (T, B, H), (B, H) x2
-    T, B, H,
+    grad_hs_ptr,
+    grad_cs_ptr,  # (T, B, H) each, when present
+    xp_ptr,
+    acts_ptr,
+    cs_ptr,
+    tanh_cs_ptr,
+    mh_ptr,
+    w_hm_ptr,
+    w_mh_ptr,
+    grad_xp_ptr,
+    grad_mh_ptr,
+    grad_h0_ptr,
+    grad_c0_ptr,  # (T, B, 5H), (T, B, H), (B, H) x2
+    T,
+    B,
+    H,
     sync_ptr,  # (tiles,) zeroed counters of _sync
-    HAS_GRAD_HS: tl.constexpr, HAS_GRAD_CS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-    K_STAGES: tl.constexpr, SPLIT: tl.constexpr, WAIT: tl.constexpr,
-    STATIC_H: tl.constexpr, RESIDENT: tl.constexpr, PREFETCH: tl.constexpr, POLL: tl.constexpr,
-    BATCHED: tl.constexpr, X3: tl.constexpr,
+    HAS_GRAD_HS: tl.constexpr,
+    HAS_GRAD_CS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    KC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    K_STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
+    WAIT: tl.constexpr,
+    STATIC_H: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    POLL: tl.constexpr,
+    BATCHED: tl.constexpr,
+    X3: tl.constexpr,
 ):
     """The backward recurrence (module docstring), from the last step to the first: the
     gate gradients, then the gradient of m_t, then dh_{t-1}, with a barrier after each of
@@ -516,20 +806,37 @@ def backward_kernel(
     dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
     dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
     zero = _opaque_zero(T)
-    if RESIDENT:  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
+    if (
+        RESIDENT
+    ):  # this program's columns of the weights, loaded once (Triton keeps them in shared memory)
         units = tl.arange(0, BLOCK_H)
         w_hm, l_hm = _parts(_w_chunk(w_hm_ptr, H, cols, units, units < H, False), X3)
         if BATCHED:  # the gates' weights stacked, (4, units, cols), in two halves of the units
             front, back = tl.arange(0, BLOCK_H // 2), tl.arange(BLOCK_H // 2, BLOCK_H)
-            w_front, l_front = _parts(_stacked_gate_weights(w_mh_ptr, H, cols, front, front < H), X3)
+            w_front, l_front = _parts(
+                _stacked_gate_weights(w_mh_ptr, H, cols, front, front < H), X3
+            )
             w_back, l_back = _parts(_stacked_gate_weights(w_mh_ptr, H, cols, back, back < H), X3)
         else:
             w_i, w_f, w_g, w_o = _gate_weights(w_mh_ptr, H, cols, units, units < H, False)
             w_i, w_f, w_g, w_o, l_i, l_f, l_g, l_o = _gate_parts(w_i, w_f, w_g, w_o, X3)
     if PREFETCH:  # what the last step reads that no barrier guards
-        n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(T - 1, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr,
-                                                            cs_ptr, B, H, rows, cols, mask, state, HAS_GRAD_HS,
-                                                            HAS_GRAD_CS)
+        n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(
+            T - 1,
+            grad_hs_ptr,
+            grad_cs_ptr,
+            acts_ptr,
+            tanh_cs_ptr,
+            cs_ptr,
+            B,
+            H,
+            rows,
+            cols,
+            mask,
+            state,
+            HAS_GRAD_HS,
+            HAS_GRAD_CS,
+        )
         n_xm, n_mh = _factors(xp_ptr, mh_ptr, T - 1, B, H, rows, cols, mask, state)
     for step in tl.range(T, disable_licm=True):
         t = T - 1 - step
@@ -537,38 +844,113 @@ def backward_kernel(
             g_h, g_c, i, f, g, o, tanh_c, c_prev = n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp
             xm, mh = n_xm, n_mh
             earlier = tl.maximum(t - 1, 0)  # at the first step: that step again, unused
-            n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(earlier, grad_hs_ptr, grad_cs_ptr, acts_ptr,
-                                                                tanh_cs_ptr, cs_ptr, B, H, rows, cols, mask, state,
-                                                                HAS_GRAD_HS, HAS_GRAD_CS)
+            n_gh, n_gc, n_i, n_f, n_g, n_o, n_tc, n_cp = _saved(
+                earlier,
+                grad_hs_ptr,
+                grad_cs_ptr,
+                acts_ptr,
+                tanh_cs_ptr,
+                cs_ptr,
+                B,
+                H,
+                rows,
+                cols,
+                mask,
+                state,
+                HAS_GRAD_HS,
+                HAS_GRAD_CS,
+            )
             n_xm, n_mh = _factors(xp_ptr, mh_ptr, earlier, B, H, rows, cols, mask, state)
         else:
-            g_h, g_c, i, f, g, o, tanh_c, c_prev = _saved(t, grad_hs_ptr, grad_cs_ptr, acts_ptr, tanh_cs_ptr, cs_ptr,
-                                                          B, H, rows, cols, mask, state, HAS_GRAD_HS, HAS_GRAD_CS)
-        dc, d_i, d_f, d_g, d_o = _step_gradients(dh, dc, g_h, g_c, i, f, g, o, tanh_c, c_prev, HAS_GRAD_HS,
-                                                 HAS_GRAD_CS)
+            g_h, g_c, i, f, g, o, tanh_c, c_prev = _saved(
+                t,
+                grad_hs_ptr,
+                grad_cs_ptr,
+                acts_ptr,
+                tanh_cs_ptr,
+                cs_ptr,
+                B,
+                H,
+                rows,
+                cols,
+                mask,
+                state,
+                HAS_GRAD_HS,
+                HAS_GRAD_CS,
+            )
+        dc, d_i, d_f, d_g, d_o = _step_gradients(
+            dh, dc, g_h, g_c, i, f, g, o, tanh_c, c_prev, HAS_GRAD_HS, HAS_GRAD_CS
+        )
         grad_xp_t = grad_xp_ptr + t * B * 5 * H
         grad_row = grad_xp_t + rows[:, None] * 5 * H + cols[None, :]
         _store_gates(grad_row + H, H, d_i, d_f, d_g, d_o, mask)
         if not POLL:
-            _sync(count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT)  # the gate gradients are read back
+            _sync(
+                count_ptr, (2 * step + 1) * SPLIT, SPLIT, WAIT
+            )  # the gate gradients are read back
         dm = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         if BATCHED:  # the four gates' gradient blocks, (4, rows, units), batched over the gates
-            dm = _gate_batched_dot(grad_xp_t + H, rows, row_ok, H, w_front, w_back, l_front, l_back, zero, BLOCK_H,
-                                   PRECISION, SPLIT, POLL, X3)
-        elif RESIDENT:  # each gate's gradient block loaded just before its product (all four at once: spills)
+            dm = _gate_batched_dot(
+                grad_xp_t + H,
+                rows,
+                row_ok,
+                H,
+                w_front,
+                w_back,
+                l_front,
+                l_back,
+                zero,
+                BLOCK_H,
+                PRECISION,
+                SPLIT,
+                POLL,
+                X3,
+            )
+        elif (
+            RESIDENT
+        ):  # each gate's gradient block loaded just before its product (all four at once: spills)
             unit_ok = units < H
             g_row = grad_xp_t + H
-            dm = _product(_slab(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_i, l_i, dm,
-                          zero, PRECISION, X3)
-            dm = _product(_slab(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_f, l_f, dm,
-                          zero, PRECISION, X3)
-            dm = _product(_slab(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_g, l_g, dm,
-                          zero, PRECISION, X3)
-            dm = _product(_slab(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL), w_o, l_o, dm,
-                          zero, PRECISION, X3)
+            dm = _product(
+                _slab(g_row, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL),
+                w_i,
+                l_i,
+                dm,
+                zero,
+                PRECISION,
+                X3,
+            )
+            dm = _product(
+                _slab(g_row + H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL),
+                w_f,
+                l_f,
+                dm,
+                zero,
+                PRECISION,
+                X3,
+            )
+            dm = _product(
+                _slab(g_row + 2 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL),
+                w_g,
+                l_g,
+                dm,
+                zero,
+                PRECISION,
+                X3,
+            )
+            dm = _product(
+                _slab(g_row + 3 * H, 5 * H, rows, row_ok, units, unit_ok, SPLIT, POLL),
+                w_o,
+                l_o,
+                dm,
+                zero,
+                PRECISION,
+                X3,
+            )
         else:
-            dm = _gate_gradient_dot(dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES,
-                                    SPLIT)
+            dm = _gate_gradient_dot(
+                dm, grad_xp_t + H, rows, row_ok, w_mh_ptr, H, cols, KC, PRECISION, K_STAGES, SPLIT
+            )
         if not PREFETCH:
             xm, mh = _factors(xp_ptr, mh_ptr, t, B, H, rows, cols, mask, state)
         at = t * B * H + state
@@ -578,11 +960,31 @@ def backward_kernel(
             _sync(count_ptr, (2 * step + 2) * SPLIT, SPLIT, WAIT)
         dh = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)
         if RESIDENT:
-            dh = _product(_slab(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT, POLL), w_hm, l_hm,
-                          dh, zero, PRECISION, X3)
+            dh = _product(
+                _slab(grad_mh_ptr + t * B * H, H, rows, row_ok, units, units < H, SPLIT, POLL),
+                w_hm,
+                l_hm,
+                dh,
+                zero,
+                PRECISION,
+                X3,
+            )
         else:
-            dh = _chunked_dot(dh, grad_mh_ptr + t * B * H, H, rows, row_ok, w_hm_ptr, H, cols, False, KC,
-                              PRECISION, K_STAGES, SPLIT)
+            dh = _chunked_dot(
+                dh,
+                grad_mh_ptr + t * B * H,
+                H,
+                rows,
+                row_ok,
+                w_hm_ptr,
+                H,
+                cols,
+                False,
+                KC,
+                PRECISION,
+                K_STAGES,
+                SPLIT,
+            )
         dc = dc * f
     tl.store(grad_h0_ptr + state, dh, mask=mask)
     tl.store(grad_c0_ptr + state, dc, mask=mask)

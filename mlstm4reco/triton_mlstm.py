@@ -46,11 +46,23 @@ try:
 except ImportError:  # the portable paths need no Triton
     triton = None
 
-__all__ = ["available", "usable", "precision", "dot_precision", "launch_options", "TritonMLSTM", "layer",
-           "check", "checked_layer_or_fused", "MAX_AUTO_HIDDEN"]
+__all__ = [
+    "available",
+    "usable",
+    "precision",
+    "dot_precision",
+    "launch_options",
+    "TritonMLSTM",
+    "layer",
+    "check",
+    "checked_layer_or_fused",
+    "MAX_AUTO_HIDDEN",
+]
 
 PRECISIONS = ("tf32x3", "ieee", "tf32")
-_precision: str | None = None  # set by dot_precision; None: as PyTorch's float32 matmuls (precision())
+_precision: str | None = (
+    None  # set by dot_precision; None: as PyTorch's float32 matmuls (precision())
+)
 
 #: MLSTM(implementation='auto') uses the kernels up to this hidden size (compiled for
 #: sm_90 they keep within registers up to 128 and spill a little at 256; beyond, untested).
@@ -112,11 +124,31 @@ if triton is not None:
 #: the kernels whose launches :func:`launch_options` sets, each on its own or both at once
 KERNELS = ("forward", "backward")
 _launch_overrides: dict[str, dict[str, int]] = {kernel: {} for kernel in KERNELS}
-TUNABLE = ("BLOCK_B", "KC", "K_STAGES", "SPLIT", "WAIT", "STATIC_H", "RESIDENT", "PREFETCH", "POLL",
-           "BATCHED", "X3", "num_warps", "num_stages")
+TUNABLE = (
+    "BLOCK_B",
+    "KC",
+    "K_STAGES",
+    "SPLIT",
+    "WAIT",
+    "STATIC_H",
+    "RESIDENT",
+    "PREFETCH",
+    "POLL",
+    "BATCHED",
+    "X3",
+    "num_warps",
+    "num_stages",
+)
 #: the options that take one of a few values
-CHOICES = {"WAIT": (0, 1), "STATIC_H": (0, 1), "RESIDENT": (0, 1), "PREFETCH": (0, 1),
-           "POLL": (0, 1), "BATCHED": (0, 1), "X3": (0, 1)}
+CHOICES = {
+    "WAIT": (0, 1),
+    "STATIC_H": (0, 1),
+    "RESIDENT": (0, 1),
+    "PREFETCH": (0, 1),
+    "POLL": (0, 1),
+    "BATCHED": (0, 1),
+    "X3": (0, 1),
+}
 
 
 def _check(options: dict, where: str) -> None:
@@ -127,14 +159,23 @@ def _check(options: dict, where: str) -> None:
     for name, value in options.items():
         if name in CHOICES:
             if value not in CHOICES[name] or isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"launch_options{where}: {name} must be one of {CHOICES[name]}, got {value!r}")
+                raise ValueError(
+                    f"launch_options{where}: {name} must be one of {CHOICES[name]}, got {value!r}"
+                )
             continue
         smallest = 16 if name in ("BLOCK_B", "KC") else 1
         power_of_two = name in ("BLOCK_B", "KC", "SPLIT", "num_warps")
-        if (not isinstance(value, int) or isinstance(value, bool) or value < smallest
-                or (power_of_two and value & (value - 1))):
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < smallest
+            or (power_of_two and value & (value - 1))
+        ):
             kind = "a power of two" if power_of_two else "an integer"
-            raise ValueError(f"launch_options{where}: {name} must be {kind} of at least {smallest}, got {value!r}")
+            raise ValueError(
+                f"launch_options{where}: {name} must be {kind} of at least {smallest}, got "
+                f"{value!r}"
+            )
 
 
 @contextlib.contextmanager
@@ -155,15 +196,22 @@ def launch_options(forward: dict | None = None, backward: dict | None = None, **
     ValueError
         An option it does not take, or a value the option does not take (named).
     """
-    per_kernel = {"forward": {} if forward is None else forward, "backward": {} if backward is None else backward}
+    per_kernel = {
+        "forward": {} if forward is None else forward,
+        "backward": {} if backward is None else backward,
+    }
     for kernel, specific in per_kernel.items():
         if not isinstance(specific, dict):
-            raise ValueError(f"launch_options: {kernel} must be a dict of options, got {specific!r}")
+            raise ValueError(
+                f"launch_options: {kernel} must be a dict of options, got {specific!r}"
+            )
         _check(specific, f"({kernel}=...)")
     _check(options, "")
     global _launch_overrides
     previous = _launch_overrides
-    _launch_overrides = {kernel: {**previous[kernel], **options, **per_kernel[kernel]} for kernel in KERNELS}
+    _launch_overrides = {
+        kernel: {**previous[kernel], **options, **per_kernel[kernel]} for kernel in KERNELS
+    }
     try:
         yield
     finally:
@@ -179,7 +227,10 @@ def overrides_key() -> tuple:
 #: the products (the splits measured fastest on an H200: docs/layer.md)
 MIN_UNITS = {"tf32x3": 32, "ieee": 32, "tf32": 16}
 
-def _split(block_h: int, tiles: int, multiprocessors: int, fewest: int = MIN_UNITS["tf32x3"]) -> int:
+
+def _split(
+    block_h: int, tiles: int, multiprocessors: int, fewest: int = MIN_UNITS["tf32x3"]
+) -> int:
     """How many programs share each tile's hidden units: the most (a power of two, at
     least ``fewest`` units each: :data:`MIN_UNITS`) with which every program of the grid
     has a multiprocessor of its own, so that all are resident at once (their barriers
@@ -199,7 +250,9 @@ def resident_bytes(block_h: int, block_j: int, products: str = "tf32x3") -> int:
     return (1 if products == "tf32" else 2) * 5 * block_h * block_j * 4 + 16 * 1024
 
 
-def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward", shared_memory: int = 0) -> dict:
+def _launch(
+    H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward", shared_memory: int = 0
+) -> dict:
     """The tile sizes and launch options of the ``'forward'`` or ``'backward'`` kernel at
     hidden size H for B sequences on a GPU with ``multiprocessors`` multiprocessors (0: the
     hidden units unsplit) and ``shared_memory`` bytes of shared memory a block may have
@@ -211,7 +264,9 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
     overrides, products = _launch_overrides[kernel], precision()
     block_h = max(16, 1 << (H - 1).bit_length())  # the next power of two (no Triton needed to plan)
     block_b = overrides.get("BLOCK_B", 16)  # tl.dot's smallest tile: more tiles, more SMs
-    split = overrides.get("SPLIT", _split(block_h, -(-B // block_b), multiprocessors, MIN_UNITS[products]))
+    split = overrides.get(
+        "SPLIT", _split(block_h, -(-B // block_b), multiprocessors, MIN_UNITS[products])
+    )
     block_j = block_h // split  # each program's hidden units
     launch = dict(
         BLOCK_B=block_b,
@@ -225,12 +280,18 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
         STATIC_H=1,  # H compiled in (one compilation per size; 0: a kernel argument)
         # the weights loaded once where they fit (0: re-read each step, KC rows at a time):
         # H up to 128 (at 256 they spill kilobytes)
-        RESIDENT=int(block_h <= 128 and resident_bytes(block_h, block_j, products) <= shared_memory),
+        RESIDENT=int(
+            block_h <= 128 and resident_bytes(block_h, block_j, products) <= shared_memory
+        ),
         PREFETCH=1,  # a step's inputs loaded a step ahead (0: in that step)
         POLL=0,  # barriers on a counter (1: the data polled, with the weights resident)
         BATCHED=0,  # the backward's gate products chained (1: batched, with the weights resident)
         X3=0,  # Triton's tf32x3 (1: three TF32 products by hand, with the weights resident)
-        num_warps=4 if block_j <= 32 else 8 if block_j <= 128 else 16,  # no spills on sm_90 up to 128
+        num_warps=4
+        if block_j <= 32
+        else 8
+        if block_j <= 128
+        else 16,  # no spills on sm_90 up to 128
         num_stages=1,  # loops without their own setting (the time loop) are not pipelined
         enable_fp_fusion=True,  # a * b + c as one FMA (Triton 3.9's default; 3.10 turns it off)
     )
@@ -239,7 +300,10 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
     if launch["KC"] > block_h:
         raise ValueError(f"KC={launch['KC']} is wider than the padded hidden size {block_h}")
     if block_j < 16:
-        raise ValueError(f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each program")
+        raise ValueError(
+            f"SPLIT={split} leaves fewer than 16 of the {block_h} padded hidden units to each "
+            "program"
+        )
     # the opt-in variants: off where they would do nothing, refused where they cannot run
     if split == 1:  # no program reads what another wrote
         launch["POLL"] = 0
@@ -250,16 +314,22 @@ def _launch(H: int, B: int = 1, multiprocessors: int = 0, kernel: str = "forward
     for option in ("POLL", "BATCHED", "X3"):
         halves = option == "BATCHED"  # its products go over halves of the units, at least 16 each
         if launch[option] and (not launch["RESIDENT"] or (halves and block_h < 32)):
-            raise ValueError(f"{option}=1 needs the kernels' weights resident"
-                             f"{' and at least 32 padded hidden units' if halves else ''}, got "
-                             f"RESIDENT={launch['RESIDENT']} at H={H}")
-    launch["launch_cooperative_grid"] = split > 1  # CUDA refuses a grid that is not all resident at once
+            raise ValueError(
+                f"{option}=1 needs the kernels' weights resident"
+                f"{' and at least 32 padded hidden units' if halves else ''}, got "
+                f"RESIDENT={launch['RESIDENT']} at H={H}"
+            )
+    launch["launch_cooperative_grid"] = (
+        split > 1
+    )  # CUDA refuses a grid that is not all resident at once
     return launch
 
 
 def _kernel(name: str):
     """The ``'forward'`` or ``'backward'`` kernel."""
-    return {"forward": triton_kernels.forward_kernel, "backward": triton_kernels.backward_kernel}[name]
+    return {"forward": triton_kernels.forward_kernel, "backward": triton_kernels.backward_kernel}[
+        name
+    ]
 
 
 def _run(name: str, launch: dict, B: int, H: int, device: torch.device, *args, **flags) -> None:
@@ -284,13 +354,21 @@ def _unwritten(*buffers: torch.Tensor) -> None:
 def _multiprocessors(device: torch.device) -> int:
     """The GPU's multiprocessor count (0 on the CPU: the interpreter runs programs one by
     one, so the hidden units are never split there)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    return (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 0
+    )
 
 
 def _shared_memory(device: torch.device) -> int:
     """The shared memory a block may have on the GPU, in bytes, opting in (0 on the CPU,
     where the interpreter's kernels re-read the weights each step unless told otherwise)."""
-    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin if device.type == "cuda" else 0
+    return (
+        torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+        if device.type == "cuda"
+        else 0
+    )
 
 
 class TritonMLSTM(torch.autograd.Function):
@@ -305,13 +383,21 @@ class TritonMLSTM(torch.autograd.Function):
         T, B, _ = x.shape
         H = weight_hm.shape[0]
         if T == 0:  # the kernels read the first step's inputs before their loop (PREFETCH)
-            raise ValueError(f"the Triton mLSTM kernels need at least one time step, got x of shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"the Triton mLSTM kernels need at least one time step, got x of shape "
+                f"{tuple(x.shape)}"
+            )
         if not indexable(T, B, H):
-            raise ValueError(f"the Triton mLSTM kernels index with int32: T * B * 5H must be below 2**31, "
-                             f"got T={T}, B={B}, H={H}")
+            raise ValueError(
+                f"the Triton mLSTM kernels index with int32: T * B * 5H must be below 2**31, "
+                f"got T={T}, B={B}, H={H}"
+            )
         flat_x = x.reshape(T * B, -1)
-        xp = flat_x.mm(weight_ih.t()) if bias_ih is None else torch.addmm(bias_ih, flat_x, weight_ih.t())
+        xp = (
+            flat_x.mm(weight_ih.t())
+            if bias_ih is None
+            else torch.addmm(bias_ih, flat_x, weight_ih.t())
+        )
         xp = xp.view(T, B, 5 * H).contiguous()
         hs = x.new_empty(T + 1, B, H)
         cs = x.new_empty(T + 1, B, H)
@@ -320,13 +406,35 @@ class TritonMLSTM(torch.autograd.Function):
         tanh_cs, mh, ms = (x.new_empty(T, B, H) for _ in range(3))
         w_hm, w_mh = weight_hm.contiguous(), weight_mh.contiguous()
         b_mh = bias_mh.contiguous() if bias_mh is not None else w_hm  # unread without a bias
-        gpu = dict(multiprocessors=_multiprocessors(x.device), shared_memory=_shared_memory(x.device))
+        gpu = dict(
+            multiprocessors=_multiprocessors(x.device), shared_memory=_shared_memory(x.device)
+        )
         ctx.precision, ctx.launch = precision(), _launch(H, B, kernel="backward", **gpu)
         launch = _launch(H, B, kernel="forward", **gpu)
         if launch["POLL"]:  # what the programs exchange: h_t and m_t
             _unwritten(hs[1:], ms)
-        _run("forward", launch, B, H, x.device, xp, w_hm, b_mh, w_mh, hs, cs,
-             acts, tanh_cs, mh, ms, T, B, H, HAS_B_MH=bias_mh is not None, PRECISION=ctx.precision)
+        _run(
+            "forward",
+            launch,
+            B,
+            H,
+            x.device,
+            xp,
+            w_hm,
+            b_mh,
+            w_mh,
+            hs,
+            cs,
+            acts,
+            tanh_cs,
+            mh,
+            ms,
+            T,
+            B,
+            H,
+            HAS_B_MH=bias_mh is not None,
+            PRECISION=ctx.precision,
+        )
         ctx.save_for_backward(flat_x, weight_ih, xp, acts, hs, cs, tanh_cs, mh, ms, w_hm, w_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
         ctx.set_materialize_grads(False)
@@ -340,22 +448,52 @@ class TritonMLSTM(torch.autograd.Function):
         grad_xp = xp.new_empty(T, B, 5 * H)
         grad_mh = xp.new_empty(T, B, H)
         grad_h0, grad_c0 = xp.new_empty(B, H), xp.new_empty(B, H)
-        if ctx.launch["POLL"]:  # what the programs exchange: the gate gradients, that of W_mh h_{t-1}
+        if ctx.launch[
+            "POLL"
+        ]:  # what the programs exchange: the gate gradients, that of W_mh h_{t-1}
             _unwritten(grad_xp[..., H:], grad_mh)
         grad_hs = grad_hs.contiguous() if grad_hs is not None else None
         grad_cs = grad_cs.contiguous() if grad_cs is not None else None
-        _run("backward", ctx.launch, B, H, xp.device,
-             grad_hs if grad_hs is not None else xp, grad_cs if grad_cs is not None else xp,
-             xp, acts, cs, tanh_cs, mh, w_hm, w_mh, grad_xp, grad_mh, grad_h0, grad_c0, T, B, H,
-             HAS_GRAD_HS=grad_hs is not None, HAS_GRAD_CS=grad_cs is not None, PRECISION=ctx.precision)
-        return (*fused.input_and_weight_gradients(flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias,
-                                             grad_h0, grad_c0),)
+        _run(
+            "backward",
+            ctx.launch,
+            B,
+            H,
+            xp.device,
+            grad_hs if grad_hs is not None else xp,
+            grad_cs if grad_cs is not None else xp,
+            xp,
+            acts,
+            cs,
+            tanh_cs,
+            mh,
+            w_hm,
+            w_mh,
+            grad_xp,
+            grad_mh,
+            grad_h0,
+            grad_c0,
+            T,
+            B,
+            H,
+            HAS_GRAD_HS=grad_hs is not None,
+            HAS_GRAD_CS=grad_cs is not None,
+            PRECISION=ctx.precision,
+        )
+        return (
+            *fused.input_and_weight_gradients(
+                flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias, grad_h0, grad_c0
+            ),
+        )
 
 
-def layer(cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def layer(
+    cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``cell``'s layer over ``x_tm`` as :func:`mlstm4reco.fused.layer`, in the kernels."""
-    return TritonMLSTM.apply(x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh,
-                             cell.weight_mh)
+    return TritonMLSTM.apply(
+        x_tm, cell.weight_ih, cell.bias_ih, h, c, cell.weight_hm, cell.bias_mh, cell.weight_mh
+    )
 
 
 #: (device, input size, hidden size, bias, multiplicative bias) -> None when the kernels passed
@@ -366,7 +504,10 @@ verdicts: dict[tuple, str | None] = {}
 def _largest_relative_difference(actual, expected) -> float:
     """The largest difference between paired tensors, relative to each expected tensor's
     largest magnitude."""
-    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(actual, expected))
+    return max(
+        float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+        for a, b in zip(actual, expected)
+    )
 
 
 def check(cell: MLSTMCell, device: torch.device) -> str | None:
@@ -391,7 +532,11 @@ def check(cell: MLSTMCell, device: torch.device) -> str | None:
         inputs = [t.clone().requires_grad_(True) for t in (x, h, c)]
         states = path(probe, *inputs)
         torch.autograd.backward(states, upstream)
-        return [s.detach() for s in states] + [t.grad for t in inputs] + [p.grad for p in probe.parameters()]
+        return (
+            [s.detach() for s in states]
+            + [t.grad for t in inputs]
+            + [p.grad for p in probe.parameters()]
+        )
 
     x, h, c = randn(3, 19, cell.input_size), randn(19, H), randn(19, H)
     upstream = (randn(3, 19, H), randn(3, 19, H))
@@ -403,8 +548,11 @@ def check(cell: MLSTMCell, device: torch.device) -> str | None:
                 with launch_options(SPLIT=programs):
                     worst = _largest_relative_difference(run(layer), expected)
                 if worst > 1e-3:
-                    return (f"they differ from the fused path by {worst:.1e} of a tensor's largest value "
-                            f"(hidden units split across {programs} programs)")
+                    return (
+                        f"they differ from the fused path by {worst:.1e} of a tensor's largest "
+                        "value "
+                        f"(hidden units split across {programs} programs)"
+                    )
     except Exception as error:  # noqa: BLE001 - any failure of the kernels is a verdict
         return f"{type(error).__name__}: {error}"
     return None
@@ -414,14 +562,23 @@ def checked_layer_or_fused(cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.T
     """'auto' on a GPU: :func:`layer` where the kernels passed :func:`check` on this device
     for this shape of cell under the launch options in force (:func:`launch_options`), else
     :func:`mlstm4reco.fused.layer` (one warning per verdict)."""
-    key = (str(x_tm.device), cell.input_size, cell.hidden_size, cell.bias is not None,
-           cell.multiplicative_bias, overrides_key())
+    key = (
+        str(x_tm.device),
+        cell.input_size,
+        cell.hidden_size,
+        cell.bias is not None,
+        cell.multiplicative_bias,
+        overrides_key(),
+    )
     if key not in verdicts:
         verdicts[key] = check(cell, x_tm.device)
         if verdicts[key] is not None:
-            warnings.warn(f"MLSTM: the Triton kernels failed their check on {x_tm.device} "
-                          f"({verdicts[key]}); using the fused PyTorch path instead",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"MLSTM: the Triton kernels failed their check on {x_tm.device} "
+                f"({verdicts[key]}); using the fused PyTorch path instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     if verdicts[key] is None:
         return layer(cell, x_tm, h, c)
     return fused.layer(cell, x_tm, h, c)

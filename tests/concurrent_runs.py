@@ -27,8 +27,14 @@ def overlapping_train(arguments, **kwargs):
     the point by its learning rate; it records which process ran it."""
     wait_for_all(TOGETHER, EXPECTED)
     time.sleep(0.2)
-    return dict(valid_mrr=arguments["learning_rate"], test_mrr=0.0, final_loss=1.0, fit_seconds=0.0,
-                device="cpu", pid=os.getpid())
+    return dict(
+        valid_mrr=arguments["learning_rate"],
+        test_mrr=0.0,
+        final_loss=1.0,
+        fit_seconds=0.0,
+        device="cpu",
+        pid=os.getpid(),
+    )
 
 
 if __name__ == "__main__":

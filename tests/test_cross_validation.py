@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import require_archive
 from sklearn.utils import murmurhash3_32
 
-from conftest import require_archive
 from mlstm4reco.cross_validation import random_train_test_split, user_based_train_test_split
 from mlstm4reco.datasets import get_movielens_dataset, get_synthetic_dataset
 from mlstm4reco.interactions import Interactions
@@ -20,8 +20,11 @@ def test_user_based_split_follows_spotlights_draw():
     train, test = user_based_train_test_split(data, 0.3, np.random.RandomState(11))
     # Independent reference: one draw from the RandomState, then a scalar hash per user.
     seed = np.random.RandomState(11).randint(0, 2**32 - 1, dtype=np.int64)
-    in_test = {u for u in set(data.user_ids.tolist())
-               if murmurhash3_32(int(u), seed=int(seed), positive=True) % 100 / 100.0 < 0.3}
+    in_test = {
+        u
+        for u in set(data.user_ids.tolist())
+        if murmurhash3_32(int(u), seed=int(seed), positive=True) % 100 / 100.0 < 0.3
+    }
     assert set(test.user_ids.tolist()) == in_test
     assert not set(train.user_ids.tolist()) & in_test
     assert len(train) + len(test) == len(data)
@@ -54,7 +57,9 @@ def test_random_split():
     with pytest.raises(ValueError, match="random_state must be"):
         user_based_train_test_split(data, 0.2, random_state="seed")
     for split in (random_train_test_split, user_based_train_test_split):
-        with pytest.raises(ValueError, match="interactions must be Interactions .*, got SequenceInteractions"):
+        with pytest.raises(
+            ValueError, match="interactions must be Interactions .*, got SequenceInteractions"
+        ):
             split(data.to_sequence(10), 0.2)
 
 
@@ -68,7 +73,10 @@ def protocol(data, length=100, minimum=20, step=100):
 
 @pytest.mark.parametrize(
     "variant,archive,expected,num_items",
-    [("1M", "ml-1m.zip", (9869, 1302, 1266), 3953), ("100K", "ml-100k.zip", (1169, 119, 146), 1683)],
+    [
+        ("1M", "ml-1m.zip", (9869, 1302, 1266), 3953),
+        ("100K", "ml-100k.zip", (1169, 119, 146), 1683),
+    ],
 )
 def test_acceptance_figures_of_the_2018_protocol(variant, archive, expected, num_items):
     folder = require_archive(archive)

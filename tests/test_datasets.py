@@ -5,8 +5,8 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from conftest import require_archive
+
 from mlstm4reco.datasets import amazon, get_amazon_dataset, get_movielens_dataset, movielens
 from mlstm4reco.datasets._download import find_or_download
 from mlstm4reco.datasets.movielens import read_movielens_archive
@@ -36,7 +36,12 @@ def test_movielens_1m():
     assert len(np.unique(data.user_ids)) == 6040
     assert len(np.unique(data.item_ids)) == 3706
     assert (data.num_users, data.num_items) == (6041, 3953)
-    assert (data.user_ids[0], data.item_ids[0], data.ratings[0], data.timestamps[0]) == (1, 1193, 5, 978300760)
+    assert (data.user_ids[0], data.item_ids[0], data.ratings[0], data.timestamps[0]) == (
+        1,
+        1193,
+        5,
+        978300760,
+    )
     assert data.ratings.min() == 1 and data.ratings.max() == 5
     assert (data.timestamps.min(), data.timestamps.max()) == (956703932, 1046454590)
     assert data.ratings.dtype == np.float32 and data.timestamps.dtype == np.int64
@@ -46,8 +51,17 @@ def test_movielens_100k_found_through_the_environment(monkeypatch):
     folder = require_archive("ml-100k.zip")
     monkeypatch.setenv("MLSTM4RECO_DATA", str(folder))
     data = get_movielens_dataset("100K")
-    assert (len(data), len(np.unique(data.user_ids)), len(np.unique(data.item_ids))) == (100_000, 943, 1682)
-    assert (data.user_ids[0], data.item_ids[0], data.ratings[0], data.timestamps[0]) == (196, 242, 3, 881250949)
+    assert (len(data), len(np.unique(data.user_ids)), len(np.unique(data.item_ids))) == (
+        100_000,
+        943,
+        1682,
+    )
+    assert (data.user_ids[0], data.item_ids[0], data.ratings[0], data.timestamps[0]) == (
+        196,
+        242,
+        3,
+        881250949,
+    )
     assert (data.timestamps.min(), data.timestamps.max()) == (874724710, 893286638)
 
 
@@ -55,7 +69,9 @@ def test_movielens_100k_found_through_the_environment(monkeypatch):
 
 
 def test_movielens_10m_fixture(tmp_path):
-    archive = write_zip(tmp_path / "ml-10m.zip", "ml-10M100K/ratings.dat", "\n".join(ML10M_LINES) + "\n")
+    archive = write_zip(
+        tmp_path / "ml-10m.zip", "ml-10M100K/ratings.dat", "\n".join(ML10M_LINES) + "\n"
+    )
     data = read_movielens_archive(archive, "10M")
     assert data.user_ids.tolist() == [1, 1, 2, 71567]
     assert data.item_ids.tolist() == [122, 185, 122, 65133]
@@ -126,7 +142,9 @@ def test_amazon_filters_on_unfiltered_counts_and_reindexes(tmp_path):
     assert data.item_ids.tolist() == [1, 2]  # items 2 and 3 kept; item 8 (1 review) dropped
     assert data.ratings.tolist() == [4, 2]
     everything = get_amazon_dataset(1, 1, data_dir=tmp_path)
-    assert len(everything) == 6 and everything.item_ids.max() == 3 and everything.user_ids.min() == 1
+    assert (
+        len(everything) == 6 and everything.item_ids.max() == 3 and everything.user_ids.min() == 1
+    )
     with pytest.raises(ValueError, match="no interaction is left"):
         get_amazon_dataset(10, 10, data_dir=tmp_path)
 
@@ -147,7 +165,9 @@ def test_amazon_second_load_uses_the_cache(tmp_path, monkeypatch):
 
 
 def test_amazon_malformed_review_names_the_line(tmp_path):
-    broken = AMAZON_META.replace("2002-1-7  cutomer: A9CQ3PLRNIR83  rating: 4", "2002-1-7  cutomer: A9CQ3PLRNIR83  rating: x")
+    broken = AMAZON_META.replace(
+        "2002-1-7  cutomer: A9CQ3PLRNIR83  rating: 4", "2002-1-7  cutomer: A9CQ3PLRNIR83  rating: x"
+    )
     path = write_amazon(tmp_path, broken)
     line = next(k for k, text in enumerate(broken.splitlines(), 1) if "rating: x" in text)
     with pytest.raises(ValueError, match=rf"amazon-meta.txt.gz, line {line}: malformed review"):
@@ -201,15 +221,22 @@ def serve_movielens(tmp_path, monkeypatch, text):
 
 def test_download_verifies_md5_and_lands_in_the_cache(tmp_path, monkeypatch):
     md5 = serve_movielens(tmp_path, monkeypatch, "1\t2\t3\t4\n" * 100_000)
-    monkeypatch.setitem(movielens.VARIANTS, "100K", movielens.VARIANTS["100K"].__class__(
-        "ml-100k.zip", "ml-100k/u.data", "\t", md5, 100_000))
+    monkeypatch.setitem(
+        movielens.VARIANTS,
+        "100K",
+        movielens.VARIANTS["100K"].__class__("ml-100k.zip", "ml-100k/u.data", "\t", md5, 100_000),
+    )
     data = get_movielens_dataset("100K")
     assert len(data) == 100_000
     cached = pathlib.Path(find_or_download("ml-100k.zip", "file:///nowhere", None))
-    assert cached.parent.name == "mlstm4reco" and hashlib.md5(cached.read_bytes()).hexdigest() == md5
+    assert (
+        cached.parent.name == "mlstm4reco" and hashlib.md5(cached.read_bytes()).hexdigest() == md5
+    )
 
 
-def test_checksum_mismatch_deletes_the_partial_download_and_keeps_other_files(tmp_path, monkeypatch):
+def test_checksum_mismatch_deletes_the_partial_download_and_keeps_other_files(
+    tmp_path, monkeypatch
+):
     serve_movielens(tmp_path, monkeypatch, "1\t2\t3\t4\n")
     target = tmp_path / "data"
     target.mkdir()
@@ -241,13 +268,24 @@ def test_no_network_says_which_file_and_where(tmp_path, monkeypatch):
         ("1::2::3::4\n1::2::five::4\n", r"line 2: expected a number rating, got 'five'"),
         ("", r"no ratings"),
         # ids written as floats, too long for any integer, over int32, and the padding id
-        ("1::2::3::4\n196.0::2::3::4\n", r"ratings.dat, line 2: expected an integer user_id, got '196.0'"),
-        ("1::2::3::4\n1::12345678901234567890123::3::4\n",
-         r"ratings.dat, line 2: item_id 12345678901234567890123 is over the largest id, 2147483647"),
-        ("1::2::3::4\n1::2::3::4\n2147483648::2::3::4\n",
-         r"ratings.dat, line 3: user_id 2147483648 is over the largest id, 2147483647"),
+        (
+            "1::2::3::4\n196.0::2::3::4\n",
+            r"ratings.dat, line 2: expected an integer user_id, got '196.0'",
+        ),
+        (
+            "1::2::3::4\n1::12345678901234567890123::3::4\n",
+            r"ratings.dat, line 2: item_id 12345678901234567890123 is over the largest id, "
+            r"2147483647",
+        ),
+        (
+            "1::2::3::4\n1::2::3::4\n2147483648::2::3::4\n",
+            r"ratings.dat, line 3: user_id 2147483648 is over the largest id, 2147483647",
+        ),
         ("1::2::3::4\n1::0::3::4\n", r"ratings.dat, line 2: item_id 0, which pads sequences"),
-        ("1::2::3::4\n1::2::3::4.5\n", r"ratings.dat, line 2: expected an integer timestamp, got '4.5'"),
+        (
+            "1::2::3::4\n1::2::3::4.5\n",
+            r"ratings.dat, line 2: expected an integer timestamp, got '4.5'",
+        ),
     ],
 )
 def test_bad_lines(tmp_path, text, message):
@@ -265,7 +303,9 @@ def test_truncated_and_corrupt_archives(tmp_path):
         read_movielens_archive(truncated, "1M")
     corrupt = tmp_path / "corrupt.zip"
     middle = len(data) // 3
-    corrupt.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + data[middle + 8 :])
+    corrupt.write_bytes(
+        data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + data[middle + 8 :]
+    )
     with pytest.raises(ValueError, match="corrupt"):
         read_movielens_archive(corrupt, "1M")
     wrong = write_zip(tmp_path / "wrong.zip", "something/else.txt", "x")
@@ -282,7 +322,9 @@ def test_a_folder_named_like_the_archive_is_an_error_not_a_download(tmp_path, mo
         raise AssertionError("a download was attempted")
 
     monkeypatch.setattr("mlstm4reco.datasets._download.download", no_download)
-    with pytest.raises(ValueError, match=r"ml-100k.zip: a folder, where the file ml-100k.zip was looked for"):
+    with pytest.raises(
+        ValueError, match=r"ml-100k.zip: a folder, where the file ml-100k.zip was looked for"
+    ):
         get_movielens_dataset("100K", data_dir=tmp_path)
 
 
@@ -292,16 +334,28 @@ def test_datasets_are_named_in_one_registry(monkeypatch):
     from mlstm4reco import datasets
     from mlstm4reco.study import config
 
-    assert config.DATASETS == tuple(datasets.DATASETS) == ("synthetic", "ml100k", "ml1m", "ml10m", "amazon")
-    a = datasets.get_dataset("synthetic", num_users=10, num_items=8, num_interactions=200, random_state=1)
+    assert (
+        config.DATASETS
+        == tuple(datasets.DATASETS)
+        == ("synthetic", "ml100k", "ml1m", "ml10m", "amazon")
+    )
+    a = datasets.get_dataset(
+        "synthetic", num_users=10, num_items=8, num_interactions=200, random_state=1
+    )
     b = get_synthetic_dataset(num_users=10, num_items=8, num_interactions=200, random_state=1)
     assert np.array_equal(a.item_ids, b.item_ids) and np.array_equal(a.timestamps, b.timestamps)
     calls = []
-    monkeypatch.setattr(datasets, "get_movielens_dataset", lambda variant, data_dir: calls.append((variant, data_dir)))
+    monkeypatch.setattr(
+        datasets,
+        "get_movielens_dataset",
+        lambda variant, data_dir: calls.append((variant, data_dir)),
+    )
     monkeypatch.setitem(datasets.DATASETS, "ml1m", datasets._movielens("1M"))
     datasets.get_dataset("ml1m", "/somewhere")
     assert calls == [("1M", "/somewhere")]
-    with pytest.raises(ValueError, match=r"unknown dataset 'ml20m'; choose from \['amazon', 'ml100k'"):
+    with pytest.raises(
+        ValueError, match=r"unknown dataset 'ml20m'; choose from \['amazon', 'ml100k'"
+    ):
         datasets.get_dataset("ml20m")
     with pytest.raises(TypeError):
         datasets.get_dataset("ml100k", min_rating=4)

@@ -1,6 +1,5 @@
-import re
-
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -83,7 +82,9 @@ def test_foreign_model_is_scored_one_at_a_time():
     )
     for exclude in (False, True):
         foreign = sequence_precision_recall_score(PredictOnly(), test, 3, exclude)
-        np.testing.assert_array_equal(foreign, sequence_precision_recall_score(model, test, 3, exclude))
+        np.testing.assert_array_equal(
+            foreign, sequence_precision_recall_score(model, test, 3, exclude)
+        )
         assert foreign[0].sum() > 0
 
 
@@ -129,7 +130,9 @@ def test_bad_k_and_batch_size_are_refused():
     metrics = (sequence_hit_rate_score, sequence_ndcg_score, sequence_precision_recall_score)
     for metric in metrics:
         for k in (0, -1, 1.5, True, [1, 5], "3"):
-            with pytest.raises(ValueError, match=re.escape(f"k must be a positive integer, got {k!r}")):
+            with pytest.raises(
+                ValueError, match=re.escape(f"k must be a positive integer, got {k!r}")
+            ):
                 metric(model, test, k)
         metric(model, test, np.int64(2))  # numpy integers are integers
     for metric in (*metrics, sequence_mrr_score):
@@ -148,20 +151,31 @@ def test_evaluate_gives_every_metric_of_one_ranking(exclude_preceding):
     test = make_test_sequences()
     ranks = reference_ranks(model, test, exclude_preceding)
     assert any(rank != int(rank) for rank in ranks)  # some targets are tied with others
-    expected = {"mrr": [1 / r for r in ranks], "mrr@5": [1 / r if r <= 5 else 0 for r in ranks],
-                "hit_rate@5": [float(r <= 5) for r in ranks], "hit_rate@1": [float(r <= 1) for r in ranks],
-                "ndcg@5": [1 / math.log2(1 + r) if r <= 5 else 0 for r in ranks]}
+    expected = {
+        "mrr": [1 / r for r in ranks],
+        "mrr@5": [1 / r if r <= 5 else 0 for r in ranks],
+        "hit_rate@5": [float(r <= 5) for r in ranks],
+        "hit_rate@1": [float(r <= 1) for r in ranks],
+        "ndcg@5": [1 / math.log2(1 + r) if r <= 5 else 0 for r in ranks],
+    }
     got = evaluate(model, test, list(expected), exclude_preceding=exclude_preceding, batch_size=16)
     assert list(got) == list(expected)
     for name, values in expected.items():
         assert got[name] == pytest.approx(sum(values) / len(values), rel=1e-12), name
 
 
-@pytest.mark.parametrize("name, message", [
-    ("recall@10", "unknown metric 'recall@10'"), ("ndcg", "metric 'ndcg' needs a cutoff, e.g. ndcg@10"),
-    ("hit_rate@0", "the cutoff after '@' must be a positive integer"), ("ndcg@ten", "must be a positive integer"),
-    ("mrr@05", "must be a positive integer"), ("ndcg@-1", "must be a positive integer"), (3, "unknown metric 3"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("recall@10", "unknown metric 'recall@10'"),
+        ("ndcg", "metric 'ndcg' needs a cutoff, e.g. ndcg@10"),
+        ("hit_rate@0", "the cutoff after '@' must be a positive integer"),
+        ("ndcg@ten", "must be a positive integer"),
+        ("mrr@05", "must be a positive integer"),
+        ("ndcg@-1", "must be a positive integer"),
+        (3, "unknown metric 3"),
+    ],
+)
 def test_bad_metric_names_are_refused(name, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_metric(name)

@@ -12,11 +12,11 @@ import time
 import zipfile
 
 import pytest
-
 from conftest import ROOT
+from test_experiments import RUN, tiny_config
+
 from mlstm4reco import files
 from mlstm4reco.study import records, runners
-from test_experiments import RUN, tiny_config
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import run  # noqa: E402
@@ -24,13 +24,28 @@ import run  # noqa: E402
 
 def one_line_error(capsys) -> str:
     error = capsys.readouterr().err
-    assert error.startswith("run.py: error: ") and error.count("\n") == 1 and "Traceback" not in error, error
+    assert (
+        error.startswith("run.py: error: ") and error.count("\n") == 1 and "Traceback" not in error
+    ), error
     return error
 
 
 def search_args(config, out, trials=1):
-    return ["--dataset", "synthetic", "--model", "mlstm", "--trials", str(trials), "--config", str(config),
-            "--out", str(out), "--device", "cpu", "--quiet"]
+    return [
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlstm",
+        "--trials",
+        str(trials),
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
 
 
 @pytest.fixture
@@ -49,8 +64,12 @@ def full_disk_for(name_part: str, monkeypatch):
         if name_part in path.name:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", lambda p, *a, **k: (check(p), write_bytes(p, *a, **k))[1])
-    monkeypatch.setattr(pathlib.Path, "write_text", lambda p, *a, **k: (check(p), write_text(p, *a, **k))[1])
+    monkeypatch.setattr(
+        pathlib.Path, "write_bytes", lambda p, *a, **k: (check(p), write_bytes(p, *a, **k))[1]
+    )
+    monkeypatch.setattr(
+        pathlib.Path, "write_text", lambda p, *a, **k: (check(p), write_text(p, *a, **k))[1]
+    )
 
 
 def test_an_out_that_is_a_file_is_refused_before_any_data(tmp_path, capsys, no_data):
@@ -58,8 +77,23 @@ def test_an_out_that_is_a_file_is_refused_before_any_data(tmp_path, capsys, no_d
     config = tiny_config(tmp_path / "configs")
     assert run.main(search_args(config, tmp_path / "file" / "results")) == 2
     assert "cannot write to the results folder" in one_line_error(capsys)
-    assert run.main(["reproduce", "--dataset", "synthetic", "--models", "mlstm", "--config-dir",
-                     str(tmp_path / "configs"), "--out", str(tmp_path / "file"), "--quiet"]) == 2
+    assert (
+        run.main(
+            [
+                "reproduce",
+                "--dataset",
+                "synthetic",
+                "--models",
+                "mlstm",
+                "--config-dir",
+                str(tmp_path / "configs"),
+                "--out",
+                str(tmp_path / "file"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "cannot write to the results folder" in one_line_error(capsys)
 
 
@@ -69,8 +103,23 @@ def test_a_full_out_is_refused_before_any_data(tmp_path, capsys, monkeypatch, no
     assert run.main(search_args(config, tmp_path / "out")) == 2
     error = one_line_error(capsys)
     assert "synthetic_mlstm: cannot write to the results folder (No space left on device)" in error
-    assert run.main(["curve", "--dataset", "synthetic", "--model", "mlstm", "--config", str(config),
-                     "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert (
+        run.main(
+            [
+                "curve",
+                "--dataset",
+                "synthetic",
+                "--model",
+                "mlstm",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "cannot write to the results folder (No space left on device)" in one_line_error(capsys)
 
 
@@ -94,13 +143,20 @@ def test_a_full_disk_leaves_the_whole_previous_report(tmp_path, capsys, monkeypa
     config = tiny_config(tmp_path / "configs")
     assert run.main(search_args(config, tmp_path / "out", trials=1)) == 0
     out = tmp_path / "out" / "synthetic_mlstm"
-    before = {name: (out / name).read_bytes() for name in ("summary.md", "trials.csv", "valid_mrr.png")}
+    before = {
+        name: (out / name).read_bytes() for name in ("summary.md", "trials.csv", "valid_mrr.png")
+    }
     full_disk_for(".valid_mrr.png.", monkeypatch)
     assert run.main(search_args(config, tmp_path / "out", trials=2)) == 2
     error = one_line_error(capsys)
-    assert "cannot write the report (summary.md, trials.csv, valid_mrr.png): No space left on device" in error
+    assert (
+        "cannot write the report (summary.md, trials.csv, valid_mrr.png): No space left on device"
+        in error
+    )
     assert {name: (out / name).read_bytes() for name in before} == before
-    assert len(json.loads((out / "trials.json").read_text())["records"]) == 2  # the trial itself is kept
+    assert (
+        len(json.loads((out / "trials.json").read_text())["records"]) == 2
+    )  # the trial itself is kept
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
 
 
@@ -114,19 +170,43 @@ def test_write_together_replaces_all_or_none(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.png"]
 
 
-@pytest.mark.parametrize("lines,message", [
-    ("196\t242\t3\t881250949\n196.0\t302\t3\t891717742\n", r"u.data, line 2: expected an integer user_id, got '196.0'"),
-    ("196\t242\t3\t881250949\n1\t12345678901234567890123\t3\t5\n", r"u.data, line 2: item_id 1234.* is over"),
-    ("196\t0\t3\t881250949\n", r"u.data, line 1: item_id 0, which pads sequences"),
-])
+@pytest.mark.parametrize(
+    "lines,message",
+    [
+        (
+            "196\t242\t3\t881250949\n196.0\t302\t3\t891717742\n",
+            r"u.data, line 2: expected an integer user_id, got '196.0'",
+        ),
+        (
+            "196\t242\t3\t881250949\n1\t12345678901234567890123\t3\t5\n",
+            r"u.data, line 2: item_id 1234.* is over",
+        ),
+        ("196\t0\t3\t881250949\n", r"u.data, line 1: item_id 0, which pads sequences"),
+    ],
+)
 def test_bad_data_files_are_one_line_naming_file_line_and_value(tmp_path, capsys, lines, message):
     data = tmp_path / "data"
     data.mkdir()
     with zipfile.ZipFile(data / "ml-100k.zip", "w") as archive:
         archive.writestr("ml-100k/u.data", lines)
     config = tiny_config(tmp_path / "configs", dataset="ml100k")
-    code = run.main(["--dataset", "ml100k", "--model", "mlstm", "--trials", "1", "--config", str(config),
-                     "--data-dir", str(data), "--out", str(tmp_path / "out"), "--quiet"])
+    code = run.main(
+        [
+            "--dataset",
+            "ml100k",
+            "--model",
+            "mlstm",
+            "--trials",
+            "1",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(data),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     import re
 
@@ -136,9 +216,28 @@ def test_bad_data_files_are_one_line_naming_file_line_and_value(tmp_path, capsys
 def test_a_folder_in_place_of_the_archive_is_one_line(tmp_path, capsys):
     (tmp_path / "data" / "ml-100k.zip").mkdir(parents=True)
     config = tiny_config(tmp_path / "configs", dataset="ml100k")
-    code = run.main(["--dataset", "ml100k", "--model", "mlstm", "--trials", "1", "--config", str(config),
-                     "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--quiet"])
-    assert code == 2 and "ml-100k.zip: a folder, where the file ml-100k.zip was looked for" in one_line_error(capsys)
+    code = run.main(
+        [
+            "--dataset",
+            "ml100k",
+            "--model",
+            "mlstm",
+            "--trials",
+            "1",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
+    assert (
+        code == 2
+        and "ml-100k.zip: a folder, where the file ml-100k.zip was looked for"
+        in one_line_error(capsys)
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -148,7 +247,7 @@ def children(pid: int) -> list[int]:
             text = stat.read_text()
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2:].split()
+        fields = text[text.rindex(")") + 2 :].split()
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
@@ -158,22 +257,50 @@ def running(pid: int) -> bool:
     return records._process_start(pid) is not None  # gone, or a zombie: finished
 
 
-@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.skipif(
+    not pathlib.Path("/proc/self/stat").exists(), reason="reads processes from /proc"
+)
 def test_workers_end_when_their_parent_is_killed(tmp_path):
     """`reproduce --workers 2` killed with SIGKILL: its workers (and multiprocessing's
     resource tracker) end too, instead of idling forever."""
-    config = tiny_config(tmp_path / "configs", best=dict(learning_rate=1e-2, batch_size=64, embedding_dim=8,
-                                                         l2=1e-6, n_iter=500))
-    process = subprocess.Popen(RUN + ["reproduce", "--dataset", "synthetic", "--models", "mlstm", "--seeds", "2",
-                                      "--workers", "2", "--threads", "1", "--config-dir", str(config.parent),
-                                      "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config = tiny_config(
+        tmp_path / "configs",
+        best=dict(learning_rate=1e-2, batch_size=64, embedding_dim=8, l2=1e-6, n_iter=500),
+    )
+    process = subprocess.Popen(
+        RUN
+        + [
+            "reproduce",
+            "--dataset",
+            "synthetic",
+            "--models",
+            "mlstm",
+            "--seeds",
+            "2",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--config-dir",
+            str(config.parent),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     runs = tmp_path / "out" / "synthetic_reproduce" / "runs.json"
     deadline = time.time() + 120
     while time.time() < deadline:  # both runs claimed: both workers have started
         assert process.poll() is None, process.stderr.read().decode()
-        if runs.exists() and len(json.loads(runs.read_text()).get("in_flight", [])) == 2 \
-                and len(children(process.pid)) >= 3:
+        if (
+            runs.exists()
+            and len(json.loads(runs.read_text()).get("in_flight", [])) == 2
+            and len(children(process.pid)) >= 3
+        ):
             break
         time.sleep(0.2)
     time.sleep(2)  # the workers into their runs

@@ -23,7 +23,10 @@ def loop_to_sequence(users, items, timestamps, max_len, min_len, step):
     return np.array(rows, dtype=np.int32).reshape(-1, max_len), np.array(row_users)
 
 
-@pytest.mark.parametrize("max_len,min_len,step", [(5, None, None), (5, 3, 5), (4, 2, 1), (6, None, 2), (3, 1, 7), (10, 10, 10)])
+@pytest.mark.parametrize(
+    "max_len,min_len,step",
+    [(5, None, None), (5, 3, 5), (4, 2, 1), (6, None, 2), (3, 1, 7), (10, 10, 10)],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_to_sequence_matches_loop(max_len, min_len, step, seed):
     rng = np.random.RandomState(seed)
@@ -58,7 +61,12 @@ def test_to_sequence_hand_made():
     ]
     assert seqs.user_ids.tolist() == [0, 1, 2, 2, 2]
     stepped = data.to_sequence(max_sequence_length=3, step_size=2)
-    assert stepped.sequences[stepped.user_ids == 2].tolist() == [[5, 6, 7], [3, 4, 5], [1, 2, 3], [0, 0, 1]]
+    assert stepped.sequences[stepped.user_ids == 2].tolist() == [
+        [5, 6, 7],
+        [3, 4, 5],
+        [1, 2, 3],
+        [0, 0, 1],
+    ]
     long_enough = data.to_sequence(max_sequence_length=3, min_sequence_length=2)
     assert long_enough.sequences.tolist() == [[0, 8, 5], [5, 6, 7], [2, 3, 4]]
 
@@ -122,16 +130,24 @@ def test_float_timestamps_order_as_given():
     for row, user in zip(sequences, np.unique(users)):
         expected = [item for _, item in sorted(zip(stamps[users == user], items[users == user]))]
         assert row[row != 0].tolist() == expected
-    assert Interactions([1, 1], [1, 2], timestamps=[0.9, 0.1]).to_sequence(2).sequences.tolist() == [[2, 1]]
-    assert Interactions([1], [1], timestamps=np.array([7], dtype=np.int32)).timestamps.dtype == np.int64
+    assert Interactions([1, 1], [1, 2], timestamps=[0.9, 0.1]).to_sequence(
+        2
+    ).sequences.tolist() == [[2, 1]]
+    assert (
+        Interactions([1], [1], timestamps=np.array([7], dtype=np.int32)).timestamps.dtype
+        == np.int64
+    )
 
 
-@pytest.mark.parametrize("stamps,message", [
-    ([0.5, np.nan], r"timestamps: expected finite numbers, got nan at index 1"),
-    (["a", "b"], r"timestamps: expected numbers \(integer or float\), got dtype <U1"),
-    ([True, False], r"timestamps: expected numbers"),
-    ([1, 2, 3], r"timestamps: expected 2 values"),
-])
+@pytest.mark.parametrize(
+    "stamps,message",
+    [
+        ([0.5, np.nan], r"timestamps: expected finite numbers, got nan at index 1"),
+        (["a", "b"], r"timestamps: expected numbers \(integer or float\), got dtype <U1"),
+        ([True, False], r"timestamps: expected numbers"),
+        ([1, 2, 3], r"timestamps: expected 2 values"),
+    ],
+)
 def test_bad_timestamps_are_refused(stamps, message):
     with pytest.raises(ValueError, match=message):
         Interactions([1, 1], [1, 2], timestamps=stamps)

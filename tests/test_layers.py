@@ -34,7 +34,9 @@ def numpy_step(cell, x, h, c):
 @pytest.mark.parametrize("bias", [True, False])
 def test_cell_matches_numpy_equations(multiplicative_bias, bias, layer_norm):
     torch.manual_seed(5 if layer_norm else 0)
-    cell = MLSTMCell(4, 6, bias=bias, multiplicative_bias=multiplicative_bias, layer_norm=layer_norm).double()
+    cell = MLSTMCell(
+        4, 6, bias=bias, multiplicative_bias=multiplicative_bias, layer_norm=layer_norm
+    ).double()
     if layer_norm:
         with torch.no_grad():  # gains and shifts away from their initial 1 and 0
             for name in ("ln_weight", "ln_cell_weight", "ln_cell_bias"):
@@ -237,7 +239,11 @@ def test_layer_norm_layer_initialisation_gradients_and_paths():
     torch.manual_seed(6)
     layer = MLSTM(3, 4, num_layers=2, layer_norm=True, forget_bias=1.0)
     cell = layer.cells[0]
-    assert (cell.ln_weight == 1).all() and (cell.ln_cell_weight == 1).all() and (cell.ln_cell_bias == 0).all()
+    assert (
+        (cell.ln_weight == 1).all()
+        and (cell.ln_cell_weight == 1).all()
+        and (cell.ln_cell_bias == 0).all()
+    )
     assert (cell.bias[4:8] > 0.4).all()  # forget_bias still lands on the gate bias
     assert "layer_norm=True" in repr(layer) and "layer_norm=True" in repr(cell)
     x = torch.randn(2, 5, 3)

@@ -41,7 +41,9 @@ def test_hinge():
 
 
 def test_adaptive_hinge_uses_the_highest_negative():
-    negatives = torch.stack([NEG, torch.tensor([[2.5, -5.0, 0.0]]), torch.tensor([[0.0, 0.5, 1.0]])])
+    negatives = torch.stack(
+        [NEG, torch.tensor([[2.5, -5.0, 0.0]]), torch.tensor([[0.0, 0.5, 1.0]])]
+    )
     # highest negatives: 2.5, 0.5, 3.0 -> hinge 1.5, 2.5, 3.5
     assert adaptive_hinge_loss(POS, negatives).item() == pytest.approx(7.5 / 3)
     assert adaptive_hinge_loss(POS, negatives, MASK).item() == pytest.approx(5.0 / 2)
@@ -57,7 +59,10 @@ def test_softmax_loss_is_cross_entropy_without_padding():
     scores = torch.tensor([[5.0, 1.0, 2.0, 0.5], [9.0, 0.0, 0.0, 3.0]])  # ids 0..3
     targets = torch.tensor([2, 3])
     # Independent: log-sum-exp over ids 1..3 only (id 0 is padding, never scored).
-    expected = [math.log(sum(math.exp(v) for v in row[1:])) - row[t] for row, t in zip(scores.tolist(), targets.tolist())]
+    expected = [
+        math.log(sum(math.exp(v) for v in row[1:])) - row[t]
+        for row, t in zip(scores.tolist(), targets.tolist())
+    ]
     assert softmax_loss(scores[:, 1:], targets).item() == pytest.approx(sum(expected) / 2)
 
 
@@ -67,4 +72,6 @@ def test_sampled_softmax_leaves_out_accidental_hits():
     hits = torch.tensor([[False, True], [False, False]])
     first = -(2.0 - math.log(math.exp(2.0) + math.exp(1.0)))
     second = -(0.0 - math.log(1 + math.exp(0.5) + math.exp(-1.0)))
-    assert sampled_softmax_loss(positive, negative, hits).item() == pytest.approx((first + second) / 2)
+    assert sampled_softmax_loss(positive, negative, hits).item() == pytest.approx(
+        (first + second) / 2
+    )

@@ -21,24 +21,48 @@ def local_ray():
     """One local Ray for the module (run_ray_search leaves a Ray it did not start running)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fakes below
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20,
-             _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 << 20,
+        _node_ip_address="127.0.0.1",
+    )
     yield
     ray.shutdown()
 
 
 def by_learning_rate(arguments, **kwargs):
     """A fast stand-in for training: the validation MRR is the learning rate."""
-    return dict(valid_mrr=arguments["learning_rate"], test_mrr=0.0, final_loss=1.0,
-                fit_seconds=0.0, device="cpu")
+    return dict(
+        valid_mrr=arguments["learning_rate"],
+        test_mrr=0.0,
+        final_loss=1.0,
+        fit_seconds=0.0,
+        device="cpu",
+    )
 
 
 def test_two_workers_give_the_local_backends_records_and_tables(tmp_path):
     config = tiny_config(tmp_path / "configs")
-    common = ["--dataset", "synthetic", "--model", "mlstm", "--trials", "4", "--config", str(config),
-              "--device", "cpu", "--quiet"]
+    common = [
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlstm",
+        "--trials",
+        "4",
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert run.main(common + ["--out", str(tmp_path / "local")]) == 0
-    assert run.main(common + ["--out", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2"]) == 0
+    assert (
+        run.main(common + ["--out", str(tmp_path / "ray"), "--backend", "ray", "--workers", "2"])
+        == 0
+    )
     local = read_records(tmp_path / "local" / "synthetic_mlstm" / "trials.json")
     remote = read_records(tmp_path / "ray" / "synthetic_mlstm" / "trials.json")
     assert sorted(r["number"] for r in remote) == [0, 1, 2, 3]
@@ -59,15 +83,20 @@ def test_two_workers_give_the_local_backends_records_and_tables(tmp_path):
     assert remote_csv[0] == local_csv[0] and len(remote_csv) == 5
     best = max(remote, key=lambda r: r["valid_mrr"])
     summary = (tmp_path / "ray" / "synthetic_mlstm" / "summary.md").read_text()
-    assert f"Best by validation MRR: trial {best['number']}, valid {best['valid_mrr']:.4f}" in summary
+    assert (
+        f"Best by validation MRR: trial {best['number']}, valid {best['valid_mrr']:.4f}" in summary
+    )
 
 
 def test_one_worker_proposes_the_local_points_and_resumes(tmp_path):
     config = search.load_config(tiny_config(tmp_path))
     local = search.run_search(config, 5, tmp_path / "local", progress=False, train=by_learning_rate)
-    ray_search.run_ray_search(config, 2, tmp_path / "ray", workers=1, progress=False, train=by_learning_rate)
-    resumed = ray_search.run_ray_search(config, 5, tmp_path / "ray", workers=1, progress=False,
-                                        train=by_learning_rate)
+    ray_search.run_ray_search(
+        config, 2, tmp_path / "ray", workers=1, progress=False, train=by_learning_rate
+    )
+    resumed = ray_search.run_ray_search(
+        config, 5, tmp_path / "ray", workers=1, progress=False, train=by_learning_rate
+    )
     assert [r["vals"] for r in resumed] == [r["vals"] for r in local]
     assert [r["valid_mrr"] for r in resumed] == [r["valid_mrr"] for r in local]
 
@@ -86,8 +115,16 @@ def test_failed_trials_and_dead_workers_are_recorded_and_the_search_goes_on(tmp_
             os._exit(1)  # the worker process dies
         return by_learning_rate(arguments)
 
-    records = ray_search.run_ray_search(config, 5, tmp_path / "out", workers=1, progress=False, train=flaky)
-    assert [r["status"] for r in sorted(records, key=lambda r: r["number"])] == ["ok", "failed", "failed", "ok", "ok"]
+    records = ray_search.run_ray_search(
+        config, 5, tmp_path / "out", workers=1, progress=False, train=flaky
+    )
+    assert [r["status"] for r in sorted(records, key=lambda r: r["number"])] == [
+        "ok",
+        "failed",
+        "failed",
+        "ok",
+        "ok",
+    ]
     assert "RuntimeError: out of memory" in records[1]["error"]
     assert "Ray worker failed" in records[2]["error"]
 
@@ -114,11 +151,17 @@ def test_two_workers_stay_two_after_one_dies(tmp_path):
         (calls / f"{call}.end").write_text(str(time.time()))
         return by_learning_rate(arguments)
 
-    records = ray_search.run_ray_search(config, 8, tmp_path / "out", workers=2, progress=False, train=dies_once)
+    records = ray_search.run_ray_search(
+        config, 8, tmp_path / "out", workers=2, progress=False, train=dies_once
+    )
     assert sorted(r["status"] for r in records).count("failed") == 1 and len(records) == 8
-    spans = [(float((calls / f"{n}.start").read_text()), float((calls / f"{n}.end").read_text()))
-             for n in range(2, 8)]
-    overlapping = [(a, b) for a, b in itertools.combinations(spans, 2) if a[0] < b[1] and b[0] < a[1]]
+    spans = [
+        (float((calls / f"{n}.start").read_text()), float((calls / f"{n}.end").read_text()))
+        for n in range(2, 8)
+    ]
+    overlapping = [
+        (a, b) for a, b in itertools.combinations(spans, 2) if a[0] < b[1] and b[0] < a[1]
+    ]
     assert overlapping, json.dumps(spans)
     assert [r["number"] for r in sorted(records, key=lambda r: r["number"])] == list(range(8))
 
@@ -132,8 +175,9 @@ def test_asha_stops_poor_trials_early(tmp_path):
         return by_learning_rate(arguments)
 
     asha = dict(every=1, grace_period=1, reduction_factor=2)
-    records = ray_search.run_ray_search(config, 8, tmp_path / "out", workers=1, progress=False,
-                                        train=reporting, asha=asha)
+    records = ray_search.run_ray_search(
+        config, 8, tmp_path / "out", workers=1, progress=False, train=reporting, asha=asha
+    )
     stopped = [r for r in records if r["status"] == "stopped"]
     finished = [r for r in records if r["status"] == "ok"]
     assert stopped and finished and len(records) == 8
@@ -163,19 +207,41 @@ def test_bad_worker_counts_are_user_errors(tmp_path):
 
 def test_asha_needs_the_ray_backend(tmp_path, capsys):
     config = tiny_config(tmp_path / "configs")
-    assert run.main(["--dataset", "synthetic", "--model", "mlstm", "--config", str(config),
-                     "--out", str(tmp_path / "out"), "--asha", "--quiet"]) == 2
+    assert (
+        run.main(
+            [
+                "--dataset",
+                "synthetic",
+                "--model",
+                "mlstm",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "out"),
+                "--asha",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "--asha and --ray-address need --backend ray" in capsys.readouterr().err
 
 
 def test_the_core_library_imports_without_ray():
-    code = ("import sys; sys.modules['ray'] = None; import mlstm4reco, mlstm4reco.search, "
-            "mlstm4reco.ray_search as r\n"
-            "try:\n r._import_ray()\nexcept Exception as e: print(type(e).__name__, e)")
+    code = (
+        "import sys; sys.modules['ray'] = None; import mlstm4reco, mlstm4reco.search, "
+        "mlstm4reco.ray_search as r\n"
+        "try:\n r._import_ray()\nexcept Exception as e: print(type(e).__name__, e)"
+    )
     import subprocess
 
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=pathlib.Path(ROOT)).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=pathlib.Path(ROOT),
+    ).stdout
     assert output.startswith("UserError") and 'pip install -e ".[ray]"' in output
 
 
@@ -187,25 +253,47 @@ def test_a_killed_ray_search_resumes_without_losing_or_reusing_trials(tmp_path):
     from test_experiments import RUN
 
     config = tiny_config(tmp_path / "configs", n_iter=(3, 4, 1))
-    command = RUN + ["--dataset", "synthetic", "--model", "mlstm", "--config", str(config),
-                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet", "--backend", "ray",
-                     "--workers", "2"]
+    command = RUN + [
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlstm",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--backend",
+        "ray",
+        "--workers",
+        "2",
+    ]
     trials_file = tmp_path / "out" / "synthetic_mlstm" / "trials.json"
     # its own session, so that the kill takes the driver's local Ray with it
-    process = subprocess.Popen(command + ["--trials", "50"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command + ["--trials", "50"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
-    while time.time() < deadline and not (trials_file.exists() and len(read_records(trials_file)) >= 3):
+    while time.time() < deadline and not (
+        trials_file.exists() and len(read_records(trials_file)) >= 3
+    ):
         assert process.poll() is None, process.stderr.read().decode()
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     survived = read_records(trials_file)
     target = len(survived) + 2
-    subprocess.run(command + ["--trials", str(target)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        command + ["--trials", str(target)], check=True, capture_output=True, timeout=300
+    )
     after = read_records(trials_file)
     assert len(after) == target and after[: len(survived)] == survived
     numbers = [r["number"] for r in after]
     assert len(set(numbers)) == target  # a number lost in flight is not given twice
-    assert min(numbers[len(survived):]) > max(r["number"] for r in survived)
+    assert min(numbers[len(survived) :]) > max(r["number"] for r in survived)
     assert all(r["status"] == "ok" for r in after)

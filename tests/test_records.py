@@ -6,24 +6,36 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+from test_experiments import tiny_config
+
 from mlstm4reco import search
 from mlstm4reco.study import runners
 from mlstm4reco.study.records import RecordFile
-from test_experiments import tiny_config
 
 HELPER = ROOT / "tests" / "concurrent_runs.py"
 
 
 def trial(number, **changes):
-    return {"number": number, "vals": {"learning_rate": -4.0}, "arguments": {"n_iter": 1}, "status": "ok",
-            "seconds": 1.0, "valid_mrr": 0.1, "test_mrr": 0.2, **changes}
+    return {
+        "number": number,
+        "vals": {"learning_rate": -4.0},
+        "arguments": {"n_iter": 1},
+        "status": "ok",
+        "seconds": 1.0,
+        "valid_mrr": 0.1,
+        "test_mrr": 0.2,
+        **changes,
+    }
 
 
 def start(*args):
-    return subprocess.Popen([sys.executable, str(HELPER), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HELPER), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process):
@@ -57,11 +69,16 @@ def test_two_reproductions_on_one_folder_keep_both(tmp_path):
     together = tmp_path / "together"
     together.mkdir()
     out = tmp_path / "out"
-    processes = [start("reproduce", path, out, name, together, 2) for name, path in zip("ab", configs, strict=True)]
+    processes = [
+        start("reproduce", path, out, name, together, 2)
+        for name, path in zip("ab", configs, strict=True)
+    ]
     for process in processes:
         finish(process)
     records = json.loads((out / "runs.json").read_text())["records"]
-    assert sorted((r["model"], r["seed"]) for r in records) == [(m, s) for m in ("lstm", "mlstm") for s in range(3)]
+    assert sorted((r["model"], r["seed"]) for r in records) == [
+        (m, s) for m in ("lstm", "mlstm") for s in range(3)
+    ]
 
 
 def test_two_reproductions_of_one_model_share_the_runs(tmp_path):
@@ -80,7 +97,9 @@ def test_two_reproductions_of_one_model_share_the_runs(tmp_path):
 
 def test_claims_of_dead_processes_are_dropped(tmp_path):
     path = tmp_path / "trials.json"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     store = RecordFile(path, kind="trials")
     with store.locked():
         mine = store.claim({"number": 0})
@@ -103,8 +122,13 @@ def test_numbers_after_an_interrupted_search_are_not_reused(tmp_path):
     out.mkdir()
 
     def by_rate(arguments, **kwargs):
-        return dict(valid_mrr=arguments["learning_rate"], test_mrr=0.0, final_loss=1.0, fit_seconds=0.0,
-                    device="cpu")
+        return dict(
+            valid_mrr=arguments["learning_rate"],
+            test_mrr=0.0,
+            final_loss=1.0,
+            fit_seconds=0.0,
+            device="cpu",
+        )
 
     first = search.run_search(config, 4, tmp_path / "whole", progress=False, train=by_rate)
     kept = [first[0], first[1], {**first[3], "number": 3}]
@@ -125,21 +149,37 @@ def test_leftovers_of_killed_writers_are_removed(tmp_path):
     assert not left.exists() and other.exists()
 
 
-@pytest.mark.parametrize("content,message", [
-    ("[]", r"not a results file: expected a mapping with a list 'records', got list"),
-    ('{"records": 5}', r"not a results file: expected a mapping with a list 'records', got keys \['records'\]"),
-    ('{"records": [5]}', r"record 0: expected a mapping, got int 5"),
-    ('{"records": [{"vals": {}, "arguments": {}, "status": "ok", "seconds": 1}]}', r"record 0: no field 'number'"),
-    (json.dumps({"records": [trial(0, vals=None)]}), r"record 0 \(number 0\): field 'vals' must be a mapping"),
-    (json.dumps({"records": [trial(0, status="done")]}), r"field 'status' must be one of"),
-    (json.dumps({"records": [trial(0), trial(1, valid_mrr="0.3")]}),
-     r"record 1 \(number 1\): field 'valid_mrr' must be a finite number, got '0.3'"),
-    (json.dumps({"records": [{k: v for k, v in trial(0).items() if k != "valid_mrr"}]}),
-     r"record 0 \(number 0\): no field 'valid_mrr'"),
-    ('{"records": [], "in_flight": 3}', r"'in_flight' must be a list of mappings"),
-    ("{not json", r"unreadable results file"),
-    (b"\xff\xfe".decode("latin-1"), r"unreadable results file"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("[]", r"not a results file: expected a mapping with a list 'records', got list"),
+        (
+            '{"records": 5}',
+            r"not a results file: expected a mapping with a list 'records', got keys \['records'\]",
+        ),
+        ('{"records": [5]}', r"record 0: expected a mapping, got int 5"),
+        (
+            '{"records": [{"vals": {}, "arguments": {}, "status": "ok", "seconds": 1}]}',
+            r"record 0: no field 'number'",
+        ),
+        (
+            json.dumps({"records": [trial(0, vals=None)]}),
+            r"record 0 \(number 0\): field 'vals' must be a mapping",
+        ),
+        (json.dumps({"records": [trial(0, status="done")]}), r"field 'status' must be one of"),
+        (
+            json.dumps({"records": [trial(0), trial(1, valid_mrr="0.3")]}),
+            r"record 1 \(number 1\): field 'valid_mrr' must be a finite number, got '0.3'",
+        ),
+        (
+            json.dumps({"records": [{k: v for k, v in trial(0).items() if k != "valid_mrr"}]}),
+            r"record 0 \(number 0\): no field 'valid_mrr'",
+        ),
+        ('{"records": [], "in_flight": 3}', r"'in_flight' must be a list of mappings"),
+        ("{not json", r"unreadable results file"),
+        (b"\xff\xfe".decode("latin-1"), r"unreadable results file"),
+    ],
+)
 def test_records_of_the_wrong_shape_are_refused_when_opened(tmp_path, content, message):
     path = tmp_path / "trials.json"
     path.write_text(content, encoding="latin-1")
@@ -162,8 +202,21 @@ def test_a_bad_records_file_stops_a_search_before_any_training(tmp_path, capsys)
 
     original, runners.load_splits = runners.load_splits, no_training
     try:
-        code = run.main(["--dataset", "synthetic", "--model", "mlstm", "--trials", "2", "--config", str(config),
-                         "--out", str(tmp_path / "out"), "--quiet"])
+        code = run.main(
+            [
+                "--dataset",
+                "synthetic",
+                "--model",
+                "mlstm",
+                "--trials",
+                "2",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
     finally:
         runners.load_splits = original
     error = capsys.readouterr().err
@@ -173,11 +226,29 @@ def test_a_bad_records_file_stops_a_search_before_any_training(tmp_path, capsys)
 
 def test_runs_and_curve_records_are_checked_too(tmp_path):
     runs = tmp_path / "runs.json"
-    runs.write_text(json.dumps({"records": [{"model": "lstm", "dataset": "ml1m", "seed": "0", "arguments": {},
-                                             "status": "ok", "seconds": 1.0}]}))
-    with pytest.raises(search.UserError, match="record 0: field 'seed' must be an integer, got '0'"):
+    runs.write_text(
+        json.dumps(
+            {
+                "records": [
+                    {
+                        "model": "lstm",
+                        "dataset": "ml1m",
+                        "seed": "0",
+                        "arguments": {},
+                        "status": "ok",
+                        "seconds": 1.0,
+                    }
+                ]
+            }
+        )
+    )
+    with pytest.raises(
+        search.UserError, match="record 0: field 'seed' must be an integer, got '0'"
+    ):
         RecordFile(runs, kind="runs")
     curve = tmp_path / "curve.json"
     curve.write_text(json.dumps({"records": [{"epoch": 1, "valid_mrr": None, "seconds": 1.0}]}))
-    with pytest.raises(search.UserError, match="record 0: field 'valid_mrr' must be a number, got None"):
+    with pytest.raises(
+        search.UserError, match="record 0: field 'valid_mrr' must be a number, got None"
+    ):
         RecordFile(curve, kind="curve")

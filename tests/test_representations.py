@@ -2,9 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlstm4reco.representations import recurrent
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
-from mlstm4reco.representations import CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet
+from mlstm4reco.representations import CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet, recurrent
 
 NETS = {
     "lstm": lambda n, d: LSTMNet(n, d),
@@ -17,8 +16,9 @@ NETS = {
     "mlstm-layernorm": lambda n, d: MLSTMNet(n, d, layer_norm=True),
     "pooling": lambda n, d: PoolNet(n, d),
     "cnn": lambda n, d: CNNNet(n, d),
-    "cnn-dilated": lambda n, d: CNNNet(n, d, kernel_width=2, num_layers=3, dilation=[1, 2, 4],
-                                       nonlinearity="relu", residual=False),
+    "cnn-dilated": lambda n, d: CNNNet(
+        n, d, kernel_width=2, num_layers=3, dilation=[1, 2, 4], nonlinearity="relu", residual=False
+    ),
     "mixture-lstm": lambda n, d: MixtureLSTMNet(n, d, num_components=3),
     "mixture-mlstm": lambda n, d: MixtureMLSTMNet(n, d, num_components=2, state="cell"),
 }
@@ -224,7 +224,9 @@ def test_recurrent_nets_under_bfloat16_autocast_on_the_cpu(net_class, leaves, mo
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, _ = net.user_representation(seqs)
         expected_float32 = recurrent.recurrent_leaves_autocast(torch.zeros(1))
-    assert expected_float32 == (leaves if leaves is not None else not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert expected_float32 == (
+        leaves if leaves is not None else not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     if expected_float32:
         assert low.dtype == torch.float32 and torch.equal(low, full)
     else:

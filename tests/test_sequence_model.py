@@ -13,7 +13,9 @@ from mlstm4reco.sequence_model import REPRESENTATIONS, ImplicitSequenceModel
 
 @pytest.fixture(scope="module")
 def synthetic():
-    data = get_synthetic_dataset(num_users=200, num_items=50, num_interactions=20_000, random_state=0)
+    data = get_synthetic_dataset(
+        num_users=200, num_items=50, num_interactions=20_000, random_state=0
+    )
     train, test = user_based_train_test_split(data, 0.2, np.random.RandomState(1))
     return train.to_sequence(20, 5, 20), test.to_sequence(20, 5, 20)
 
@@ -23,18 +25,29 @@ def random_mrr(num_items):
     return np.mean(1.0 / np.arange(1, num_items + 1))
 
 
-@pytest.mark.parametrize("representation,loss,factor", [
-    ("lstm", "adaptive_hinge", 3), ("mlstm", "adaptive_hinge", 3), ("cnn", "adaptive_hinge", 3),
-    ("mixture", "adaptive_hinge", 3), ("mixture_mlstm", "adaptive_hinge", 3),
-    # An average cannot see order, and the chain is all order: pooling learns which items
-    # a user circles among, not which comes next (adaptive hinge barely moves it).
-    ("pooling", "bpr", 1.4),
-])
+@pytest.mark.parametrize(
+    "representation,loss,factor",
+    [
+        ("lstm", "adaptive_hinge", 3),
+        ("mlstm", "adaptive_hinge", 3),
+        ("cnn", "adaptive_hinge", 3),
+        ("mixture", "adaptive_hinge", 3),
+        ("mixture_mlstm", "adaptive_hinge", 3),
+        # An average cannot see order, and the chain is all order: pooling learns which items
+        # a user circles among, not which comes next (adaptive hinge barely moves it).
+        ("pooling", "bpr", 1.4),
+    ],
+)
 def test_fit_learns_the_markov_chain(synthetic, representation, loss, factor):
     train, test = synthetic
     model = ImplicitSequenceModel(
-        loss=loss, representation=representation, embedding_dim=32, n_iter=8,
-        batch_size=64, learning_rate=1e-2, random_state=0,
+        loss=loss,
+        representation=representation,
+        embedding_dim=32,
+        n_iter=8,
+        batch_size=64,
+        learning_rate=1e-2,
+        random_state=0,
     )
     losses = model.fit(train)
     assert losses[-1] < 0.8 * losses[0]
@@ -42,25 +55,43 @@ def test_fit_learns_the_markov_chain(synthetic, representation, loss, factor):
     assert mrr > factor * random_mrr(50)  # random ranking: ~0.09; sequence models: > 0.4
 
 
-@pytest.mark.parametrize("loss", ["pointwise", "bpr", "hinge", "adaptive_hinge", "softmax", "sampled_softmax"])
+@pytest.mark.parametrize(
+    "loss", ["pointwise", "bpr", "hinge", "adaptive_hinge", "softmax", "sampled_softmax"]
+)
 @pytest.mark.parametrize("representation", ["mlstm", "mixture"])
 def test_every_loss_trains(synthetic, loss, representation):
     train, _ = synthetic
-    model = ImplicitSequenceModel(loss=loss, representation=representation, embedding_dim=8, n_iter=3,
-                                  batch_size=128, random_state=0, num_negative_samples=10)
+    model = ImplicitSequenceModel(
+        loss=loss,
+        representation=representation,
+        embedding_dim=8,
+        n_iter=3,
+        batch_size=128,
+        random_state=0,
+        num_negative_samples=10,
+    )
     losses = model.fit(train)
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("representation,exclude", [("mlstm", False), ("mixture_mlstm", False),
-                                                    ("mlstm", True), ("mixture_mlstm", True)])
+@pytest.mark.parametrize(
+    "representation,exclude",
+    [("mlstm", False), ("mixture_mlstm", False), ("mlstm", True), ("mixture_mlstm", True)],
+)
 def test_softmax_loss_matches_a_loop_over_positions(synthetic, representation, exclude):
     """The batched full-softmax loss equals, position by position, cross-entropy of the
     net's own one-item scores (Spotlight's call) over item ids 1..N-1, padding skipped;
     with exclude_preceding, over the ids not seen earlier in the sequence, plus the target."""
     train, _ = synthetic
-    model = ImplicitSequenceModel(loss="softmax", representation=representation, embedding_dim=8,
-                                  n_iter=1, batch_size=128, random_state=0, exclude_preceding=exclude)
+    model = ImplicitSequenceModel(
+        loss="softmax",
+        representation=representation,
+        embedding_dim=8,
+        n_iter=1,
+        batch_size=128,
+        random_state=0,
+        exclude_preceding=exclude,
+    )
     model.fit(train)
     batch = torch.from_numpy(train.sequences[:5].astype(np.int64))
     batch[0, :7] = 0  # some padding
@@ -78,7 +109,7 @@ def test_softmax_loss_matches_a_loop_over_positions(synthetic, representation, e
                     continue
                 earlier = set(batch[b, :t].tolist()) - {target} if exclude else set()
                 items = [i for i in range(1, train.num_items) if i not in earlier]
-                state = representation_[b:b + 1, ..., t:t + 1]  # this position's state
+                state = representation_[b : b + 1, ..., t : t + 1]  # this position's state
                 scores = torch.stack([net(state, torch.tensor([[i]])).reshape(()) for i in items])
                 terms.append(torch.logsumexp(scores, 0) - scores[items.index(target)])
     assert loss == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
@@ -90,39 +121,67 @@ def test_sampled_softmax_leaves_out_preceding_items(synthetic, monkeypatch):
     from mlstm4reco import losses
 
     train, _ = synthetic
-    model = ImplicitSequenceModel(loss="sampled_softmax", representation="mlstm", embedding_dim=8,
-                                  n_iter=1, batch_size=128, random_state=0, num_negative_samples=7,
-                                  exclude_preceding=True)
+    model = ImplicitSequenceModel(
+        loss="sampled_softmax",
+        representation="mlstm",
+        embedding_dim=8,
+        n_iter=1,
+        batch_size=128,
+        random_state=0,
+        num_negative_samples=7,
+        exclude_preceding=True,
+    )
     model.fit(train)
     captured = {}
     original = losses.sampled_softmax_loss
-    monkeypatch.setattr(losses, "sampled_softmax_loss",
-                        lambda p, n, hits: captured.setdefault("hits", hits) is None or original(p, n, hits))
+    monkeypatch.setattr(
+        losses,
+        "sampled_softmax_loss",
+        lambda p, n, hits: captured.setdefault("hits", hits) is None or original(p, n, hits),
+    )
     batch = torch.from_numpy(train.sequences[:3].astype(np.int64))
     state = model._random_state.get_state()
     model._batch_loss(batch)
     model._random_state.set_state(state)
     samples = model._random_state.randint(1, train.num_items, 7)
-    expected = [[s == batch[b, t].item() or (s in batch[b, :t].tolist())
-                 for s in samples] for b in range(3) for t in range(batch.shape[1]) if batch[b, t] != 0]
+    expected = [
+        [s == batch[b, t].item() or (s in batch[b, :t].tolist()) for s in samples]
+        for b in range(3)
+        for t in range(batch.shape[1])
+        if batch[b, t] != 0
+    ]
     np.testing.assert_array_equal(captured["hits"].numpy(), np.array(expected))
 
 
-@pytest.mark.parametrize("representation,loss,rounded", [
-    ("lstm", "adaptive_hinge", True), ("mlstm", "softmax", True), ("cnn", "bpr", True),
-    ("pooling", "sampled_softmax", True), ("mixture_mlstm", "softmax", True),
-    # The mLSTM recurrence stays float32 and Spotlight's losses score items one by one
-    # (no matmul): nothing is left for bfloat16.
-    ("mlstm", "adaptive_hinge", False),
-])
+@pytest.mark.parametrize(
+    "representation,loss,rounded",
+    [
+        ("lstm", "adaptive_hinge", True),
+        ("mlstm", "softmax", True),
+        ("cnn", "bpr", True),
+        ("pooling", "sampled_softmax", True),
+        ("mixture_mlstm", "softmax", True),
+        # The mLSTM recurrence stays float32 and Spotlight's losses score items one by one
+        # (no matmul): nothing is left for bfloat16.
+        ("mlstm", "adaptive_hinge", False),
+    ],
+)
 def test_bfloat16_training(synthetic, representation, loss, rounded):
     """precision='bfloat16' trains; on the same weights and batch its loss differs from the
     float32 loss by bfloat16 rounding only (and does differ where a matmul is left to
     autocast); prediction stays float32."""
     train, test = synthetic
-    model = ImplicitSequenceModel(loss=loss, representation=representation, embedding_dim=16, n_iter=3,
-                                  batch_size=64, learning_rate=1e-2, random_state=0,
-                                  num_negative_samples=10, precision="bfloat16")
+    model = ImplicitSequenceModel(
+        loss=loss,
+        representation=representation,
+        embedding_dim=16,
+        n_iter=3,
+        batch_size=64,
+        learning_rate=1e-2,
+        random_state=0,
+        num_negative_samples=10,
+        precision="bfloat16",
+    )
     losses = model.fit(train)
     assert losses[-1] < losses[0]
     batch = torch.from_numpy(train.sequences[:64].astype(np.int64))
@@ -134,7 +193,9 @@ def test_bfloat16_training(synthetic, representation, loss, rounded):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model._batch_loss(batch).item()
     if representation == "lstm" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        rounded = False  # nn.LSTM leaves autocast on this CPU (representations.recurrent_leaves_autocast)
+        rounded = (
+            False  # nn.LSTM leaves autocast on this CPU (representations.recurrent_leaves_autocast)
+        )
     assert (low != full) == rounded and low == pytest.approx(full, rel=3e-2)
     assert model.predict(test.sequences[0]).dtype == np.float32
     assert model.config()["precision"] == "bfloat16"
@@ -142,8 +203,16 @@ def test_bfloat16_training(synthetic, representation, loss, rounded):
 
 def test_same_seed_same_result_and_repeated_fit_continues(synthetic):
     train, test = synthetic
-    make = lambda: ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=2,  # noqa: E731
-                                         batch_size=128, random_state=7)
+
+    def make():
+        return ImplicitSequenceModel(
+            representation="mlstm",
+            embedding_dim=8,
+            n_iter=2,
+            batch_size=128,
+            random_state=7,
+        )
+
     a, b = make(), make()
     a.fit(train)
     b.fit(train)
@@ -151,7 +220,9 @@ def test_same_seed_same_result_and_repeated_fit_continues(synthetic):
     before = a.predict(test.sequences[0])
     more = a.fit(train)
     assert len(more) == 2 and not np.allclose(before, a.predict(test.sequences[0]))
-    c = ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=2, batch_size=128, random_state=8)
+    c = ImplicitSequenceModel(
+        representation="mlstm", embedding_dim=8, n_iter=2, batch_size=128, random_state=8
+    )
     c.fit(train)
     assert not np.array_equal(sequence_mrr_score(c, test), sequence_mrr_score(b, test))
 
@@ -160,8 +231,15 @@ def test_negatives_are_drawn_as_spotlight_does(synthetic, monkeypatch):
     """Per epoch a shuffle, then per batch one draw of shape (n * B, T) over [0, num_items),
     all from random_state, in Spotlight's order."""
     train, _ = synthetic
-    model = ImplicitSequenceModel(loss="adaptive_hinge", representation="lstm", embedding_dim=4,
-                                  n_iter=1, batch_size=300, num_negative_samples=3, random_state=5)
+    model = ImplicitSequenceModel(
+        loss="adaptive_hinge",
+        representation="lstm",
+        embedding_dim=4,
+        n_iter=1,
+        batch_size=300,
+        num_negative_samples=3,
+        random_state=5,
+    )
     drawn = []
     original = model._negatives
 
@@ -180,20 +258,32 @@ def test_negatives_are_drawn_as_spotlight_does(synthetic, monkeypatch):
         np.testing.assert_array_equal(batch, replay.randint(0, 50, batch.shape, dtype=np.int64))
 
 
-@pytest.mark.parametrize("representation,kwargs", [
-    ("mlstm", {"state": "cell"}), ("cnn", {"num_layers": 2, "dilation": [1, 2]}),
-    ("mixture_mlstm", {"num_components": 3}),
-])
+@pytest.mark.parametrize(
+    "representation,kwargs",
+    [
+        ("mlstm", {"state": "cell"}),
+        ("cnn", {"num_layers": 2, "dilation": [1, 2]}),
+        ("mixture_mlstm", {"num_components": 3}),
+    ],
+)
 def test_save_load_round_trip(synthetic, tmp_path, representation, kwargs):
     train, test = synthetic
-    model = ImplicitSequenceModel(representation=representation, representation_kwargs=kwargs,
-                                  embedding_dim=8, n_iter=1, batch_size=128, random_state=0)
+    model = ImplicitSequenceModel(
+        representation=representation,
+        representation_kwargs=kwargs,
+        embedding_dim=8,
+        n_iter=1,
+        batch_size=128,
+        random_state=0,
+    )
     model.fit(train)
     path = tmp_path / "model.pt"
     model.save(path)
     loaded = ImplicitSequenceModel.load(path)
     assert type(loaded.net) is type(model.net)
-    np.testing.assert_array_equal(loaded.predict(test.sequences[:5]), model.predict(test.sequences[:5]))
+    np.testing.assert_array_equal(
+        loaded.predict(test.sequences[:5]), model.predict(test.sequences[:5])
+    )
     assert loaded.fit(train)  # training continues from the saved optimizer state
     with pytest.raises(FileNotFoundError, match="no saved model"):
         ImplicitSequenceModel.load(tmp_path / "missing.pt")
@@ -202,7 +292,9 @@ def test_save_load_round_trip(synthetic, tmp_path, representation, kwargs):
     other = tmp_path / "other.pt"
     torch.save([1, 2], other)
     for bad, reason in ((truncated, r"\(.+\)"), (other, r"\(it holds a list\)")):
-        with pytest.raises(ValueError, match=f"{bad}: not a model written by ImplicitSequenceModel.save {reason}"):
+        with pytest.raises(
+            ValueError, match=f"{bad}: not a model written by ImplicitSequenceModel.save {reason}"
+        ):
             ImplicitSequenceModel.load(bad)
 
 
@@ -230,8 +322,9 @@ def test_callback_stops_training(synthetic):
     assert [e for e, _ in seen] == [0, 1, 2] and [value for _, value in seen] == losses
     # Training mode (dropout) comes back after a callback that evaluated the model.
     modes = []
-    model = ImplicitSequenceModel(n_iter=2, embedding_dim=4, random_state=0,
-                                  representation_kwargs={"dropout": 0.5})
+    model = ImplicitSequenceModel(
+        n_iter=2, embedding_dim=4, random_state=0, representation_kwargs={"dropout": 0.5}
+    )
     original = model._batch_loss
     model._batch_loss = lambda batch: modes.append(model.net.training) or original(batch)
     model.fit(train, callback=lambda epoch, loss: model.predict([1, 2, 3]) is None)
@@ -256,12 +349,16 @@ def test_bad_input(synthetic):
         ImplicitSequenceModel(representation="transformer")
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         ImplicitSequenceModel(batch_size=0)
-    with pytest.raises(ValueError, match="exclude_preceding needs loss 'softmax' or 'sampled_softmax', not 'bpr'"):
+    with pytest.raises(
+        ValueError, match="exclude_preceding needs loss 'softmax' or 'sampled_softmax', not 'bpr'"
+    ):
         ImplicitSequenceModel(loss="bpr", exclude_preceding=True)
     with pytest.raises(ValueError, match="precision must be one of .*, got 'float16'"):
         ImplicitSequenceModel(precision="float16")
     for bad in (0, -1e-3, float("nan"), "0.01", True):
-        with pytest.raises(ValueError, match=f"learning_rate must be a positive number, got {bad!r}"):
+        with pytest.raises(
+            ValueError, match=f"learning_rate must be a positive number, got {bad!r}"
+        ):
             ImplicitSequenceModel(learning_rate=bad)
     for bad in (-1e-6, float("nan"), None):
         with pytest.raises(ValueError, match=f"l2 must be a non-negative number, got {bad!r}"):
@@ -288,10 +385,25 @@ def test_bad_input(synthetic):
 OPTIONS = {  # options each representation documents (README's table), with a value to set
     "lstm": dict(num_layers=2, dropout=0.1, tie_embeddings=False),
     "gru": dict(num_layers=2, dropout=0.1),
-    "mlstm": dict(state="hidden", multiplicative_bias=False, num_layers=2, forget_bias=1.0,
-                  layer_norm=True, dropout=0.1, tie_embeddings=False, implementation="reference"),
+    "mlstm": dict(
+        state="hidden",
+        multiplicative_bias=False,
+        num_layers=2,
+        forget_bias=1.0,
+        layer_norm=True,
+        dropout=0.1,
+        tie_embeddings=False,
+        implementation="reference",
+    ),
     "pooling": dict(dropout=0.1),
-    "cnn": dict(kernel_width=2, num_layers=2, dilation=[1, 2], nonlinearity="relu", residual=True, dropout=0.1),
+    "cnn": dict(
+        kernel_width=2,
+        num_layers=2,
+        dilation=[1, 2],
+        nonlinearity="relu",
+        residual=True,
+        dropout=0.1,
+    ),
     "mixture": dict(num_components=3, num_layers=2, dropout=0.1),
     "mixture_mlstm": dict(num_components=3, state="hidden", forget_bias=1.0, dropout=0.1),
 }
@@ -303,16 +415,27 @@ def test_representation_kwargs_are_checked_at_construction(representation):
     the first fit, after the data is loaded), as the class itself would refuse it; every
     documented option still passes and builds."""
     options = OPTIONS[representation]
-    model = ImplicitSequenceModel(representation=representation, representation_kwargs=options, embedding_dim=8)
+    model = ImplicitSequenceModel(
+        representation=representation, representation_kwargs=options, embedding_dim=8
+    )
     model._initialize(30)  # the options reach the class and build
     cls = REPRESENTATIONS[representation]
     with pytest.raises(TypeError):
         cls(30, 8, dropuot=0.1)  # what the first fit would have met
-    with pytest.raises(ValueError, match=rf"representation '{representation}' \({cls.__name__}\) takes no "
-                                         r"\['dropuot'\]; its representation_kwargs are \[.*'dropout'"):
-        ImplicitSequenceModel(representation=representation, representation_kwargs={**options, "dropuot": 0.1})
-    with pytest.raises(ValueError, match=r"representation_kwargs \['embedding_dim'\]: set by the model itself"):
-        ImplicitSequenceModel(representation=representation, representation_kwargs={"embedding_dim": 8})
+    with pytest.raises(
+        ValueError,
+        match=rf"representation '{representation}' \({cls.__name__}\) takes no "
+        r"\['dropuot'\]; its representation_kwargs are \[.*'dropout'",
+    ):
+        ImplicitSequenceModel(
+            representation=representation, representation_kwargs={**options, "dropuot": 0.1}
+        )
+    with pytest.raises(
+        ValueError, match=r"representation_kwargs \['embedding_dim'\]: set by the model itself"
+    ):
+        ImplicitSequenceModel(
+            representation=representation, representation_kwargs={"embedding_dim": 8}
+        )
     with pytest.raises(TypeError, match="representation_kwargs must be a dict, got list"):
         ImplicitSequenceModel(representation=representation, representation_kwargs=["dropout"])
 
@@ -349,7 +472,9 @@ def weights(model):
 
 @pytest.mark.parametrize("representation", sorted(REPRESENTATIONS))
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_same_seed_same_losses_and_weights_with_and_without_dropout(synthetic, representation, dropout):
+def test_same_seed_same_losses_and_weights_with_and_without_dropout(
+    synthetic, representation, dropout
+):
     """Every random draw of training comes from random_state: two fits with one seed give
     identical losses and weights, dropout included, whatever torch's global generator
     holds (and fitting leaves that generator alone); another seed gives others."""
@@ -357,10 +482,19 @@ def test_same_seed_same_losses_and_weights_with_and_without_dropout(synthetic, r
     small = SequenceInteractions(train.sequences[:256], num_items=train.num_items)
 
     def fit(seed, loss="adaptive_hinge"):
-        model = ImplicitSequenceModel(loss=loss, representation=representation, embedding_dim=8, n_iter=2,
-                                      batch_size=64, random_state=seed, num_negative_samples=3,
-                                      representation_kwargs={"dropout": dropout})
-        torch.manual_seed(np.random.randint(1 << 30))  # the global generator in another state each time
+        model = ImplicitSequenceModel(
+            loss=loss,
+            representation=representation,
+            embedding_dim=8,
+            n_iter=2,
+            batch_size=64,
+            random_state=seed,
+            num_negative_samples=3,
+            representation_kwargs={"dropout": dropout},
+        )
+        torch.manual_seed(
+            np.random.randint(1 << 30)
+        )  # the global generator in another state each time
         before = torch.get_rng_state()
         losses = model.fit(small)
         assert torch.equal(torch.get_rng_state(), before)
@@ -381,8 +515,14 @@ def test_dropout_draws_go_on_across_fits_and_differ_from_no_dropout(synthetic):
     small = SequenceInteractions(train.sequences[:256], num_items=train.num_items)
 
     def model(dropout):
-        return ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=1, batch_size=64,
-                                     random_state=5, representation_kwargs={"dropout": dropout})
+        return ImplicitSequenceModel(
+            representation="mlstm",
+            embedding_dim=8,
+            n_iter=1,
+            batch_size=64,
+            random_state=5,
+            representation_kwargs={"dropout": dropout},
+        )
 
     a, b = model(0.3), model(0.3)
     first = a.fit(small) + a.fit(small)
@@ -396,23 +536,41 @@ def test_dropout_draws_go_on_across_fits_and_differ_from_no_dropout(synthetic):
 
 def saved_model(synthetic, tmp_path):
     train, _ = synthetic
-    model = ImplicitSequenceModel(representation="mlstm", embedding_dim=8, n_iter=1, batch_size=128, random_state=0)
+    model = ImplicitSequenceModel(
+        representation="mlstm", embedding_dim=8, n_iter=1, batch_size=128, random_state=0
+    )
     model.fit(train)
     path = tmp_path / "model.pt"
     model.save(path)
     return path, torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("tamper,message", [
-    (lambda s: s.update(num_items=s["num_items"] + 3), r"the saved weights do not fit the saved configuration "
-                                                       r"\(RuntimeError: .*size mismatch"),
-    (lambda s: s["config"].update(colour="blue"), r"the saved config has arguments ImplicitSequenceModel does "
-                                                  r"not take: \['colour'\]"),
-    (lambda s: s.pop("net"), r"not a whole saved model: no \['net'\]"),
-    (lambda s: s.update(num_items="many"), r"num_items must be an integer of at least 2, got 'many'"),
-    (lambda s: s.update(config=[1]), r"the saved config is a list, not a mapping"),
-    (lambda s: s["config"].update(embedding_dim=-1), r"the saved configuration is refused \(embedding_dim must be a positive integer, got -1\)"),
-])
+@pytest.mark.parametrize(
+    "tamper,message",
+    [
+        (
+            lambda s: s.update(num_items=s["num_items"] + 3),
+            r"the saved weights do not fit the saved configuration "
+            r"\(RuntimeError: .*size mismatch",
+        ),
+        (
+            lambda s: s["config"].update(colour="blue"),
+            r"the saved config has arguments ImplicitSequenceModel does "
+            r"not take: \['colour'\]",
+        ),
+        (lambda s: s.pop("net"), r"not a whole saved model: no \['net'\]"),
+        (
+            lambda s: s.update(num_items="many"),
+            r"num_items must be an integer of at least 2, got 'many'",
+        ),
+        (lambda s: s.update(config=[1]), r"the saved config is a list, not a mapping"),
+        (
+            lambda s: s["config"].update(embedding_dim=-1),
+            r"the saved configuration is refused \(embedding_dim must be a positive integer, got "
+            r"-1\)",
+        ),
+    ],
+)
 def test_load_of_a_tampered_model_names_the_file(synthetic, tmp_path, tamper, message):
     path, state = saved_model(synthetic, tmp_path)
     tamper(state)
@@ -427,11 +585,16 @@ def test_save_on_a_full_disk_names_the_file_and_keeps_the_old_one(synthetic, tmp
     model = ImplicitSequenceModel.load(path)
 
     def full_disk(obj, f, *args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8896 vs 8828")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 8896 vs 8828"
+        )
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match=str(path).replace(".", r"\.") + r": could not write the model "
-                                                                     r"\(.*unexpected pos 8896 vs 8828\)"):
+    with pytest.raises(
+        OSError,
+        match=str(path).replace(".", r"\.") + r": could not write the model "
+        r"\(.*unexpected pos 8896 vs 8828\)",
+    ):
         model.save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

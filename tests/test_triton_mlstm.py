@@ -34,12 +34,15 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 kernels = pytest.mark.skipif(
     DEVICE == "cpu" and not INTERPRETED,
-    reason="run by test_kernels_in_the_interpreter in a process with TRITON_INTERPRET=1")
+    reason="run by test_kernels_in_the_interpreter in a process with TRITON_INTERPRET=1",
+)
 
 
 def _ptxas() -> str | None:
     """The ``ptxas`` of Triton's NVIDIA backend, or None."""
-    path = pathlib.Path(triton_mlstm.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    path = (
+        pathlib.Path(triton_mlstm.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    )
     return str(path) if path.exists() else None
 
 
@@ -48,8 +51,12 @@ def sm90(test):
     machine but not in the interpreter; marked ``sm90``, so that a run on a lent GPU may
     leave them out (``-m 'not sm90'``, as benchmarks/gpu_check.sh does: CI runs them). A
     compiler failure fails the test; only a Triton without its NVIDIA backend skips it."""
-    skip = pytest.mark.skipif(INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter")
-    no_backend = pytest.mark.skipif(_ptxas() is None, reason="this Triton has no NVIDIA backend (ptxas)")
+    skip = pytest.mark.skipif(
+        INTERPRETED, reason="compiles the kernels for a GPU, not for the interpreter"
+    )
+    no_backend = pytest.mark.skipif(
+        _ptxas() is None, reason="this Triton has no NVIDIA backend (ptxas)"
+    )
     return pytest.mark.sm90(no_backend(skip(test)))
 
 
@@ -57,9 +64,13 @@ def sm90(test):
 def test_kernels_in_the_interpreter():
     """This module's kernel tests again in a fresh process where TRITON_INTERPRET=1 (Triton
     reads it when the kernels are defined): all that ran there passed."""
-    process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                             env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True,
-                             timeout=1800)
+    process = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=dict(os.environ, TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     output = process.stdout + process.stderr
     assert process.returncode == 0, output[-6000:]
     summary = output.strip().splitlines()[-1]
@@ -102,7 +113,9 @@ def test_triton_equals_reference(multiplicative_bias, use_cells, precision, vari
     another) with every optional input present or absent."""
     torch.manual_seed(0)
     # 19 sequences: two tiles of 16, the second partly masked; H = 12 pads to 16
-    layer = MLSTM(5, 12, num_layers=2, multiplicative_bias=multiplicative_bias, batch_first=False).to(DEVICE)
+    layer = MLSTM(
+        5, 12, num_layers=2, multiplicative_bias=multiplicative_bias, batch_first=False
+    ).to(DEVICE)
     x = torch.randn(4, 19, 5, device=DEVICE)
     hx = (torch.randn(2, 19, 12, device=DEVICE), torch.randn(2, 19, 12, device=DEVICE))
     expected = outputs_and_gradients(layer, "reference", x, hx, use_cells)
@@ -124,11 +137,21 @@ def test_triton_without_gate_bias_and_with_full_tiles():
 
 
 @kernels
-@pytest.mark.parametrize("launch", [{}, {"K_STAGES": 1}, {"BLOCK_B": 32, "KC": 32, "K_STAGES": 3},
-                                    {"STATIC_H": 1}, {"RESIDENT": 1, "STATIC_H": 1},
-                                    {"PREFETCH": 0, "BLOCK_B": 32, "K_STAGES": 1}, {"RESIDENT": 1, "BATCHED": 1},
-                                    {"RESIDENT": 1, "BATCHED": 1, "BLOCK_B": 32}, {"RESIDENT": 1, "X3": 1},
-                                    {"RESIDENT": 1, "X3": 1, "BATCHED": 1}])
+@pytest.mark.parametrize(
+    "launch",
+    [
+        {},
+        {"K_STAGES": 1},
+        {"BLOCK_B": 32, "KC": 32, "K_STAGES": 3},
+        {"STATIC_H": 1},
+        {"RESIDENT": 1, "STATIC_H": 1},
+        {"PREFETCH": 0, "BLOCK_B": 32, "K_STAGES": 1},
+        {"RESIDENT": 1, "BATCHED": 1},
+        {"RESIDENT": 1, "BATCHED": 1, "BLOCK_B": 32},
+        {"RESIDENT": 1, "X3": 1},
+        {"RESIDENT": 1, "X3": 1, "BATCHED": 1},
+    ],
+)
 def test_triton_over_several_chunks_and_tile_sizes(launch):
     """H = 40: the products take three chunks of 16 columns (default, the next chunk
     prefetched; or not) or two of 32, the last partly masked; 19 sequences fill part of
@@ -152,20 +175,35 @@ def test_launch_options_are_checked_and_restored():
     with pytest.raises(ValueError, match="'BLOCK_H'"):
         with triton_mlstm.launch_options(BLOCK_H=64):
             pass
-    for bad in (dict(SPLIT=3), dict(KC=8), dict(BLOCK_B=48), dict(num_warps=0), dict(K_STAGES=0),
-                dict(SPLIT=2.0), dict(SPLIT=True), dict(PREFETCH=3), dict(PREFETCH=True), dict(WAIT=2),
-                dict(WAIT=1.0)):
-        (name, value), = bad.items()
+    for bad in (
+        dict(SPLIT=3),
+        dict(KC=8),
+        dict(BLOCK_B=48),
+        dict(num_warps=0),
+        dict(K_STAGES=0),
+        dict(SPLIT=2.0),
+        dict(SPLIT=True),
+        dict(PREFETCH=3),
+        dict(PREFETCH=True),
+        dict(WAIT=2),
+        dict(WAIT=1.0),
+    ):
+        ((name, value),) = bad.items()
         with pytest.raises(ValueError, match=rf"{name} must be .* got {re.escape(repr(value))}"):
             with triton_mlstm.launch_options(**bad):
                 pass
-    with pytest.raises(ValueError, match=r"takes .* got \['BARRIERS'\]"):  # the one-barrier kernels are gone
+    with pytest.raises(
+        ValueError, match=r"takes .* got \['BARRIERS'\]"
+    ):  # the one-barrier kernels are gone
         with triton_mlstm.launch_options(BARRIERS=1):
             pass
     with triton_mlstm.launch_options(SPLIT=4, K_STAGES=3, PREFETCH=0, WAIT=0):  # valid ones pass
-        assert {k: triton_mlstm._launch(120)[k] for k in ("SPLIT", "K_STAGES", "PREFETCH", "WAIT")} == \
-            dict(SPLIT=4, K_STAGES=3, PREFETCH=0, WAIT=0)
-    with pytest.raises(ValueError, match="SPLIT=4 leaves fewer than 16 of the 32 padded hidden units"):
+        assert {
+            k: triton_mlstm._launch(120)[k] for k in ("SPLIT", "K_STAGES", "PREFETCH", "WAIT")
+        } == dict(SPLIT=4, K_STAGES=3, PREFETCH=0, WAIT=0)
+    with pytest.raises(
+        ValueError, match="SPLIT=4 leaves fewer than 16 of the 32 padded hidden units"
+    ):
         with triton_mlstm.launch_options(SPLIT=4):
             triton_mlstm._launch(20)
     default = triton_mlstm._launch(120)
@@ -184,6 +222,7 @@ def test_batched_backward_takes_the_gate_products_in_one_batched_product(product
     the gradient of m_t are four (times three in tf32x3) 2-D products chained on one
     accumulator; BATCHED=1 makes them products over (4, 16, 64) x (4, 64, 32), one per
     half of the units: the gates are the batch."""
+
     def products_of(**options):
         with triton_mlstm.launch_options(SPLIT=4, **options), triton_mlstm.dot_precision(products):
             ttgir = kernel_build.compile_for("backward", 120, 90, 240, 132).asm["ttgir"]
@@ -195,8 +234,16 @@ def test_batched_backward_takes_the_gate_products_in_one_batched_product(product
     assert batched == ["4x16x32"] * (2 * per_product) + ["16x32"] * per_product, batched
 
 
-@pytest.mark.parametrize("option, kernel", [("POLL", "forward"), ("POLL", "backward"), ("BATCHED", "backward"),
-                                            ("X3", "forward"), ("X3", "backward")])
+@pytest.mark.parametrize(
+    "option, kernel",
+    [
+        ("POLL", "forward"),
+        ("POLL", "backward"),
+        ("BATCHED", "backward"),
+        ("X3", "forward"),
+        ("X3", "backward"),
+    ],
+)
 def test_opt_in_variants_need_resident_weights(option, kernel):
     """POLL, BATCHED and X3 work on the kernels' resident weights: set where those are
     (H = 120, batch 240 on an H100: split 4), a ValueError naming what is set elsewhere;
@@ -222,7 +269,9 @@ def test_opt_in_variants_are_off_where_they_do_nothing():
         assert triton_mlstm._launch(120, 10_000, 132, "backward", h100)["POLL"] == 0
     with triton_mlstm.launch_options(BATCHED=1):
         assert triton_mlstm._launch(120, 240, 132, "forward", 0)["BATCHED"] == 0
-        with pytest.raises(ValueError, match="at least 32 padded hidden units, got RESIDENT=1 at H=12"):
+        with pytest.raises(
+            ValueError, match="at least 32 padded hidden units, got RESIDENT=1 at H=12"
+        ):
             triton_mlstm._launch(12, 240, 132, "backward", h100)
     for other in ("tf32", "ieee"):
         with triton_mlstm.launch_options(X3=1), triton_mlstm.dot_precision(other):
@@ -251,13 +300,17 @@ def test_tf32_split_rounds_to_nearest_tf32():
 
     rng = np.random.default_rng(0)
     values = rng.standard_normal(384) * 10.0 ** rng.integers(-30, 30, 384)
-    ties = (1 + np.arange(128) * 2.0 ** -10 + 2.0 ** -11) * 2.0 ** rng.integers(-20, 20, 128)  # 12th bit only
+    ties = (1 + np.arange(128) * 2.0**-10 + 2.0**-11) * 2.0 ** rng.integers(
+        -20, 20, 128
+    )  # 12th bit only
     x_np = np.concatenate([values, -values, ties, -ties]).astype(np.float32)
     x = torch.from_numpy(x_np).to(DEVICE)
     high, low = torch.empty_like(x), torch.empty_like(x)
     split[(1,)](x, high, low, N=1024)
     mantissa, exponent = np.frexp(x_np.astype(np.float64))
-    expected = np.sign(mantissa) * np.floor(np.abs(mantissa) * 2.0 ** 11 + 0.5) * 2.0 ** (exponent - 11)
+    expected = (
+        np.sign(mantissa) * np.floor(np.abs(mantissa) * 2.0**11 + 0.5) * 2.0 ** (exponent - 11)
+    )
     np.testing.assert_array_equal(high.cpu().numpy(), expected.astype(np.float32))
     np.testing.assert_array_equal(low.cpu().numpy(), (x_np - high.cpu().numpy()).astype(np.float32))
     assert (high.cpu().view(torch.int32) & 0x1FFF == 0).all()
@@ -270,10 +323,13 @@ def test_x3_takes_tf32_products_each_on_its_own_accumulator(kernel):
     tf32x3, which it lowers to TF32 products chained (at least one of each three takes
     another's result as its accumulator); with X3 all are
     TF32, three for each of the five, and none accumulates onto another's result."""
+
     def dots(stage, **options):
         with triton_mlstm.launch_options(**options):
             ir = kernel_build.compile_for(kernel, 120, 90, 240, 132).asm[stage]
-        return re.findall(r"(%[\w#]+) = tt\.dot %[\w#]+, %[\w#]+, (%[\w#]+)[^\n]*inputPrecision = (\w+)", ir)
+        return re.findall(
+            r"(%[\w#]+) = tt\.dot %[\w#]+, %[\w#]+, (%[\w#]+)[^\n]*inputPrecision = (\w+)", ir
+        )
 
     def chained(found):
         results = {result for result, _, _ in found}
@@ -301,10 +357,17 @@ def test_poll_marks_what_the_programs_exchange_as_unwritten(monkeypatch):
 
     unwritten_fill = triton_mlstm._unwritten
     monkeypatch.setattr(triton_mlstm, "_run", recording)
-    monkeypatch.setattr(triton_mlstm, "_unwritten", lambda *buffers: (filled.append(len(buffers)),
-                                                                      unwritten_fill(*buffers)))
-    monkeypatch.setattr(triton_mlstm, "_multiprocessors", lambda device: 132)  # 2 tiles of 16: split 2
-    monkeypatch.setattr(triton_mlstm, "_shared_memory", lambda device: kernel_build.SHARED_MEMORY[90])
+    monkeypatch.setattr(
+        triton_mlstm,
+        "_unwritten",
+        lambda *buffers: (filled.append(len(buffers)), unwritten_fill(*buffers)),
+    )
+    monkeypatch.setattr(
+        triton_mlstm, "_multiprocessors", lambda device: 132
+    )  # 2 tiles of 16: split 2
+    monkeypatch.setattr(
+        triton_mlstm, "_shared_memory", lambda device: kernel_build.SHARED_MEMORY[90]
+    )
     layer = MLSTM(3, 40).cells[0]
     x, h0 = torch.randn(4, 32, 3), torch.randn(32, 40)
     unwritten = triton_mlstm.triton_kernels.UNWRITTEN.value
@@ -312,8 +375,16 @@ def test_poll_marks_what_the_programs_exchange_as_unwritten(monkeypatch):
     def run(poll):
         filled.clear()
         with triton_mlstm.launch_options(POLL=poll):
-            hs, _ = triton_mlstm.TritonMLSTM.apply(x, layer.weight_ih, layer.bias_ih, h0, h0, layer.weight_hm,
-                                                   layer.bias_mh, layer.weight_mh)
+            hs, _ = triton_mlstm.TritonMLSTM.apply(
+                x,
+                layer.weight_ih,
+                layer.bias_ih,
+                h0,
+                h0,
+                layer.weight_hm,
+                layer.bias_mh,
+                layer.weight_mh,
+            )
         hs.sum().backward()
         return list(filled)
 
@@ -331,11 +402,15 @@ def test_each_kernel_takes_its_own_launch_options():
     with pytest.raises(ValueError, match=r"launch_options\(backward=...\): SPLIT must be .* got 3"):
         with triton_mlstm.launch_options(backward=dict(SPLIT=3)):
             pass
-    with pytest.raises(ValueError, match=r"launch_options\(forward=...\) takes .* got \['BLOCK_H'\]"):
+    with pytest.raises(
+        ValueError, match=r"launch_options\(forward=...\) takes .* got \['BLOCK_H'\]"
+    ):
         with triton_mlstm.launch_options(forward=dict(BLOCK_H=64)):
             pass
     for bad in (1, 0, [("SPLIT", 2)]):
-        with pytest.raises(ValueError, match=re.escape(f"forward must be a dict of options, got {bad!r}")):
+        with pytest.raises(
+            ValueError, match=re.escape(f"forward must be a dict of options, got {bad!r}")
+        ):
             with triton_mlstm.launch_options(forward=bad):
                 pass
     before = triton_mlstm.overrides_key()
@@ -344,7 +419,9 @@ def test_each_kernel_takes_its_own_launch_options():
         launch = triton_mlstm._launch(120, 240, 132, kernel)
         return tuple(launch[name] for name in names)
 
-    with triton_mlstm.launch_options(K_STAGES=3, forward=dict(PREFETCH=0), backward=dict(K_STAGES=1, SPLIT=4)):
+    with triton_mlstm.launch_options(
+        K_STAGES=3, forward=dict(PREFETCH=0), backward=dict(K_STAGES=1, SPLIT=4)
+    ):
         assert options("forward", "PREFETCH", "K_STAGES", "SPLIT") == (0, 3, 4)
         assert options("backward", "PREFETCH", "K_STAGES", "SPLIT") == (1, 1, 4)
         with triton_mlstm.launch_options(K_STAGES=2, backward=dict(PREFETCH=0)):  # inner over outer
@@ -382,9 +459,13 @@ def test_triton_refuses_what_it_cannot_run():
         layer.double()(torch.randn(2, 3, 3, dtype=torch.double, device=DEVICE))
     with pytest.raises(ValueError, match="no layer normalisation"):
         MLSTM(3, 4, layer_norm=True, implementation="triton")
-    zeros = torch.zeros(2, 4, device=DEVICE)  # the layer refuses no steps too; the function on its own:
+    zeros = torch.zeros(
+        2, 4, device=DEVICE
+    )  # the layer refuses no steps too; the function on its own:
     with pytest.raises(ValueError, match=r"at least one time step, got x of shape \(0, 2, 3\)"):
-        triton_mlstm.layer(layer.float().to(DEVICE).cells[0], torch.randn(0, 2, 3, device=DEVICE), zeros, zeros)
+        triton_mlstm.layer(
+            layer.float().to(DEVICE).cells[0], torch.randn(0, 2, 3, device=DEVICE), zeros, zeros
+        )
 
 
 def test_auto_uses_triton_only_on_cuda_float32(monkeypatch):
@@ -392,7 +473,9 @@ def test_auto_uses_triton_only_on_cuda_float32(monkeypatch):
     x = torch.randn(2, 3, 3)
     assert layer._layer_function(x.transpose(0, 1)) is fused.layer
     if DEVICE == "cuda":
-        assert layer._layer_function(x.cuda().transpose(0, 1)) is triton_mlstm.checked_layer_or_fused
+        assert (
+            layer._layer_function(x.cuda().transpose(0, 1)) is triton_mlstm.checked_layer_or_fused
+        )
 
 
 @sm90
@@ -408,19 +491,28 @@ def test_kernels_fit_an_h100():
     of the kernels asked for 664 KiB and spilled about 20 KB per thread."""
     both = (120, triton_mlstm.MAX_AUTO_HIDDEN)
     before = {"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0, "SPLIT": 8}  # the defaults before run 9
-    configurations = [({}, 240, both, "tf32x3"), ({}, 10_000, both, "tf32x3"),  # the defaults
-                      ({}, 240, (64, 32), "tf32x3"),
-                      (before, 240, both, "tf32x3"),  # the variants the sweep times
-                      ({"RESIDENT": 1, "PREFETCH": 0, "SPLIT": 8}, 240, (120,), "tf32x3"),
-                      ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
-                      ({"X3": 1, "BATCHED": 1, "POLL": 1}, 240, (120,), "tf32x3"),
-                      ({}, 240, (120,), "tf32"), ({}, 1024, (120,), "tf32")]  # split 8; split 2 resident
+    configurations = [
+        ({}, 240, both, "tf32x3"),
+        ({}, 10_000, both, "tf32x3"),  # the defaults
+        ({}, 240, (64, 32), "tf32x3"),
+        (before, 240, both, "tf32x3"),  # the variants the sweep times
+        ({"RESIDENT": 1, "PREFETCH": 0, "SPLIT": 8}, 240, (120,), "tf32x3"),
+        ({"RESIDENT": 0}, 240, (120,), "tf32x3"),
+        ({"X3": 1, "BATCHED": 1, "POLL": 1}, 240, (120,), "tf32x3"),
+        ({}, 240, (120,), "tf32"),
+        ({}, 1024, (120,), "tf32"),
+    ]  # split 8; split 2 resident
     usage = {}
     for options, batch, sizes, precision in configurations:
         with triton_mlstm.launch_options(**options), triton_mlstm.dot_precision(precision):
             for H in sizes:
-                usage[H, batch, f"{options} {precision}"] = kernel_build.resource_usage(H, 90, batch, 132)
-    assert triton_mlstm._launch(120, 240, 132)["SPLIT"] == 4 and triton_mlstm._launch(120, 10_000, 132)["SPLIT"] == 1
+                usage[H, batch, f"{options} {precision}"] = kernel_build.resource_usage(
+                    H, 90, batch, 132
+                )
+    assert (
+        triton_mlstm._launch(120, 240, 132)["SPLIT"] == 4
+        and triton_mlstm._launch(120, 10_000, 132)["SPLIT"] == 1
+    )
     for (H, batch, label), kernels_usage in usage.items():
         for kernel, resources in kernels_usage.items():
             assert resources["shared"] <= 227 * 1024, (H, kernel, resources)
@@ -438,8 +530,14 @@ def test_split_gives_every_program_a_multiprocessor():
         for block_h in (16, 32, 64, 128, 256):
             for tiles in (1, 2, 15, 16, 33, 66, 67, 132, 500):
                 for multiprocessors in (0, 1, 108, 132):
-                    fits = [s for s in (2, 4, 8, 16, 32) if block_h // s >= fewest and tiles * s <= multiprocessors]
-                    assert triton_mlstm._split(block_h, tiles, multiprocessors, fewest) == max([1] + fits)
+                    fits = [
+                        s
+                        for s in (2, 4, 8, 16, 32)
+                        if block_h // s >= fewest and tiles * s <= multiprocessors
+                    ]
+                    assert triton_mlstm._split(block_h, tiles, multiprocessors, fewest) == max(
+                        [1] + fits
+                    )
     splits = {}
     for products in ("tf32x3", "ieee", "tf32"):
         with triton_mlstm.dot_precision(products):
@@ -463,9 +561,20 @@ def test_weights_are_resident_by_default_where_they_fit():
                 for B in (19, 240, 1024, 10_000):
                     for shared_memory in (0, 101376, a100, h100):
                         launch = triton_mlstm._launch(H, B, 132, "forward", shared_memory)
-                        need = copies * 5 * launch["BLOCK_H"] * (launch["BLOCK_H"] // launch["SPLIT"]) * 4 + 16384
-                        assert launch["RESIDENT"] == int(H <= 128 and need <= shared_memory), \
-                            (products, H, B, shared_memory)
+                        need = (
+                            copies
+                            * 5
+                            * launch["BLOCK_H"]
+                            * (launch["BLOCK_H"] // launch["SPLIT"])
+                            * 4
+                            + 16384
+                        )
+                        assert launch["RESIDENT"] == int(H <= 128 and need <= shared_memory), (
+                            products,
+                            H,
+                            B,
+                            shared_memory,
+                        )
     assert resident(120, 240, h100) == 1 and resident(120, 240, a100) == 0  # split 4: 176 KiB
     assert resident(120, 1024, h100) == 0  # split 2: 336 KiB
     assert resident(120, 240, h100, RESIDENT=0) == 0 and resident(120, 240, 0, RESIDENT=1) == 1
@@ -474,8 +583,10 @@ def test_weights_are_resident_by_default_where_they_fit():
 
 
 @sm90
-@pytest.mark.parametrize("hidden, split, products", [(120, 4, "tf32x3"), (64, 1, "tf32x3"), (120, 8, "tf32"),
-                                                     (120, 2, "tf32")])
+@pytest.mark.parametrize(
+    "hidden, split, products",
+    [(120, 4, "tf32x3"), (64, 1, "tf32x3"), (120, 8, "tf32"), (120, 2, "tf32")],
+)
 def test_resident_weights_take_what_resident_bytes_says(hidden, split, products):
     """Compiled for sm_90 with the weights resident, neither kernel asks for more shared
     memory than :func:`resident_bytes` (the default's rule) says in that precision, nor
@@ -486,7 +597,11 @@ def test_resident_weights_take_what_resident_bytes_says(hidden, split, products)
     block_h = max(16, triton_mlstm.triton.next_power_of_2(hidden))
     estimate = triton_mlstm.resident_bytes(block_h, block_h // split, products)
     for kernel, resources in usage.items():
-        assert 5 * block_h * block_h // split * 4 <= resources["shared"] <= estimate, (kernel, resources, estimate)
+        assert 5 * block_h * block_h // split * 4 <= resources["shared"] <= estimate, (
+            kernel,
+            resources,
+            estimate,
+        )
 
 
 #: the kernels' variants the split tests run
@@ -494,19 +609,27 @@ VARIANTS = ({}, {"STATIC_H": 0}, {"RESIDENT": 1, "STATIC_H": 0}, {"RESIDENT": 1}
 #: the opt-in variants not yet timed on a GPU: polling instead of barriers, the backward's
 #: gate products batched, tf32x3 by hand (X3: in the interpreter its TF32 products are fp32,
 #: so its split is checked on a GPU)
-OPT_IN = ({"RESIDENT": 1, "POLL": 1}, {"RESIDENT": 1, "BATCHED": 1, "POLL": 1}, {"RESIDENT": 1, "X3": 1},
-          {"RESIDENT": 1, "X3": 1, "BATCHED": 1, "POLL": 1})
+OPT_IN = (
+    {"RESIDENT": 1, "POLL": 1},
+    {"RESIDENT": 1, "BATCHED": 1, "POLL": 1},
+    {"RESIDENT": 1, "X3": 1},
+    {"RESIDENT": 1, "X3": 1, "BATCHED": 1, "POLL": 1},
+)
 #: the inputs loaded in their step, not a step ahead (H an argument, the weights re-read; and
 #: the weights resident)
 UNPREFETCHED = ({"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0}, {"PREFETCH": 0, "RESIDENT": 1})
 #: forward and backward kernels launched differently in one layer: the forward's weights
 #: resident, the backward's not; and a forward unsplit with a backward split, H an argument
-MIXED = ({"forward": {"RESIDENT": 1}, "backward": {"RESIDENT": 0}},
-         {"forward": {"SPLIT": 1}, "backward": {"STATIC_H": 0}})
+MIXED = (
+    {"forward": {"RESIDENT": 1}, "backward": {"RESIDENT": 0}},
+    {"forward": {"SPLIT": 1}, "backward": {"STATIC_H": 0}},
+)
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="compiled on a GPU; in the interpreter, "
-                                             "test_split_kernels_in_the_interpreter")
+@pytest.mark.skipif(
+    DEVICE != "cuda",
+    reason="compiled on a GPU; in the interpreter, test_split_kernels_in_the_interpreter",
+)
 @pytest.mark.parametrize("hidden, split", [(120, 8), (120, 2), (40, 4), (256, 16)])
 @pytest.mark.parametrize("variant", VARIANTS + MIXED + UNPREFETCHED + OPT_IN)
 def test_split_kernels_equal_reference(hidden, split, variant):
@@ -519,11 +642,16 @@ def test_split_kernels_equal_reference(hidden, split, variant):
     if variant.get("RESIDENT"):  # the weights a program needs must fit in its shared memory
         major, minor = torch.cuda.get_device_capability()
         with triton_mlstm.launch_options(SPLIT=split, **variant):
-            needs = max(r["shared"] for r in kernel_build.resource_usage(hidden, 10 * major + minor, 19).values())
+            needs = max(
+                r["shared"]
+                for r in kernel_build.resource_usage(hidden, 10 * major + minor, 19).values()
+            )
         limit = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
         if needs > limit:
-            pytest.skip(f"resident weights at H = {hidden}, split {split}: {needs} B of shared memory, "
-                        f"more than the {limit} B a block may have")
+            pytest.skip(
+                f"resident weights at H = {hidden}, split {split}: {needs} B of shared memory, "
+                f"more than the {limit} B a block may have"
+            )
     torch.manual_seed(3)
     layer = MLSTM(7, hidden, batch_first=False).to(DEVICE)
     x = torch.randn(5, 19, 7, device=DEVICE)
@@ -551,8 +679,10 @@ def programs_at_once():
     ids = threading.local()
 
     class ThreadedBuilder(type(builder)):
-        grid_idx = property(lambda self: getattr(ids, "grid_idx", None),
-                            lambda self, value: setattr(ids, "grid_idx", value))
+        grid_idx = property(
+            lambda self: getattr(ids, "grid_idx", None),
+            lambda self, value: setattr(ids, "grid_idx", value),
+        )
 
         def create_masked_load(self, *args, **kwargs):  # some programs' loads lag: races show
             if getattr(ids, "lag", None) is not None and ids.lag.random() < 0.1:
@@ -587,7 +717,9 @@ def programs_at_once():
                 run_all()
 
         # the interpreter reads the kernel's signature and its module's globals (triton.language)
-        stand_in = types.FunctionType(collect.__code__, kernel.__globals__, kernel.__name__, None, collect.__closure__)
+        stand_in = types.FunctionType(
+            collect.__code__, kernel.__globals__, kernel.__name__, None, collect.__closure__
+        )
         stand_in.__signature__ = inspect.signature(kernel)
         executor.fn = stand_in
         try:
@@ -607,10 +739,15 @@ def programs_at_once():
         sys.setswitchinterval(switch)
 
 
-@pytest.mark.skipif(not INTERPRETED, reason="runs the split kernels' programs as threads in Triton's interpreter")
-@pytest.mark.parametrize("split, variant", [(split, variant) for variant in VARIANTS for split in (2, 4)]
-                         + [(2, variant) for variant in MIXED + UNPREFETCHED]  # these at one split
-                         + [(4, variant) for variant in OPT_IN if variant != {"RESIDENT": 1, "X3": 1}])
+@pytest.mark.skipif(
+    not INTERPRETED, reason="runs the split kernels' programs as threads in Triton's interpreter"
+)
+@pytest.mark.parametrize(
+    "split, variant",
+    [(split, variant) for variant in VARIANTS for split in (2, 4)]
+    + [(2, variant) for variant in MIXED + UNPREFETCHED]  # these at one split
+    + [(4, variant) for variant in OPT_IN if variant != {"RESIDENT": 1, "X3": 1}],
+)
 def test_split_kernels_in_the_interpreter(split, variant):
     """The split kernels (hidden units across programs that meet at barriers) on the CPU,
     their programs run at once as threads (:func:`programs_at_once`): outputs and every
@@ -632,8 +769,11 @@ def test_precision_follows_pytorchs_float32_matmul_setting(monkeypatch):
     'medium'; a dot_precision block wins, and the backward launches in its forward's
     precision (recorded at the launches; the kernels themselves are not run here)."""
     launched = []
-    monkeypatch.setattr(triton_mlstm, "_run", lambda name, launch, *args, **flags:
-                        launched.append((name, flags["PRECISION"])))
+    monkeypatch.setattr(
+        triton_mlstm,
+        "_run",
+        lambda name, launch, *args, **flags: launched.append((name, flags["PRECISION"])),
+    )
     layer = MLSTM(3, 16).cells[0]
     x, state = torch.randn(2, 5, 3), torch.zeros(5, 16)
 
@@ -641,8 +781,16 @@ def test_precision_follows_pytorchs_float32_matmul_setting(monkeypatch):
         monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: setting)
         launched.clear()
         with triton_mlstm.dot_precision(block) if block else contextlib.nullcontext():
-            hs, _ = triton_mlstm.TritonMLSTM.apply(x, layer.weight_ih, layer.bias_ih, state, state, layer.weight_hm,
-                                                   layer.bias_mh, layer.weight_mh)
+            hs, _ = triton_mlstm.TritonMLSTM.apply(
+                x,
+                layer.weight_ih,
+                layer.bias_ih,
+                state,
+                state,
+                layer.weight_hm,
+                layer.bias_mh,
+                layer.weight_mh,
+            )
         monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
         hs.sum().backward()
         return launched
@@ -691,8 +839,13 @@ def _kernel_failing_backward(cell, x_tm, h, c):
     return _FailingBackward.apply(hs), cs
 
 
-@pytest.mark.parametrize("kernel, reason", [(_wrong_kernel, "differ from the fused path by"),
-                                            (_kernel_failing_backward, "RuntimeError: out of resource")])
+@pytest.mark.parametrize(
+    "kernel, reason",
+    [
+        (_wrong_kernel, "differ from the fused path by"),
+        (_kernel_failing_backward, "RuntimeError: out of resource"),
+    ],
+)
 def test_auto_falls_back_to_fused_when_the_kernels_fail_their_check(monkeypatch, kernel, reason):
     """'auto' on a GPU runs the kernels through triton_mlstm.check first; a kernel that computes
     wrongly, or whose backward fails, is not used: one warning, then the fused path."""
@@ -712,7 +865,9 @@ def test_auto_falls_back_to_fused_when_the_kernels_fail_their_check(monkeypatch,
     (verdict,) = triton_mlstm.verdicts.values()
     assert reason in verdict
     if kernel is _wrong_kernel:  # its states are 1% off: at least 1% of some tensor's largest value
-        assert float(re.search(r"by ([0-9.e+-]+) of", verdict).group(1)) >= 1e-2 * (1 - 1e-6), verdict
+        assert float(re.search(r"by ([0-9.e+-]+) of", verdict).group(1)) >= 1e-2 * (1 - 1e-6), (
+            verdict
+        )
 
 
 def test_auto_uses_kernels_that_pass_their_check(monkeypatch):
@@ -730,8 +885,14 @@ def test_auto_uses_kernels_that_pass_their_check(monkeypatch):
         warnings.simplefilter("error")
         triton_mlstm.checked_layer_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
         triton_mlstm.checked_layer_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
-        assert calls == [(3, 19, 5), (4, 7, 5), (4, 7, 5)]  # the check's problem once, then each call
-        with triton_mlstm.launch_options(PREFETCH=0):  # other kernels: checked before their first use
+        assert calls == [
+            (3, 19, 5),
+            (4, 7, 5),
+            (4, 7, 5),
+        ]  # the check's problem once, then each call
+        with triton_mlstm.launch_options(
+            PREFETCH=0
+        ):  # other kernels: checked before their first use
             triton_mlstm.checked_layer_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
         triton_mlstm.checked_layer_or_fused(cell, x, torch.zeros(7, 12), torch.zeros(7, 12))
     assert calls[3:] == [(3, 19, 5), (4, 7, 5), (4, 7, 5)]
@@ -744,11 +905,17 @@ def test_kernels_index_with_int32_only_where_it_reaches():
 
 
 @sm90
-@pytest.mark.parametrize("kernel, flags", [("forward", {"HAS_B_MH": False}),
-                                           ("backward", {"HAS_GRAD_HS": False}),
-                                           ("backward", {"HAS_GRAD_CS": False})])
-@pytest.mark.parametrize("launch", [{}, {"WAIT": 0}, {"PREFETCH": 0},
-                                    {"POLL": 1, "BATCHED": 1, "X3": 1}])
+@pytest.mark.parametrize(
+    "kernel, flags",
+    [
+        ("forward", {"HAS_B_MH": False}),
+        ("backward", {"HAS_GRAD_HS": False}),
+        ("backward", {"HAS_GRAD_CS": False}),
+    ],
+)
+@pytest.mark.parametrize(
+    "launch", [{}, {"WAIT": 0}, {"PREFETCH": 0}, {"POLL": 1, "BATCHED": 1, "X3": 1}]
+)
 def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
     """The interpreter runs every branch as Python; here each variant (an optional input
     absent; the timing-only barrier that does not wait; the inputs
@@ -761,11 +928,16 @@ def test_every_variant_of_the_kernels_compiles_for_sm90(kernel, flags, launch):
         compiled = kernel_build.compile_for(kernel, 64, 90, 32, 132, **flags)  # split 2
     assert compiled.asm["cubin"] and compiled.metadata.shared <= 227 * 1024
     ptx = compiled.asm["ptx"]
-    barrier = (re.search(r"(?:red|atom)\.global\.gpu\.release\.add", ptx)  # red: Triton 3.9; atom: 3.6
-               and re.search(r"ld\.global\.gpu\.acquire", ptx))
-    assert bool(barrier) == (launch.get("WAIT", 1) == 1 and not launch.get("POLL")), \
+    barrier = (
+        re.search(r"(?:red|atom)\.global\.gpu\.release\.add", ptx)  # red: Triton 3.9; atom: 3.6
+        and re.search(r"ld\.global\.gpu\.acquire", ptx)
+    )
+    assert bool(barrier) == (launch.get("WAIT", 1) == 1 and not launch.get("POLL")), (
         "the programs wait at the barriers unless WAIT=0 or POLL=1"
-    assert not launch.get("POLL") or not re.search(r"\b(?:atom|red)\.", ptx), "POLL: no atomics at all"
+    )
+    assert not launch.get("POLL") or not re.search(r"\b(?:atom|red)\.", ptx), (
+        "POLL: no atomics at all"
+    )
     polls = re.findall(r"ld\.volatile\.global(?:\.[a-z0-9]+)*", ptx)
     assert set(polls) == ({"ld.volatile.global.v4.b32"} if launch.get("POLL") else set()), polls
 
@@ -777,11 +949,14 @@ def test_static_hidden_size_gives_16_byte_accesses():
     bytes. Compiled in (STATIC_H=1, the default), the chunk copies become 16-byte
     ``cp.async.cg`` and the state loads and stores vectors; at H = 128 the launcher's
     specialisation gives that already."""
+
     def accesses(H, **options):
         with triton_mlstm.launch_options(RESIDENT=0, **options):
             ptx = kernel_build.compile_for("forward", H, 90, 240, 132).asm["ptx"]
-        return (len(re.findall(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx)),
-                len(re.findall(r"\b(?:ld|st)\.global(?:\.[a-z]+)*\.v[24]\.", ptx)))
+        return (
+            len(re.findall(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx)),
+            len(re.findall(r"\b(?:ld|st)\.global(?:\.[a-z]+)*\.v[24]\.", ptx)),
+        )
 
     runtime, static, multiple = accesses(120, STATIC_H=0), accesses(120), accesses(128, STATIC_H=0)
     assert runtime == (0, 0), runtime
@@ -796,11 +971,14 @@ def test_prefetch_carries_the_next_steps_inputs_across_the_time_loop():
     iteration to the next: the forward's five input projections, the backward's upstream
     gradients, gates, tanh c_t and c_{t-1} and m_t's two factors."""
     carried = {"forward": 5, "backward": 10}
+
     def carried_tensors(kernel, **options):
         with triton_mlstm.launch_options(RESIDENT=0, **options):
             ttir = kernel_build.compile_for(kernel, 120, 90, 240, 132).asm["ttir"]
         time_loop = re.search(r"scf\.for [^\n]* -> \(([^)]*)\)", ttir).group(1)
         return time_loop.count("tensor<")
 
-    counts = {kernel: (carried_tensors(kernel, PREFETCH=0), carried_tensors(kernel)) for kernel in carried}
+    counts = {
+        kernel: (carried_tensors(kernel, PREFETCH=0), carried_tensors(kernel)) for kernel in carried
+    }
     assert {kernel: after - before for kernel, (before, after) in counts.items()} == carried, counts

@@ -18,7 +18,13 @@ from mlstm4reco.datasets.movielens import get_movielens_dataset
 from mlstm4reco.datasets.synthetic import get_synthetic_dataset
 from mlstm4reco.interactions import Interactions
 
-__all__ = ["DATASETS", "get_dataset", "get_amazon_dataset", "get_movielens_dataset", "get_synthetic_dataset"]
+__all__ = [
+    "DATASETS",
+    "get_dataset",
+    "get_amazon_dataset",
+    "get_movielens_dataset",
+    "get_synthetic_dataset",
+]
 
 
 def _movielens(variant: str) -> Callable[..., Interactions]:

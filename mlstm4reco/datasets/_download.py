@@ -85,7 +85,9 @@ def find_or_download(filename: str, url: str, md5: str | None, data_dir=None) ->
             return candidate
         if candidate.exists():  # a folder of that name: not downloaded over, nor passed by
             kind = "a folder" if candidate.is_dir() else "not a regular file"
-            raise ValueError(f"{candidate}: {kind}, where the file {filename} was looked for; "
-                             f"put the file itself there (or remove it to download {filename})")
+            raise ValueError(
+                f"{candidate}: {kind}, where the file {filename} was looked for; "
+                f"put the file itself there (or remove it to download {filename})"
+            )
     target = pathlib.Path(data_dir) if data_dir is not None else cache_dir()
     return download(url, target / filename, md5)

@@ -40,9 +40,12 @@ def parse_amazon_meta(path) -> dict[str, np.ndarray]:
     items, users, ratings, dates = [], [], [], []
     customers: dict[bytes, int] = {}
     product = None
-    with open(path, "rb") as raw, tqdm(
-        total=os.path.getsize(path), unit="B", unit_scale=True, desc=f"parsing {path.name}"
-    ) as bar:
+    with (
+        open(path, "rb") as raw,
+        tqdm(
+            total=os.path.getsize(path), unit="B", unit_scale=True, desc=f"parsing {path.name}"
+        ) as bar,
+    ):
         lines = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
         for number, line in enumerate(lines, start=1):
             if number % 100_000 == 0:

@@ -25,9 +25,15 @@ class Variant:
 
 
 VARIANTS = {
-    "100K": Variant("ml-100k.zip", "ml-100k/u.data", "\t", "0e33842e24a9c977be4e0107933c0723", 100_000),
-    "1M": Variant("ml-1m.zip", "ml-1m/ratings.dat", "::", "c4d9eecfca2ab87c1945afe126590906", 1_000_209),
-    "10M": Variant("ml-10m.zip", "ml-10M100K/ratings.dat", "::", "ce571fd55effeba0271552578f2648bd", 10_000_054),
+    "100K": Variant(
+        "ml-100k.zip", "ml-100k/u.data", "\t", "0e33842e24a9c977be4e0107933c0723", 100_000
+    ),
+    "1M": Variant(
+        "ml-1m.zip", "ml-1m/ratings.dat", "::", "c4d9eecfca2ab87c1945afe126590906", 1_000_209
+    ),
+    "10M": Variant(
+        "ml-10m.zip", "ml-10M100K/ratings.dat", "::", "ce571fd55effeba0271552578f2648bd", 10_000_054
+    ),
 }
 
 

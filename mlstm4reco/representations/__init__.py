@@ -25,12 +25,33 @@ from mlstm4reco.representations.base import (
 from mlstm4reco.representations.cnn import NONLINEARITIES, CNNNet
 from mlstm4reco.representations.mixture import MixtureLSTMNet, MixtureMLSTMNet
 from mlstm4reco.representations.pooling import PoolNet
-from mlstm4reco.representations.recurrent import STATES, GRUNet, LSTMNet, MLSTMNet, recurrent_leaves_autocast
+from mlstm4reco.representations.recurrent import (
+    STATES,
+    GRUNet,
+    LSTMNet,
+    MLSTMNet,
+    recurrent_leaves_autocast,
+)
 
 __all__ = [
-    "PADDING_IDX", "SequenceRepresentation", "ScoresItems", "ScaledEmbedding", "ZeroEmbedding", "SequenceNet",
-    "LSTMNet", "GRUNet", "MLSTMNet", "PoolNet", "CNNNet", "MixtureLSTMNet", "MixtureMLSTMNet",
-    "recurrent_leaves_autocast", "check_item_sequences", "NONLINEARITIES", "STATES", "REPRESENTATIONS",
+    "PADDING_IDX",
+    "SequenceRepresentation",
+    "ScoresItems",
+    "ScaledEmbedding",
+    "ZeroEmbedding",
+    "SequenceNet",
+    "LSTMNet",
+    "GRUNet",
+    "MLSTMNet",
+    "PoolNet",
+    "CNNNet",
+    "MixtureLSTMNet",
+    "MixtureMLSTMNet",
+    "recurrent_leaves_autocast",
+    "check_item_sequences",
+    "NONLINEARITIES",
+    "STATES",
+    "REPRESENTATIONS",
 ]
 
 REPRESENTATIONS = {

@@ -21,8 +21,15 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["PADDING_IDX", "SequenceRepresentation", "ScoresItems", "ScaledEmbedding", "ZeroEmbedding",
-           "SequenceNet", "check_item_sequences"]
+__all__ = [
+    "PADDING_IDX",
+    "SequenceRepresentation",
+    "ScoresItems",
+    "ScaledEmbedding",
+    "ZeroEmbedding",
+    "SequenceNet",
+    "check_item_sequences",
+]
 
 PADDING_IDX = 0
 
@@ -32,7 +39,9 @@ class SequenceRepresentation(Protocol):
     """The contract of a representation (Spotlight's, by convention): what
     ``ImplicitSequenceModel`` needs of any net, here's or real Spotlight's."""
 
-    def user_representation(self, item_sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def user_representation(
+        self, item_sequences: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) item ids -> (B, D, T) states (position t has seen the items before t)
         and (B, D) final states (seen all T)."""
 
@@ -146,8 +155,10 @@ class SequenceNet(nn.Module):
             )
         self.item_embeddings = item_embedding_layer
         self.item_biases = ZeroEmbedding(num_items, 1, sparse=sparse, padding_idx=PADDING_IDX)
-        self.output_embeddings = None if tie_embeddings else ScaledEmbedding(
-            num_items, embedding_dim, padding_idx=PADDING_IDX, sparse=sparse
+        self.output_embeddings = (
+            None
+            if tie_embeddings
+            else ScaledEmbedding(num_items, embedding_dim, padding_idx=PADDING_IDX, sparse=sparse)
         )
         self.dropout = nn.Dropout(dropout)
 
@@ -210,4 +221,3 @@ class SequenceNet(nn.Module):
         """The states of ``user_representation``'s first output, one per position:
         (B, D, T) -> (B, T, D), the input of :meth:`score_items`."""
         return all_representations.transpose(1, 2)
-

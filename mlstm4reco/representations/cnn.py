@@ -62,7 +62,9 @@ class CNNNet(SequenceNet):
                 f"got num_layers={num_layers}, kernel_width={kernel_width}, dilation={dilation}"
             )
         if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {nonlinearity!r}")
+            raise ValueError(
+                f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {nonlinearity!r}"
+            )
         self.dilations = dilations
         self.kernel_width = kernel_width
         self.nonlinearity = nonlinearity
@@ -72,7 +74,10 @@ class CNNNet(SequenceNet):
         )
 
     def extra_repr(self) -> str:
-        return f"dilations={self.dilations}, nonlinearity={self.nonlinearity!r}, residual={self.residual}"
+        return (
+            f"dilations={self.dilations}, nonlinearity={self.nonlinearity!r}, "
+            f"residual={self.residual}"
+        )
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
         x = self._embed(item_sequences).transpose(1, 2)  # (B, D, T)

@@ -85,8 +85,15 @@ class MixtureLSTMNet(_MixtureHead, LSTMNet):
         Number of tastes k (4 in Kula 2017).
     """
 
-    def __init__(self, num_items: int, embedding_dim: int = 32, item_embedding_layer=None,
-                 sparse: bool = False, num_components: int = 4, **options) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        item_embedding_layer=None,
+        sparse: bool = False,
+        num_components: int = 4,
+        **options,
+    ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
         self._init_mixture(num_components)
 
@@ -102,7 +109,14 @@ class MixtureMLSTMNet(_MixtureHead, MLSTMNet):
         As :class:`~mlstm4reco.representations.MLSTMNet`.
     """
 
-    def __init__(self, num_items: int, embedding_dim: int = 32, item_embedding_layer=None,
-                 sparse: bool = False, num_components: int = 4, **mlstm_options) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        item_embedding_layer=None,
+        sparse: bool = False,
+        num_components: int = 4,
+        **mlstm_options,
+    ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **mlstm_options)
         self._init_mixture(num_components)

@@ -48,7 +48,11 @@ class LSTMNet(SequenceNet):
     ) -> None:
         super().__init__(num_items, embedding_dim, item_embedding_layer, sparse, **options)
         name, module = self._recurrent
-        setattr(self, name, module(embedding_dim, embedding_dim, num_layers=num_layers, batch_first=True))
+        setattr(
+            self,
+            name,
+            module(embedding_dim, embedding_dim, num_layers=num_layers, batch_first=True),
+        )
 
     def _states(self, item_sequences: torch.Tensor) -> torch.Tensor:
         embeddings = self._embed(item_sequences)  # (B, T, D)

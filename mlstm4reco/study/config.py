@@ -48,8 +48,13 @@ DATASETS = tuple(datasets.DATASETS)
 INTEGER_ARGUMENTS = ("batch_size", "n_iter", "embedding_dim", "num_negative_samples")
 DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "qloguniform", "choice")
 PROTOCOL_KEYS = {
-    "seed", "test_percentage", "valid_percentage", "max_sequence_length",
-    "min_sequence_length", "step_size", "exclude_preceding",
+    "seed",
+    "test_percentage",
+    "valid_percentage",
+    "max_sequence_length",
+    "min_sequence_length",
+    "step_size",
+    "exclude_preceding",
 }
 RUNNER_SETS = ("random_state", "device", "use_cuda", "optimizer_func")
 """ImplicitSequenceModel arguments the runner sets (seed, --device) or YAML cannot give."""
@@ -84,8 +89,10 @@ def check_plain_name(value, where: str) -> str:
     """``value`` if it can name a file or folder inside another (no separator, no ``..``,
     not absolute, not hidden); else a UserError."""
     if not isinstance(value, str) or not _PLAIN_NAME.match(value) or ".." in value:
-        raise UserError(f"{where} must be a plain name (letters, digits and _ . + = -, no path "
-                        f"separators or '..'), got {value!r}")
+        raise UserError(
+            f"{where} must be a plain name (letters, digits and _ . + = -, no path "
+            f"separators or '..'), got {value!r}"
+        )
     return value
 
 
@@ -99,7 +106,11 @@ class _NoAliasLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.composer.ComposerError(
-                None, None, "YAML aliases (*name) are not accepted in configs; write the value out", mark)
+                None,
+                None,
+                "YAML aliases (*name) are not accepted in configs; write the value out",
+                mark,
+            )
         return super().compose_node(parent, index)
 
 
@@ -140,7 +151,9 @@ def _check_protocol(protocol, where: str) -> None:
     if not isinstance(protocol, dict):
         raise UserError(f"{where}: protocol must be a mapping, got {protocol!r}")
     if set(protocol) != PROTOCOL_KEYS:
-        raise UserError(f"{where}: protocol needs exactly {sorted(PROTOCOL_KEYS)}, got {sorted(protocol)}")
+        raise UserError(
+            f"{where}: protocol needs exactly {sorted(PROTOCOL_KEYS)}, got {sorted(protocol)}"
+        )
     seed = protocol["seed"]
     if not _is_int(seed) or not 0 <= seed < 2**32:
         raise UserError(f"{where}: protocol.seed must be an integer in [0, 2**32), got {seed!r}")
@@ -150,22 +163,30 @@ def _check_protocol(protocol, where: str) -> None:
             raise UserError(f"{where}: protocol.{name} must be a number in (0, 1), got {value!r}")
     for name in ("max_sequence_length", "step_size"):
         if not _is_int(protocol[name]) or protocol[name] < 1:
-            raise UserError(f"{where}: protocol.{name} must be a positive integer, got {protocol[name]!r}")
+            raise UserError(
+                f"{where}: protocol.{name} must be a positive integer, got {protocol[name]!r}"
+            )
     low, high = protocol["min_sequence_length"], protocol["max_sequence_length"]
     if not _is_int(low) or not 1 <= low <= high:
-        raise UserError(f"{where}: protocol.min_sequence_length must be an integer in [1, {high}] "
-                        f"(max_sequence_length), got {low!r}")
+        raise UserError(
+            f"{where}: protocol.min_sequence_length must be an integer in [1, {high}] "
+            f"(max_sequence_length), got {low!r}"
+        )
     if not isinstance(protocol["exclude_preceding"], bool):
-        raise UserError(f"{where}: protocol.exclude_preceding must be true or false, "
-                        f"got {protocol['exclude_preceding']!r}")
+        raise UserError(
+            f"{where}: protocol.exclude_preceding must be true or false, "
+            f"got {protocol['exclude_preceding']!r}"
+        )
 
 
 def _check_distribution(name, spec, where: str) -> None:
     where = f"{where}: space.{name}"
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-        raise UserError(f"{where} must be one distribution of {DISTRIBUTIONS}, "
-                        f"e.g. {{quniform: [64, 256, 16]}}; got {spec!r}")
-    (kind, args), = spec.items()
+        raise UserError(
+            f"{where} must be one distribution of {DISTRIBUTIONS}, "
+            f"e.g. {{quniform: [64, 256, 16]}}; got {spec!r}"
+        )
+    ((kind, args),) = spec.items()
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise UserError(f"{where}: choice needs a non-empty list of options, got {args!r}")
@@ -183,7 +204,7 @@ def _check_distribution(name, spec, where: str) -> None:
 def extremes(spec: dict) -> list:
     """The smallest and largest values a distribution gives (every option of a choice),
     as hyperopt draws them: ``loguniform`` takes log bounds, ``q*`` rounds to steps."""
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind == "choice":
         return list(args)
     low, high = (math.exp(a) for a in args[:2]) if "log" in kind else args[:2]
@@ -208,9 +229,15 @@ def load_config(path) -> ExperimentConfig:
     unknown = set(raw) - allowed
     missing = {"dataset", "model", "protocol", "fixed", "space"} - set(raw)
     if unknown or missing:
-        raise UserError(f"{path}: unknown keys {sorted(map(str, unknown))}, missing keys {sorted(missing)}")
-    if raw["dataset"] not in datasets.DATASETS:  # the registry itself: a dataset added at run time counts
-        raise UserError(f"{path}: unknown dataset {raw['dataset']!r}; choose from {tuple(datasets.DATASETS)}")
+        raise UserError(
+            f"{path}: unknown keys {sorted(map(str, unknown))}, missing keys {sorted(missing)}"
+        )
+    if (
+        raw["dataset"] not in datasets.DATASETS
+    ):  # the registry itself: a dataset added at run time counts
+        raise UserError(
+            f"{path}: unknown dataset {raw['dataset']!r}; choose from {tuple(datasets.DATASETS)}"
+        )
     check_plain_name(raw["model"], f"{path}: model")
     _check_protocol(raw["protocol"], str(path))
     for name in ("fixed", "space", "best", "published", "data"):
@@ -221,11 +248,19 @@ def load_config(path) -> ExperimentConfig:
     for name, spec in raw["space"].items():
         _check_distribution(name, spec, str(path))
     stopping = raw.get("early_stopping")
-    if stopping is not None and (not isinstance(stopping, dict) or set(stopping) != {"every", "patience"}
-                                 or not all(_is_int(v) and v >= 1 for v in stopping.values())):
-        raise UserError(f"{path}: early_stopping needs positive integers 'every' and 'patience', got {stopping!r}")
+    if stopping is not None and (
+        not isinstance(stopping, dict)
+        or set(stopping) != {"every", "patience"}
+        or not all(_is_int(v) and v >= 1 for v in stopping.values())
+    ):
+        raise UserError(
+            f"{path}: early_stopping needs positive integers 'every' and 'patience', got "
+            f"{stopping!r}"
+        )
     _check_metrics(raw, path)
-    raw = {k: ({} if v is None and k in ("best", "published", "data") else v) for k, v in raw.items()}
+    raw = {
+        k: ({} if v is None and k in ("best", "published", "data") else v) for k, v in raw.items()
+    }
     config = ExperimentConfig(**raw, source=str(path))
     if config.best:
         check_model_arguments(model_arguments(config, config.best), f"{path}: fixed and best")
@@ -238,7 +273,10 @@ def _check_metrics(raw: dict, path) -> None:
     names = raw.get("metrics", [])
     if not isinstance(names, list):
         raise UserError(f"{path}: metrics must be a list of metric names, got {names!r:.80}")
-    for where, name in [("objective", raw.get("objective", "mrr")), *(("metrics", n) for n in names)]:
+    for where, name in [
+        ("objective", raw.get("objective", "mrr")),
+        *(("metrics", n) for n in names),
+    ]:
         try:
             evaluation.parse_metric(name)
         except ValueError as error:
@@ -253,7 +291,9 @@ def _check_space_bounds(config: ExperimentConfig, path) -> None:
         point = sample(space, rng=np.random.default_rng(0))
     except (TypeError, ValueError) as error:
         raise UserError(f"{path}: bad search space ({error})") from error
-    check_model_arguments(model_arguments(config, point), f"{path}: fixed and a point of space {point}")
+    check_model_arguments(
+        model_arguments(config, point), f"{path}: fixed and a point of space {point}"
+    )
     for name, spec in config.space.items():
         for value in extremes(spec):
             kind = next(iter(spec))
@@ -267,15 +307,20 @@ def check_model_arguments(arguments: dict, where: str) -> None:
     accepted = set(inspect.signature(ImplicitSequenceModel).parameters) - set(RUNNER_SETS)
     unknown = sorted(set(arguments) - accepted)
     if unknown:
-        raise UserError(f"{where}: ImplicitSequenceModel takes no {unknown} here; "
-                        f"its arguments are {sorted(accepted)}")
+        raise UserError(
+            f"{where}: ImplicitSequenceModel takes no {unknown} here; "
+            f"its arguments are {sorted(accepted)}"
+        )
     try:
         ImplicitSequenceModel(**arguments, device="cpu")  # checks the values; builds no network
         representation = arguments.get("representation", "pooling")
         if isinstance(representation, str):  # the representation's own options, on a tiny net
             with torch.random.fork_rng(devices=[]):
-                REPRESENTATIONS[representation](2, int(arguments.get("embedding_dim", 32)),
-                                                **arguments.get("representation_kwargs") or {})
+                REPRESENTATIONS[representation](
+                    2,
+                    int(arguments.get("embedding_dim", 32)),
+                    **arguments.get("representation_kwargs") or {},
+                )
     except (TypeError, ValueError) as error:
         raise UserError(f"{where}: {error}") from error
 
@@ -299,7 +344,7 @@ def model_arguments(config: ExperimentConfig, params: dict) -> dict:
     arguments = json.loads(json.dumps(config.fixed))  # a deep copy
     for name, value in params.items():
         spec = config.space.get(name, {})
-        (kind, args), = spec.items() if spec else (("", ()),)
+        ((kind, args),) = spec.items() if spec else (("", ()),)
         whole_step = kind in ("quniform", "qloguniform") and float(args[-1]).is_integer()
         if (whole_step or name.split(".")[-1] in INTEGER_ARGUMENTS) and _is_number(value):
             value = int(round(value))
@@ -308,7 +353,9 @@ def model_arguments(config: ExperimentConfig, params: dict) -> dict:
         for key in outer:
             target = target.setdefault(key, {})
             if not isinstance(target, dict):
-                raise UserError(f"{config.source}: {name} sets a field inside {key!r}, which is not a mapping")
+                raise UserError(
+                    f"{config.source}: {name} sets a field inside {key!r}, which is not a mapping"
+                )
         target[last] = value
     return arguments
 
@@ -317,6 +364,8 @@ def build_space(space: dict) -> dict:
     """hyperopt expressions from the config's ``space`` (loguniform takes log bounds)."""
     expressions = {}
     for name, spec in space.items():
-        (kind, args), = spec.items()
-        expressions[name] = getattr(hp, kind)(name, args) if kind == "choice" else getattr(hp, kind)(name, *args)
+        ((kind, args),) = spec.items()
+        expressions[name] = (
+            getattr(hp, kind)(name, args) if kind == "choice" else getattr(hp, kind)(name, *args)
+        )
     return expressions

@@ -29,14 +29,20 @@ _SPLITS: dict = {}
 
 def load_splits(config: ExperimentConfig, data_dir=None):
     """(train, valid, test) of a config's dataset under its protocol, built once per process."""
-    key = (config.dataset, json.dumps(config.protocol, sort_keys=True), json.dumps(config.data, sort_keys=True),
-           str(data_dir))
+    key = (
+        config.dataset,
+        json.dumps(config.protocol, sort_keys=True),
+        json.dumps(config.data, sort_keys=True),
+        str(data_dir),
+    )
     if key not in _SPLITS:
         interactions = load_dataset(config, data_dir)
         try:
             _SPLITS[key] = protocol_split(interactions, config.protocol)
         except ValueError as error:
-            raise UserError(f"{config.source}: the {config.dataset} data under its protocol: {error}") from error
+            raise UserError(
+                f"{config.source}: the {config.dataset} data under its protocol: {error}"
+            ) from error
     return _SPLITS[key]
 
 
@@ -46,5 +52,9 @@ def protocol_split(interactions, protocol: dict):
     state = np.random.RandomState(protocol["seed"])
     train, rest = user_based_train_test_split(interactions, protocol["test_percentage"], state)
     test, valid = user_based_train_test_split(rest, protocol["valid_percentage"], state)
-    window = (protocol["max_sequence_length"], protocol["min_sequence_length"], protocol["step_size"])
+    window = (
+        protocol["max_sequence_length"],
+        protocol["min_sequence_length"],
+        protocol["step_size"],
+    )
     return tuple(part.to_sequence(*window) for part in (train, valid, test))

@@ -2,9 +2,10 @@
 
 The local backend proposes a point, trains it, records it, and repeats. This backend keeps
 ``workers`` trials in flight on a Ray cluster (a local one by default) and otherwise
-changes nothing: the same configs, the same hyperopt TPE (:func:`~mlstm4reco.study.tpe.suggest`, given the
-finished trials and each trial's own number, so that trials in flight get different
-points; with one worker the points are the local backend's), the same ``trials.json``
+changes nothing: the same configs, the same hyperopt TPE
+(:func:`~mlstm4reco.study.tpe.suggest`, given the finished trials and each trial's own
+number, so that trials in flight get different points; with one worker the points are the
+local backend's), the same ``trials.json``
 records written atomically by the driver as each trial ends, and so the same reports.
 
 - The data is loaded and split once, by the driver, and put in Ray's object store; every
@@ -50,8 +51,10 @@ def _import_ray():
         import ray
         from ray import tune
     except ImportError as error:
-        raise UserError('the Ray backend needs Ray Tune: pip install -e ".[ray]" '
-                        f"(or pip install 'ray[tune]'); import failed: {error}") from error
+        raise UserError(
+            'the Ray backend needs Ray Tune: pip install -e ".[ray]" '
+            f"(or pip install 'ray[tune]'); import failed: {error}"
+        ) from error
     return ray, tune
 
 
@@ -62,7 +65,7 @@ def max_epochs(config: ExperimentConfig) -> int:
     spec = config.space.get("n_iter")
     if spec is None:
         raise UserError(f"{config.source}: ASHA needs n_iter in 'fixed' or in 'space'")
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind == "choice":
         return int(max(args))
     if kind in ("loguniform", "qloguniform"):
@@ -70,8 +73,19 @@ def max_epochs(config: ExperimentConfig) -> int:
     return int(args[1])
 
 
-def _trial(trial: dict, *, splits, protocol: dict, seed: int, device: str, early_stopping: dict | None,
-           report_every: int | None, threads: int, train, metrics=("mrr",)) -> None:
+def _trial(
+    trial: dict,
+    *,
+    splits,
+    protocol: dict,
+    seed: int,
+    device: str,
+    early_stopping: dict | None,
+    report_every: int | None,
+    threads: int,
+    train,
+    metrics=("mrr",),
+) -> None:
     """One trial inside a Ray worker. With ``report_every`` (ASHA), the validation
     objective (the first of ``metrics``) is reported every few epochs as Tune's metric
     ``objective``; the last report always carries the whole result as JSON."""
@@ -88,23 +102,39 @@ def _trial(trial: dict, *, splits, protocol: dict, seed: int, device: str, early
             tune.report({METRIC: value, "best": best, "epoch": epoch})
 
     monitor = {"every": report_every, "listener": listener} if report_every else None
-    result = run_guarded(train, arguments=trial["arguments"], splits=splits, protocol=protocol,
-                                seed=seed, device=device, early_stopping=early_stopping, monitor=monitor,
-                                metrics=metrics)
+    result = run_guarded(
+        train,
+        arguments=trial["arguments"],
+        splits=splits,
+        protocol=protocol,
+        seed=seed,
+        device=device,
+        early_stopping=early_stopping,
+        monitor=monitor,
+        metrics=metrics,
+    )
     result["worker"] = f"{os.uname().nodename}:{os.getpid()}"
     ok = result["status"] == "ok"
-    tune.report({"record": json.dumps(result, default=_jsonable),
-                 METRIC: result[metric_field("valid", metrics[0])] if ok else 0.0,  # Tune needs the metric
-                 "epoch": result.get("epochs", trial["arguments"].get("n_iter", 0))})
+    tune.report(
+        {
+            "record": json.dumps(result, default=_jsonable),
+            METRIC: result[metric_field("valid", metrics[0])]
+            if ok
+            else 0.0,  # Tune needs the metric
+            "epoch": result.get("epochs", trial["arguments"].get("n_iter", 0)),
+        }
+    )
 
 
 class TPESearcher:
-    """A Ray Tune searcher around :func:`~mlstm4reco.study.tpe.suggest` that records each ended trial in
-    ``store`` (the driver's ``trials.json``). Built by :func:`make_searcher`, which gives it
-    Ray's ``Searcher`` as base class, so that this module imports without Ray."""
+    """A Ray Tune searcher around :func:`~mlstm4reco.study.tpe.suggest` that records each
+    ended trial in ``store`` (the driver's ``trials.json``). Built by :func:`make_searcher`,
+    which gives it Ray's ``Searcher`` as base class, so that this module imports without
+    Ray."""
 
-    def __init__(self, config: ExperimentConfig, store: RecordFile, seed: int, budget: int,
-                 bar=None) -> None:
+    def __init__(
+        self, config: ExperimentConfig, store: RecordFile, seed: int, budget: int, bar=None
+    ) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.config, self.store, self.seed, self.budget, self.bar = config, store, seed, budget, bar
         self.pending: dict[str, dict] = {}
@@ -121,12 +151,18 @@ class TPESearcher:
             number, finished = self.store.next_number(), list(self.store.records)
             claim = self.store.claim({"number": number})
         vals, params = suggest(self.config, finished, self.seed, number=number)
-        self.pending[trial_id] = dict(number=number, vals=vals,
-                                      arguments=model_arguments(self.config, params),
-                                      started=time.perf_counter(), claim=claim)
+        self.pending[trial_id] = dict(
+            number=number,
+            vals=vals,
+            arguments=model_arguments(self.config, params),
+            started=time.perf_counter(),
+            claim=claim,
+        )
         return {k: self.pending[trial_id][k] for k in ("number", "vals", "arguments")}
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         trial = self.pending.pop(trial_id, None)
         if trial is None:
             return
@@ -135,19 +171,41 @@ class TPESearcher:
         if result and "record" in result:
             outcome = json.loads(result["record"])
         elif error or not result:
-            outcome = {"status": "failed", "seconds": seconds,
-                       "error": "the trial's Ray worker failed (killed, out of memory or lost); "
-                                "its log is under the results folder's ray/"}
+            outcome = {
+                "status": "failed",
+                "seconds": seconds,
+                "error": "the trial's Ray worker failed (killed, out of memory or lost); "
+                "its log is under the results folder's ray/",
+            }
         else:  # stopped by the scheduler between two reports
             objective = self.config.objective
-            outcome = {"status": "stopped", metric_field("valid", objective): result["best"],
-                       metric_field("test", objective): None, "epochs": result["epoch"], "seconds": seconds}
-        self.store.append({**trial, **outcome, "seed": self.seed, "objective": self.config.objective,
-                           "config": self.config.source, "backend": "ray", "trial_id": trial_id,
-                           **provenance()}, release=claim)
+            outcome = {
+                "status": "stopped",
+                metric_field("valid", objective): result["best"],
+                metric_field("test", objective): None,
+                "epochs": result["epoch"],
+                "seconds": seconds,
+            }
+        self.store.append(
+            {
+                **trial,
+                **outcome,
+                "seed": self.seed,
+                "objective": self.config.objective,
+                "config": self.config.source,
+                "backend": "ray",
+                "trial_id": trial_id,
+                **provenance(),
+            },
+            release=claim,
+        )
         if self.bar is not None:
             valid = metric_field("valid", self.config.objective)
-            scored = [r[valid] for r in self.store.records if r["status"] in ("ok", "stopped") and valid in r]
+            scored = [
+                r[valid]
+                for r in self.store.records
+                if r["status"] in ("ok", "stopped") and valid in r
+            ]
             self.bar.set_postfix({f"best {valid}": f"{max(scored, default=float('nan')):.4f}"})
             self.bar.update(1)
 
@@ -170,11 +228,21 @@ def make_searcher(*args, **kwargs):
     return type("TPESearcher", (TPESearcher, Searcher), {})(*args, **kwargs)
 
 
-def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str = "auto",
-                   data_dir=None, seed: int | None = None, progress: bool = True,
-                   workers: int = 2, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-                   address: str | None = None, asha: dict | None = None,
-                   train=train_and_evaluate) -> list[dict]:
+def run_ray_search(
+    config: ExperimentConfig,
+    trials: int,
+    out_dir,
+    device: str = "auto",
+    data_dir=None,
+    seed: int | None = None,
+    progress: bool = True,
+    workers: int = 2,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    address: str | None = None,
+    asha: dict | None = None,
+    train=train_and_evaluate,
+) -> list[dict]:
     """Run (or resume) the TPE search of ``config`` with ``workers`` trials at a time on
     Ray until ``trials`` trials are recorded in ``out_dir/trials.json``.
 
@@ -183,8 +251,10 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
     ``{every, grace_period, reduction_factor}`` turns on ASHA early stopping of trials.
     """
     if workers < 1 or cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise UserError(f"need workers >= 1, cpus per trial > 0 and gpus per trial >= 0; got "
-                        f"{workers}, {cpus_per_trial}, {gpus_per_trial}")
+        raise UserError(
+            f"need workers >= 1, cpus per trial > 0 and gpus per trial >= 0; got "
+            f"{workers}, {cpus_per_trial}, {gpus_per_trial}"
+        )
     check_trials(trials)
     check_seed(config.protocol["seed"] if seed is None else seed)
     ray, tune = _import_ray()
@@ -200,9 +270,12 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
     splits = load_splits(config, data_dir)
     if asha:
         every = (config.early_stopping or {}).get("every", asha["every"])
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs(config),
-                                  grace_period=asha["grace_period"],
-                                  reduction_factor=asha["reduction_factor"])
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_epochs(config),
+            grace_period=asha["grace_period"],
+            reduction_factor=asha["reduction_factor"],
+        )
     else:
         every, scheduler = None, FIFOScheduler()
 
@@ -213,29 +286,54 @@ def run_ray_search(config: ExperimentConfig, trials: int, out_dir, device: str =
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=math.ceil(workers * cpus_per_trial), include_dashboard=False,
-                     log_to_driver=False, object_store_memory=1 << 30,
-                     _node_ip_address="127.0.0.1")  # its processes talk over loopback
-    bar = tqdm(total=trials, initial=len(store.records), desc=f"trials {config.name} (ray)",
-               disable=not progress, unit="trial")
+            ray.init(
+                num_cpus=math.ceil(workers * cpus_per_trial),
+                include_dashboard=False,
+                log_to_driver=False,
+                object_store_memory=1 << 30,
+                _node_ip_address="127.0.0.1",
+            )  # its processes talk over loopback
+    bar = tqdm(
+        total=trials,
+        initial=len(store.records),
+        desc=f"trials {config.name} (ray)",
+        disable=not progress,
+        unit="trial",
+    )
     tpe = make_searcher(config, store, seed, trials, bar)
     try:
         searcher = ConcurrencyLimiter(tpe, max_concurrent=workers)
         trainable = tune.with_parameters(
-            _trial, splits=splits, protocol=config.protocol, seed=seed, device=device,
-            early_stopping=config.early_stopping, report_every=every,
-            threads=max(1, int(cpus_per_trial)), train=train, metrics=config.metrics)
+            _trial,
+            splits=splits,
+            protocol=config.protocol,
+            seed=seed,
+            device=device,
+            early_stopping=config.early_stopping,
+            report_every=every,
+            threads=max(1, int(cpus_per_trial)),
+            train=train,
+            metrics=config.metrics,
+        )
         trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric=METRIC,
-                                        mode="max", num_samples=trials - len(store.records),
-                                        # a fresh worker per trial: with reused ones, Tune went on
-                                        # with one worker fewer for good after one had died
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=time.strftime("tune-%Y%m%d-%H%M%S"),
-                                      storage_path=str((out_dir / "ray").resolve()), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                metric=METRIC,
+                mode="max",
+                num_samples=trials - len(store.records),
+                # a fresh worker per trial: with reused ones, Tune went on
+                # with one worker fewer for good after one had died
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=time.strftime("tune-%Y%m%d-%H%M%S"),
+                storage_path=str((out_dir / "ray").resolve()),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
         )
         tuner.fit()
     finally:

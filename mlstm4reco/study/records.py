@@ -43,7 +43,9 @@ def ensure_results_folder(folder) -> pathlib.Path:
     try:
         return check_writable(folder)
     except OSError as error:
-        raise UserError(f"{folder}: cannot write to the results folder ({describe_os_error(error)})") from error
+        raise UserError(
+            f"{folder}: cannot write to the results folder ({describe_os_error(error)})"
+        ) from error
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -85,17 +87,35 @@ _CHECKS = {
 _FIELDS = {
     # kind: (fields of every record, fields of an 'ok' record, fields of a 'stopped' one);
     # VALID and TEST stand for the fields of the record's objective (metric_field('valid', ...))
-    "trials": ({"number": "an integer", "vals": "a mapping", "arguments": "a mapping",
-                "status": f"one of {STATUSES}", "seconds": "a number"},
-               {"VALID": "a finite number", "TEST": "a finite number"},
-               {"VALID": "a finite number"}),
-    "runs": ({"model": "a string", "dataset": "a string", "seed": "an integer", "arguments": "a mapping",
-              "status": f"one of {STATUSES}", "seconds": "a number"},
-             {"VALID": "a finite number", "TEST": "a finite number", "fit_seconds": "a number"},
-             {}),
+    "trials": (
+        {
+            "number": "an integer",
+            "vals": "a mapping",
+            "arguments": "a mapping",
+            "status": f"one of {STATUSES}",
+            "seconds": "a number",
+        },
+        {"VALID": "a finite number", "TEST": "a finite number"},
+        {"VALID": "a finite number"},
+    ),
+    "runs": (
+        {
+            "model": "a string",
+            "dataset": "a string",
+            "seed": "an integer",
+            "arguments": "a mapping",
+            "status": f"one of {STATUSES}",
+            "seconds": "a number",
+        },
+        {"VALID": "a finite number", "TEST": "a finite number", "fit_seconds": "a number"},
+        {},
+    ),
     "curve_point": ({"epoch": "an integer", "VALID": "a number", "seconds": "a number"}, {}, {}),
-    "curve_final": ({"status": f"one of {STATUSES}"},
-                    {"VALID": "a finite number", "TEST": "a finite number"}, {}),
+    "curve_final": (
+        {"status": f"one of {STATUSES}"},
+        {"VALID": "a finite number", "TEST": "a finite number"},
+        {},
+    ),
 }
 
 
@@ -111,8 +131,13 @@ def check_record(record, kind: str, where: str) -> None:
     status = record.get("status")
     fields.update(ok if status == "ok" else stopped if status == "stopped" else {})
     if not isinstance(record.get("objective", ""), str):
-        raise UserError(f"{where}: field 'objective' must be a metric's name, got {record['objective']!r:.80}")
-    named = {"VALID": metric_field("valid", objective(record)), "TEST": metric_field("test", objective(record))}
+        raise UserError(
+            f"{where}: field 'objective' must be a metric's name, got {record['objective']!r:.80}"
+        )
+    named = {
+        "VALID": metric_field("valid", objective(record)),
+        "TEST": metric_field("test", objective(record)),
+    }
     fields = {named.get(name, name): what for name, what in fields.items()}
     for name, what in fields.items():
         if name not in record:
@@ -131,7 +156,7 @@ def _process_start(pid: int) -> str | None:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has finished
 
 
@@ -155,7 +180,11 @@ def _alive(claim: dict) -> bool:
 
 
 def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid())}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_start": _process_start(os.getpid()),
+    }
 
 
 # ---------------------------------------------------------------------------- the file
@@ -214,17 +243,27 @@ class RecordFile:
             raise UserError(f"{self.path}: unreadable results file ({error})") from error
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
             shape = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)}"
-            raise UserError(f"{self.path}: not a results file: expected a mapping with a list "
-                            f"'records', got {shape}")
+            raise UserError(
+                f"{self.path}: not a results file: expected a mapping with a list "
+                f"'records', got {shape}"
+            )
         in_flight = data.get("in_flight", [])
         if not isinstance(in_flight, list) or not all(isinstance(c, dict) for c in in_flight):
-            raise UserError(f"{self.path}: 'in_flight' must be a list of mappings, got {in_flight!r:.80}")
+            raise UserError(
+                f"{self.path}: 'in_flight' must be a list of mappings, got {in_flight!r:.80}"
+            )
         for index, record in enumerate(data["records"]):
-            number = f" (number {record['number']})" if isinstance(record, dict) and "number" in record else ""
+            number = (
+                f" (number {record['number']})"
+                if isinstance(record, dict) and "number" in record
+                else ""
+            )
             if self.kind is not None:
                 check_record(record, self.kind, f"{self.path}: record {index}{number}")
             elif not isinstance(record, dict):
-                raise UserError(f"{self.path}: record {index}: expected a mapping, got {record!r:.80}")
+                raise UserError(
+                    f"{self.path}: record {index}: expected a mapping, got {record!r:.80}"
+                )
         self.records = data["records"]
         self.in_flight = [c for c in in_flight if _alive(c)]
 
@@ -241,13 +280,19 @@ class RecordFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except filelock.Timeout as error:
-            raise UserError(f"{self.path}: another process has held its lock for over "
-                            f"{self._lock.timeout:.0f} s (remove {self._lock.lock_file} if none runs)") from error
+            raise UserError(
+                f"{self.path}: another process has held its lock for over "
+                f"{self._lock.timeout:.0f} s (remove {self._lock.lock_file} if none runs)"
+            ) from error
         except OSError as error:
-            raise UserError(f"{self.path}: cannot lock the results file ({describe_os_error(error)})") from error
+            raise UserError(
+                f"{self.path}: cannot lock the results file ({describe_os_error(error)})"
+            ) from error
         self._depth += 1
         try:
-            for part in leftover_parts(self.path):  # every writer holds the lock: these are a killed one's
+            for part in leftover_parts(
+                self.path
+            ):  # every writer holds the lock: these are a killed one's
                 part.unlink(missing_ok=True)
             self._read()
             yield self
@@ -264,15 +309,20 @@ class RecordFile:
             with atomic_path(self.path) as tmp:
                 tmp.write_text(text, encoding="utf-8")
         except OSError as error:
-            raise UserError(f"{self.path}: cannot write the results file ({describe_os_error(error)}); "
-                            f"it still holds the {len(self.records) - 1} records before this one") from error
+            raise UserError(
+                f"{self.path}: cannot write the results file ({describe_os_error(error)}); "
+                f"it still holds the {len(self.records) - 1} records before this one"
+            ) from error
 
     def append(self, record: dict, release: dict | None = None) -> None:
         """Add ``record`` (checked against the file's kind) and drop the claim ``release``
         in the same write."""
         if self.kind is not None:
-            check_record(json.loads(json.dumps(record, default=_jsonable)), self.kind,
-                         f"{self.path}: new record")
+            check_record(
+                json.loads(json.dumps(record, default=_jsonable)),
+                self.kind,
+                f"{self.path}: new record",
+            )
         with self.locked():
             self.records.append(record)
             if release is not None:
@@ -296,8 +346,12 @@ class RecordFile:
 
     def _drop(self, claim: dict) -> bool:
         before = len(self.in_flight)
-        self.in_flight = [c for c in self.in_flight
-                          if (c.get("key"), c.get("host"), c.get("pid")) != (claim["key"], claim["host"], claim["pid"])]
+        self.in_flight = [
+            c
+            for c in self.in_flight
+            if (c.get("key"), c.get("host"), c.get("pid"))
+            != (claim["key"], claim["host"], claim["pid"])
+        ]
         return len(self.in_flight) != before
 
     def claimed(self, key: dict) -> bool:
@@ -307,8 +361,11 @@ class RecordFile:
     def next_number(self) -> int:
         """One more than every trial number recorded or claimed."""
         numbers = [r["number"] for r in self.records if _is_int(r.get("number"))]
-        numbers += [c["key"]["number"] for c in self.in_flight
-                    if isinstance(c.get("key"), dict) and _is_int(c["key"].get("number"))]
+        numbers += [
+            c["key"]["number"]
+            for c in self.in_flight
+            if isinstance(c.get("key"), dict) and _is_int(c["key"].get("number"))
+        ]
         return max(numbers, default=-1) + 1
 
 

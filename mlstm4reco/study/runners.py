@@ -32,7 +32,9 @@ def results_folder(root, name: str) -> pathlib.Path:
     root = pathlib.Path(root)
     folder = root / name
     if not folder.resolve().is_relative_to(root.resolve()):
-        raise UserError(f"{folder} resolves to {folder.resolve()}, outside the results folder {root}")
+        raise UserError(
+            f"{folder} resolves to {folder.resolve()}, outside the results folder {root}"
+        )
     return folder
 
 
@@ -50,13 +52,22 @@ def check_seed(seed, name: str = "seed") -> int:
 
 def check_trials(trials: int) -> None:
     if trials < 0:
-        raise UserError(f"trials must be at least 0 (0 or the count already run rewrites the report), "
-                        f"got {trials}")
+        raise UserError(
+            f"trials must be at least 0 (0 or the count already run rewrites the report), "
+            f"got {trials}"
+        )
 
 
-def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "auto",
-               data_dir=None, seed: int | None = None, progress: bool = True,
-               train=train_and_evaluate) -> list[dict]:
+def run_search(
+    config: ExperimentConfig,
+    trials: int,
+    out_dir,
+    device: str = "auto",
+    data_dir=None,
+    seed: int | None = None,
+    progress: bool = True,
+    train=train_and_evaluate,
+) -> list[dict]:
     """Run (or resume) a TPE search maximising the config's validation ``objective`` (MRR
     by default) until ``trials`` trials are recorded or in flight in
     ``out_dir/trials.json``. The config's ``metrics`` on test are recorded, never optimised.
@@ -72,8 +83,13 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
     if len(store.records) + len(store.in_flight) >= trials:
         return store.records
     splits = load_splits(config, data_dir)
-    bar = tqdm(total=trials, initial=len(store.records), desc=f"trials {config.name}",
-               disable=not progress, unit="trial")
+    bar = tqdm(
+        total=trials,
+        initial=len(store.records),
+        desc=f"trials {config.name}",
+        disable=not progress,
+        unit="trial",
+    )
     while True:
         with store.locked():
             if len(store.records) + len(store.in_flight) >= trials:
@@ -83,26 +99,55 @@ def run_search(config: ExperimentConfig, trials: int, out_dir, device: str = "au
         try:
             vals, params = suggest(config, finished, seed, number)
             arguments = model_arguments(config, params)
-            result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol,
-                                 seed=seed, device=device, verbose=progress,
-                                 early_stopping=config.early_stopping, metrics=config.metrics)
-            store.append({"number": number, "vals": vals, "arguments": arguments, **result, "seed": seed,
-                          "objective": config.objective, "config": config.source, **provenance()},
-                         release=claim)
+            result = run_guarded(
+                train,
+                arguments=arguments,
+                splits=splits,
+                protocol=config.protocol,
+                seed=seed,
+                device=device,
+                verbose=progress,
+                early_stopping=config.early_stopping,
+                metrics=config.metrics,
+            )
+            store.append(
+                {
+                    "number": number,
+                    "vals": vals,
+                    "arguments": arguments,
+                    **result,
+                    "seed": seed,
+                    "objective": config.objective,
+                    "config": config.source,
+                    **provenance(),
+                },
+                release=claim,
+            )
         except BaseException:
             store.release(claim)
             raise
         valid = metric_field("valid", config.objective)
-        best = max((r[valid] for r in store.records if r["status"] == "ok" and valid in r), default=float("nan"))
+        best = max(
+            (r[valid] for r in store.records if r["status"] == "ok" and valid in r),
+            default=float("nan"),
+        )
         bar.set_postfix({f"best {valid}": f"{best:.4f}"})
         bar.update(len(store.records) - bar.n)
     bar.close()
     return store.records
 
 
-def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: str = "auto",
-                  data_dir=None, progress: bool = True, train=train_and_evaluate,
-                  workers: int = 1, threads: int | None = None) -> list[dict]:
+def run_reproduce(
+    configs: list[ExperimentConfig],
+    seeds: int,
+    out_dir,
+    device: str = "auto",
+    data_dir=None,
+    progress: bool = True,
+    train=train_and_evaluate,
+    workers: int = 1,
+    threads: int | None = None,
+) -> list[dict]:
     """Train each config's ``best`` arguments with model seeds 0..seeds-1 (the data split
     stays the protocol's), resuming from ``out_dir/runs.json``.
 
@@ -117,7 +162,9 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
     before training it, so none is trained twice, and adds its record under the file's
     lock."""
     if seeds < 1:
-        raise UserError(f"seeds must be at least 1, got {seeds} (run.py report FOLDER rewrites a report)")
+        raise UserError(
+            f"seeds must be at least 1, got {seeds} (run.py report FOLDER rewrites a report)"
+        )
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     if threads is not None and threads < 1:
@@ -128,8 +175,11 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
 
     def open_jobs() -> list[tuple[ExperimentConfig, int]]:
         done = {(r["model"], r["seed"]) for r in store.records}
-        return [(c, s) for c, s in jobs
-                if (c.model, s) not in done and not store.claimed({"model": c.model, "seed": s})]
+        return [
+            (c, s)
+            for c, s in jobs
+            if (c.model, s) not in done and not store.claimed({"model": c.model, "seed": s})
+        ]
 
     def claim_next():
         with store.locked():
@@ -139,12 +189,29 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
             config, seed = todo[0]
             return config, seed, store.claim({"model": config.model, "seed": seed})
 
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(open_jobs()), desc="runs", disable=not progress, unit="run")
+    bar = tqdm(
+        total=len(jobs),
+        initial=len(jobs) - len(open_jobs()),
+        desc="runs",
+        disable=not progress,
+        unit="run",
+    )
 
     def record(config, seed, claim, arguments, result):
-        store.append({"model": config.model, "dataset": config.dataset, "seed": seed,
-                      "arguments": arguments, **result, "objective": config.objective,
-                      "published": config.published, "config": config.source, **provenance()}, release=claim)
+        store.append(
+            {
+                "model": config.model,
+                "dataset": config.dataset,
+                "seed": seed,
+                "arguments": arguments,
+                **result,
+                "objective": config.objective,
+                "published": config.published,
+                "config": config.source,
+                **provenance(),
+            },
+            release=claim,
+        )
         bar.update(1)
 
     if workers == 1 or len(open_jobs()) <= 1:
@@ -167,16 +234,26 @@ def run_reproduce(configs: list[ExperimentConfig], seeds: int, out_dir, device: 
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
         running: dict = {}
         try:
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                                        initargs=(threads, os.getpid())) as pool:
+            with concurrent.futures.ProcessPoolExecutor(
+                workers,
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(threads, os.getpid()),
+            ) as pool:
                 while True:
                     while len(running) < workers and (job := claim_next()) is not None:
-                        running[pool.submit(_reproduce_one, *job[:2], device, data_dir, train, False)] = job
+                        running[
+                            pool.submit(_reproduce_one, *job[:2], device, data_dir, train, False)
+                        ] = job
                     if not running:
                         break
-                    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    finished, _ = concurrent.futures.wait(
+                        running, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
                     for future in finished:
-                        outcome = future.result()  # a dead worker raises here: its claim is released below
+                        outcome = (
+                            future.result()
+                        )  # a dead worker raises here: its claim is released below
                         record(*running.pop(future), *outcome)
         finally:
             for _, _, claim in running.values():
@@ -196,19 +273,29 @@ def parse_overrides(pairs: list[str]) -> dict:
         try:
             overrides[name.strip()] = read_yaml(value)
         except yaml.YAMLError as error:
-            raise UserError(f"--set {pair!r}: unreadable value ({error})".replace("\n", " ")) from error
+            raise UserError(
+                f"--set {pair!r}: unreadable value ({error})".replace("\n", " ")
+            ) from error
     return overrides
 
 
-def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, every: int = 1,
-              device: str = "auto", data_dir=None, progress: bool = True,
-              train=train_and_evaluate) -> list[dict]:
+def run_curve(
+    config: ExperimentConfig,
+    overrides: dict,
+    seed: int,
+    out_dir,
+    every: int = 1,
+    device: str = "auto",
+    data_dir=None,
+    progress: bool = True,
+    train=train_and_evaluate,
+) -> list[dict]:
     """One run of the config's ``best`` arguments updated with ``overrides``, with the
     validation objective (MRR by default) every ``every`` epochs appended to
     ``out_dir/curve.json`` as it comes (a killed run keeps its curve so far), then a final
     record with the config's metrics on valid and test. No early stopping: a curve shows
-    the whole run, to choose epochs or options on validation scores. An existing curve, or one another process is writing, is not
-    overwritten."""
+    the whole run, to choose epochs or options on validation scores. An existing curve, or
+    one another process is writing, is not overwritten."""
     if every < 1:
         raise UserError(f"every must be at least 1, got {every}")
     check_seed(seed)
@@ -227,30 +314,68 @@ def run_curve(config: ExperimentConfig, overrides: dict, seed: int, out_dir, eve
         valid = metric_field("valid", config.objective)
 
         def listener(epoch: int, value: float) -> None:
-            store.append({"epoch": epoch, valid: value, "seconds": time.perf_counter() - start,
-                          "objective": config.objective})
+            store.append(
+                {
+                    "epoch": epoch,
+                    valid: value,
+                    "seconds": time.perf_counter() - start,
+                    "objective": config.objective,
+                }
+            )
             if progress:
-                print(f"epoch {epoch}: {valid} {value:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+                print(
+                    f"epoch {epoch}: {valid} {value:.4f} ({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
 
-        result = run_guarded(train, arguments=arguments, splits=splits, protocol=config.protocol, seed=seed,
-                             device=device, verbose=progress, monitor=dict(every=every, listener=listener),
-                             metrics=config.metrics)
-        store.append({"final": True, "model": config.model, "dataset": config.dataset, "seed": seed,
-                      "overrides": overrides, "arguments": arguments, **result, "objective": config.objective,
-                      "config": config.source, **provenance()}, release=claim)
+        result = run_guarded(
+            train,
+            arguments=arguments,
+            splits=splits,
+            protocol=config.protocol,
+            seed=seed,
+            device=device,
+            verbose=progress,
+            monitor=dict(every=every, listener=listener),
+            metrics=config.metrics,
+        )
+        store.append(
+            {
+                "final": True,
+                "model": config.model,
+                "dataset": config.dataset,
+                "seed": seed,
+                "overrides": overrides,
+                "arguments": arguments,
+                **result,
+                "objective": config.objective,
+                "config": config.source,
+                **provenance(),
+            },
+            release=claim,
+        )
     except BaseException:
         store.release(claim)
         raise
     return store.records
 
 
-def _reproduce_one(config: ExperimentConfig, seed: int, device: str, data_dir, train, verbose: bool):
+def _reproduce_one(
+    config: ExperimentConfig, seed: int, device: str, data_dir, train, verbose: bool
+):
     arguments = model_arguments(config, config.best)
-    result = run_guarded(train, arguments=arguments, splits=load_splits(config, data_dir),
-                         protocol=config.protocol, seed=seed, device=device, verbose=verbose,
-                         early_stopping=config.early_stopping, metrics=config.metrics)
+    result = run_guarded(
+        train,
+        arguments=arguments,
+        splits=load_splits(config, data_dir),
+        protocol=config.protocol,
+        seed=seed,
+        device=device,
+        verbose=verbose,
+        early_stopping=config.early_stopping,
+        metrics=config.metrics,
+    )
     return arguments, result
-
 
 
 def set_threads(threads: int) -> None:

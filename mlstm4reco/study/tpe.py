@@ -17,10 +17,18 @@ def _trials_from_records(records: list[dict]):
     for tid, record in enumerate(records):
         vals = record["vals"]
         # a trial stopped early by a scheduler (ASHA) counts with the score it had reached
-        result = ({"status": STATUS_OK, "loss": -record[metric_field("valid", objective(record))]}
-                  if record["status"] in ("ok", "stopped") else {"status": STATUS_FAIL})
-        misc = {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
-                "idxs": {k: [tid] for k in vals}, "vals": {k: [v] for k, v in vals.items()}}
+        result = (
+            {"status": STATUS_OK, "loss": -record[metric_field("valid", objective(record))]}
+            if record["status"] in ("ok", "stopped")
+            else {"status": STATUS_FAIL}
+        )
+        misc = {
+            "tid": tid,
+            "cmd": ("domain_attachment", "FMinIter_Domain"),
+            "workdir": None,
+            "idxs": {k: [tid] for k in vals},
+            "vals": {k: [v] for k, v in vals.items()},
+        }
         docs = trials.new_trial_docs([tid], [None], [result], [misc])
         docs[0]["state"] = JOB_STATE_DONE
         trials.insert_trial_docs(docs)
@@ -28,8 +36,9 @@ def _trials_from_records(records: list[dict]):
     return trials
 
 
-def suggest(config: ExperimentConfig, records: list[dict], seed: int,
-            number: int | None = None) -> tuple[dict, dict]:
+def suggest(
+    config: ExperimentConfig, records: list[dict], seed: int, number: int | None = None
+) -> tuple[dict, dict]:
     """Point ``number`` (default ``len(records)``) of the TPE search given the finished
     ``records``: (hyperopt's raw values, model arguments). Deterministic in (seed, records,
     number); a parallel search passes each trial's own number, so that trials in flight,
@@ -38,9 +47,19 @@ def suggest(config: ExperimentConfig, records: list[dict], seed: int,
     space = build_space(config.space)
     trials = _trials_from_records(records)
     # fmin only proposes the point: the placeholder result is thrown away with `trials`.
-    fmin(lambda _: {"status": STATUS_OK, "loss": 0.0}, space, algo=tpe.suggest, trials=trials,
-         max_evals=len(records) + 1, rstate=np.random.default_rng([seed, number]),
-         show_progressbar=False, return_argmin=False)
-    vals = {k: v[0].item() if hasattr(v[0], "item") else v[0]  # plain numbers for JSON
-            for k, v in trials.trials[-1]["misc"]["vals"].items() if v}
+    fmin(
+        lambda _: {"status": STATUS_OK, "loss": 0.0},
+        space,
+        algo=tpe.suggest,
+        trials=trials,
+        max_evals=len(records) + 1,
+        rstate=np.random.default_rng([seed, number]),
+        show_progressbar=False,
+        return_argmin=False,
+    )
+    vals = {
+        k: v[0].item() if hasattr(v[0], "item") else v[0]  # plain numbers for JSON
+        for k, v in trials.trials[-1]["misc"]["vals"].items()
+        if v
+    }
     return vals, space_eval(space, vals)

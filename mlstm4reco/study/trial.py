@@ -25,8 +25,16 @@ class EarlyStopping:
     (never when ``patience`` is None). ``listener(epoch, value)``, when given, hears every
     evaluation (the Ray backend reports them to its scheduler)."""
 
-    def __init__(self, model, valid, exclude_preceding: bool, every: int, patience: int | None,
-                 listener=None, objective: str = "mrr") -> None:
+    def __init__(
+        self,
+        model,
+        valid,
+        exclude_preceding: bool,
+        every: int,
+        patience: int | None,
+        listener=None,
+        objective: str = "mrr",
+    ) -> None:
         self.model, self.valid, self.exclude = model, valid, exclude_preceding
         self.every, self.patience, self.listener = every, patience, listener
         self.objective = objective
@@ -44,7 +52,9 @@ class EarlyStopping:
             self.seconds += time.perf_counter() - start
 
     def _evaluate(self, epoch: int) -> bool:
-        value = evaluation.evaluate(self.model, self.valid, [self.objective], exclude_preceding=self.exclude)
+        value = evaluation.evaluate(
+            self.model, self.valid, [self.objective], exclude_preceding=self.exclude
+        )
         value = value[self.objective]
         self.history.append((epoch + 1, value))
         if self.listener is not None:
@@ -52,7 +62,9 @@ class EarlyStopping:
         if value > self.best_value:
             self.best_value, self.best_epoch, self.stale = value, epoch + 1, 0
             if self.patience is not None:  # a monitor that never stops never restores
-                self.best_state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.model.net.state_dict().items()
+                }
             return False
         self.stale += 1
         return self.patience is not None and self.stale >= self.patience
@@ -62,9 +74,17 @@ class EarlyStopping:
             self.model.net.load_state_dict(self.best_state)
 
 
-def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, device: str,
-                       verbose: bool = False, early_stopping: dict | None = None,
-                       monitor: dict | None = None, metrics=("mrr",)) -> dict:
+def train_and_evaluate(
+    arguments: dict,
+    splits,
+    protocol: dict,
+    seed: int,
+    device: str,
+    verbose: bool = False,
+    early_stopping: dict | None = None,
+    monitor: dict | None = None,
+    metrics=("mrr",),
+) -> dict:
     """Fit one model and return each of ``metrics`` on valid and test (fields
     ``valid_NAME``, ``test_NAME``; the first metric is the objective, which early stopping
     follows: with it, of the weights with the best validation value) and timings:
@@ -79,7 +99,9 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
     model = ImplicitSequenceModel(**arguments, random_state=seed, device=device)
     listener = monitor["listener"] if monitor else None
     if early_stopping:
-        stopper = EarlyStopping(model, valid, exclude, **early_stopping, listener=listener, objective=objective)
+        stopper = EarlyStopping(
+            model, valid, exclude, **early_stopping, listener=listener, objective=objective
+        )
     elif monitor:
         stopper = EarlyStopping(model, valid, exclude, monitor["every"], None, listener, objective)
     else:
@@ -93,13 +115,21 @@ def train_and_evaluate(arguments: dict, splits, protocol: dict, seed: int, devic
         extra = dict(best_epoch=stopper.best_epoch, valid_history=stopper.history)
     scores = {}
     for split, interactions in (("valid", valid), ("test", test)):
-        for name, value in evaluation.evaluate(model, interactions, metrics, exclude_preceding=exclude).items():
+        for name, value in evaluation.evaluate(
+            model, interactions, metrics, exclude_preceding=exclude
+        ).items():
             scores[metric_field(split, name)] = value
     if not all(math.isfinite(value) for value in scores.values()):
         raise ValueError(f"non-finite metrics: {scores}")
-    return dict(**scores, final_loss=losses[-1], epochs=len(losses), fit_seconds=fit_seconds,
-                eval_seconds=stopper.seconds if stopper is not None else 0.0,
-                device=str(model.device), **extra)
+    return dict(
+        **scores,
+        final_loss=losses[-1],
+        epochs=len(losses),
+        fit_seconds=fit_seconds,
+        eval_seconds=stopper.seconds if stopper is not None else 0.0,
+        device=str(model.device),
+        **extra,
+    )
 
 
 def provenance() -> dict:
@@ -108,10 +138,14 @@ def provenance() -> dict:
 
 
 def versions() -> dict:
-    return dict(mlstm4reco=mlstm4reco.__version__, torch=torch.__version__,
-                numpy=np.__version__, hyperopt=hyperopt.__version__,
-                python=platform.python_version(),
-                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    return dict(
+        mlstm4reco=mlstm4reco.__version__,
+        torch=torch.__version__,
+        numpy=np.__version__,
+        hyperopt=hyperopt.__version__,
+        python=platform.python_version(),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    )
 
 
 def run_guarded(function, **kwargs) -> dict:
@@ -122,7 +156,10 @@ def run_guarded(function, **kwargs) -> dict:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # noqa: BLE001 - any failure of one trial is recorded
-        result = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                  "traceback": traceback.format_exc(limit=5)}
+        result = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(limit=5),
+        }
     result["seconds"] = time.perf_counter() - start
     return result
