@@ -12,7 +12,7 @@ ratios to the LSTM measured in the same run: the layer at batch 240, seq 100, di
 training epoch of MLSTMNet vs LSTMNet with the study's best configurations, and the
 batched evaluation of the ML-1M test split. On a GPU, next: the MRR mLSTM reaches with the
 Triton kernels and with the fused path (same seed, ``--mrr-epochs``); then the full-softmax
-training of issue 8 in float32 and in bfloat16 (``precision='bfloat16'``): epoch times, and
+training (`loss='softmax'`) in float32 and in bfloat16 (``precision='bfloat16'``): epoch times, and
 the validation/test MRR each precision reaches with the same seed and epochs; last, with
 ``--sweep``, the Triton layer's time under other tile sizes and launch options (each one
 compiles; :data:`SWEEP`), or with ``--sweep-only`` the kernels' resources and check and
@@ -348,7 +348,7 @@ SWEEP = [
     (dict(X3=1, BATCHED=1), "tf32x3", "tf32x3 by hand, the backward's gate products batched"),
     (dict(X3=1, BATCHED=1, POLL=1), "tf32x3", "tf32x3 by hand, gate products batched, polling"),
     (dict(X3=1, SPLIT=8), "tf32x3", "tf32x3 by hand, 8 programs a tile"),
-    (dict(PREFETCH=0, STATIC_H=0, RESIDENT=0, SPLIT=8), "tf32x3", "the defaults before run 9"),
+    (dict(PREFETCH=0, STATIC_H=0, RESIDENT=0, SPLIT=8), "tf32x3", "the earlier defaults"),
     (dict(RESIDENT=0), "tf32x3", "weights re-read each step, KC rows at a time"),
     (dict(RESIDENT=0, K_STAGES=3), "tf32x3", "weights re-read, two chunks ahead"),
     (dict(RESIDENT=0, KC=16), "tf32x3", "weights re-read, narrower chunks"),

@@ -58,23 +58,8 @@ def compile_for(
     function = triton_mlstm._kernel(kernel)
     constants = {
         **{flag: flags.get(flag, True) for flag in KERNEL_FLAGS[kernel]},
-        **{
-            k: options[k]
-            for k in (
-                "BLOCK_B",
-                "BLOCK_H",
-                "KC",
-                "K_STAGES",
-                "SPLIT",
-                "WAIT",
-                "STATIC_H",
-                "RESIDENT",
-                "PREFETCH",
-                "POLL",
-                "BATCHED",
-                "X3",
-            )
-        },
+        # the kernels' constexpr options: every tunable but the compiler's own, and BLOCK_H
+        **{k: options[k] for k in ("BLOCK_H", *triton_mlstm.TUNABLE) if not k.startswith("num_")},
         "PRECISION": triton_mlstm.precision(),
     }
     signature = {

@@ -33,8 +33,25 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from mlstm4reco import report, search  # noqa: E402
-from mlstm4reco.search import DATASETS, UserError  # noqa: E402
+from mlstm4reco.study import curves, report  # noqa: E402
+from mlstm4reco.study.config import (  # noqa: E402
+    DATASETS,
+    check_model_arguments,
+    config_path,
+    load_config,
+    model_arguments,
+)
+from mlstm4reco.study.errors import UserError  # noqa: E402
+from mlstm4reco.study.records import RecordFile  # noqa: E402
+from mlstm4reco.study.runners import (  # noqa: E402
+    parse_overrides,
+    plain_label,
+    results_folder,
+    run_curve,
+    run_reproduce,
+    run_search,
+    set_threads,
+)
 
 
 def common_options(parser: argparse.ArgumentParser) -> None:
@@ -103,16 +120,16 @@ def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[
     if labels is not None and len(labels) != len(folders):
         raise UserError(f"--labels: {len(labels)} labels for {len(folders)} folders")
     labels = labels or [pathlib.Path(folder).name for folder in folders]
-    curves: dict[str, list[list[dict]]] = {}
+    by_label: dict[str, list[list[dict]]] = {}
     seeds: dict[str, dict[int, str]] = {}
     for label, folder in zip(labels, folders):
         path = pathlib.Path(folder) / "curve.json"
         if not path.is_file():
             raise UserError(f"{path}: no such file (is {folder} a folder of 'run.py curve'?)")
-        records = search.RecordFile(path, kind="curve").records
+        records = RecordFile(path, kind="curve").records
         if not any("epoch" in r for r in records):
             raise UserError(f"{path}: no points of a learning curve")
-        curves.setdefault(label, []).append(records)
+        by_label.setdefault(label, []).append(records)
         seed = next((r.get("seed") for r in records if r.get("final")), None)
         if labels.count(label) > 1:
             if seed is None:
@@ -125,7 +142,7 @@ def read_curves(folders: list[str], labels: list[str] | None) -> dict[str, list[
                     f"label {label!r}: {seeds[label][seed]} and {folder} are both seed {seed}"
                 )
             seeds[label][seed] = folder
-    return curves
+    return by_label
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -281,33 +298,33 @@ def main(argv: list[str] | None = None) -> int:
     progress = not getattr(args, "quiet", False)  # report has no progress to show
     try:
         if args.command in ("search", "curve"):
-            path = args.config or search.config_path(args.dataset, args.model, args.config_dir)
-            config = search.load_config(path)
+            path = args.config or config_path(args.dataset, args.model, args.config_dir)
+            config = load_config(path)
             if config.dataset != args.dataset:
                 raise UserError(f"{path} is for dataset {config.dataset!r}, not {args.dataset!r}")
-            out = search.results_folder(args.out, config.name)
+            out = results_folder(args.out, config.name)
         if args.command == "curve":
-            overrides = search.parse_overrides(args.set)
-            search.check_model_arguments(
-                search.model_arguments(config, {**config.best, **overrides}),
+            overrides = parse_overrides(args.set)
+            check_model_arguments(
+                model_arguments(config, {**config.best, **overrides}),
                 f"{path} with --set {' '.join(args.set)}",
             )
             changes = "".join(f"_{name}={value}" for name, value in overrides.items())
-            out = search.results_folder(
+            out = results_folder(
                 pathlib.Path(args.out) / "curves",
-                search.plain_label(f"{config.name}{changes}_seed{args.seed}"),
+                plain_label(f"{config.name}{changes}_seed{args.seed}"),
             )
             if args.threads is not None:
                 if args.threads < 1:
                     raise UserError(f"--threads must be at least 1, got {args.threads}")
-                search.set_threads(args.threads)
-            records = search.run_curve(
+                set_threads(args.threads)
+            records = run_curve(
                 config, overrides, args.seed, out, args.every, args.device, args.data_dir, progress
             )
-            paths = report.write_curve_report(records, out, out.name)
+            paths = curves.write_curve_report(records, out, out.name)
         elif args.command == "search":
             if args.backend == "ray":
-                from mlstm4reco.ray_search import run_ray_search
+                from mlstm4reco.study.ray_tune import run_ray_search
 
                 asha = (
                     dict(
@@ -335,19 +352,19 @@ def main(argv: list[str] | None = None) -> int:
             elif args.asha or args.ray_address:
                 raise UserError("--asha and --ray-address need --backend ray")
             else:
-                records = search.run_search(
+                records = run_search(
                     config, args.trials, out, args.device, args.data_dir, args.seed, progress
                 )
             paths = report.write_search_report(records, out, config.name)
         elif args.command == "curves":
             if args.window < 1:
                 raise UserError(f"--window must be at least 1 epoch, got {args.window}")
-            paths = report.write_curves_comparison(
+            paths = curves.write_curves_comparison(
                 read_curves(args.folders, args.labels), args.out, args.window
             )
         elif args.command == "report":
             out = pathlib.Path(args.folder)
-            records = search.RecordFile(out / "runs.json", kind="runs").records
+            records = RecordFile(out / "runs.json", kind="runs").records
             if not records:
                 raise UserError(
                     f"{out / 'runs.json'}: no runs to report (is this a reproduction's folder?)"
@@ -356,15 +373,14 @@ def main(argv: list[str] | None = None) -> int:
             paths = report.write_reproduction_report(records, out, **compare)
         else:
             configs = [
-                search.load_config(search.config_path(args.dataset, m, args.config_dir))
-                for m in args.models
+                load_config(config_path(args.dataset, m, args.config_dir)) for m in args.models
             ]
-            out = search.results_folder(args.out, f"{args.dataset}_reproduce")
-            stored = [r["model"] for r in search.RecordFile(out / "runs.json", kind="runs").records]
+            out = results_folder(args.out, f"{args.dataset}_reproduce")
+            stored = [r["model"] for r in RecordFile(out / "runs.json", kind="runs").records]
             compare = check_comparisons(
                 args, [*args.models, *stored], "--models and " + str(out / "runs.json")
             )
-            records = search.run_reproduce(
+            records = run_reproduce(
                 configs,
                 args.seeds,
                 out,

@@ -34,7 +34,7 @@ _scratch = threading.local()
 def workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A per-thread buffer reused across calls, for temporaries of the backward pass
     (nothing returned or saved aliases it). Large fresh allocations are page-faulted in
-    on every call on the CPU; a reused one is not (10% of a training step here)."""
+    on every call on the CPU; a reused one is not."""
     buffers = _scratch.__dict__.setdefault("buffers", {})
     key = (name, like.device, like.dtype)
     buffer = buffers.get(key)

@@ -16,73 +16,14 @@ from mlstm4reco import checkpoint
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES, LossInput
 from mlstm4reco.representations import PADDING_IDX, REPRESENTATIONS, ScoresItems
+from mlstm4reco.representations.arguments import check_representation_kwargs
+from mlstm4reco.sampling import sample_items
+from mlstm4reco.torch_utils import device_for
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Training precisions ``ImplicitSequenceModel(precision=...)`` accepts."""
-
-
-def sample_items(num_items: int, shape, random_state: np.random.RandomState) -> np.ndarray:
-    """Item ids drawn uniformly from [0, num_items), as Spotlight's ``sample_items``."""
-    return random_state.randint(0, num_items, shape, dtype=np.int64)
-
-
-MODEL_SETS = ("num_items", "embedding_dim", "sparse")
-"""Representation arguments the model passes itself (from the data and its own arguments)."""
-
-
-def representation_arguments(cls) -> set:
-    """The keyword arguments a representation class takes: its constructor's, and those
-    of the base classes its ``**options`` are passed on to."""
-    names = set()
-    for klass in cls.__mro__:
-        if klass is torch.nn.Module or "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names - {"self"}
-
-
-def _check_representation_kwargs(name: str, kwargs) -> None:
-    """Refuse, at construction rather than at the first fit, representation arguments the
-    named representation does not take."""
-    if kwargs is None:
-        return
-    if not isinstance(kwargs, dict):
-        raise TypeError(
-            f"representation_kwargs must be a dict, got {type(kwargs).__name__} {kwargs!r}"
-        )
-    accepted = sorted(representation_arguments(REPRESENTATIONS[name]) - set(MODEL_SETS))
-    clashes = sorted(set(kwargs) & set(MODEL_SETS))
-    if clashes:
-        raise ValueError(
-            f"representation_kwargs {clashes}: set by the model itself (num_items from the "
-            f"data; embedding_dim and sparse are ImplicitSequenceModel arguments)"
-        )
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"representation {name!r} ({REPRESENTATIONS[name].__name__}) takes no "
-            f"{unknown}; its representation_kwargs are {accepted}"
-        )
-
-
-def _device(device: str | torch.device | None, use_cuda: bool | None) -> torch.device:
-    if use_cuda is not None and device not in (None, "auto"):
-        raise ValueError(
-            f"give device or use_cuda, not both (device={device!r}, use_cuda={use_cuda})"
-        )
-    if use_cuda is not None:
-        device = "cuda" if use_cuda else "cpu"
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for, but CUDA is not available")
-    return device
 
 
 class ImplicitSequenceModel:
@@ -157,7 +98,9 @@ class ImplicitSequenceModel:
                 f"{sorted(REPRESENTATIONS)} or pass a representation instance"
             )
         if isinstance(representation, str):
-            _check_representation_kwargs(representation, representation_kwargs)
+            check_representation_kwargs(
+                representation, REPRESENTATIONS[representation], representation_kwargs
+            )
         for name, value in (
             ("n_iter", n_iter),
             ("batch_size", batch_size),
@@ -189,7 +132,7 @@ class ImplicitSequenceModel:
         self._num_negative_samples = int(num_negative_samples)
         self._exclude_preceding = bool(exclude_preceding)
         self._precision = precision
-        self._device = _device(device, use_cuda)
+        self._device = device_for(device, use_cuda)
         if random_state is None or isinstance(random_state, (int, np.integer)):
             random_state = np.random.RandomState(random_state)
         self._random_state = random_state

@@ -12,7 +12,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 gpu = pytest.importorskip("gpu")  # benchmarks/gpu.py
 
-from mlstm4reco import triton_mlstm  # noqa: E402
+from mlstm4reco import triton_launch, triton_mlstm  # noqa: E402
 
 
 def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, capsys):
@@ -41,7 +41,7 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
         "median_seconds",
         lambda fn, device, repeats, warmup=2: (
             3.0
-            if triton_mlstm._launch_overrides["forward"].get("POLL")
+            if triton_launch._launch_overrides["forward"].get("POLL")
             else median(fn, device, repeats, warmup)
         ),
     )
@@ -50,13 +50,13 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
         if isinstance(layer, torch.nn.LSTM):  # cuDNN in fp32: slower
             return (1.0, 0.4) if torch.backends.cudnn.allow_tf32 else (2.0, 0.8)
         forward, backward = (
-            triton_mlstm._launch_overrides[kernel] for kernel in triton_mlstm.KERNELS
+            triton_launch._launch_overrides[kernel] for kernel in triton_mlstm.KERNELS
         )
         if forward.get("SPLIT") == 64:
             raise RuntimeError("out of resource: shared memory")
         if forward.get("WAIT") == 0 or forward.get("POLL"):
             return 0.5, 0.2
-        cheaper = 0.5 if triton_mlstm._precision == "tf32" else 1.0
+        cheaper = 0.5 if triton_launch._precision == "tf32" else 1.0
         fwd = cheaper * (2.0 if forward.get("PREFETCH") == 0 else 4.0)
         return fwd + cheaper * (3.0 if backward.get("K_STAGES") == 1 else 5.0), fwd
 
@@ -66,7 +66,8 @@ def test_sweep_returns_the_fastest_configuration_at_fp32_accuracy(monkeypatch, c
             return out + (1e-3 if torch.backends.cudnn.allow_tf32 else 0), out
         if layer.implementation == "fused":
             return out, out
-        off = {"tf32": 5e-4, "tf32x3": 1e-7}[triton_mlstm._precision]  # WAIT=0 too: right by chance
+        # WAIT=0 too: right by chance
+        off = {"tf32": 5e-4, "tf32x3": 1e-7}[triton_launch._precision]
         return out + off, out
 
     monkeypatch.setattr(gpu, "layer_seconds", seconds)
@@ -203,7 +204,7 @@ def test_shape_scan_times_each_shape_against_the_lstm_and_goes_on_past_a_failure
         dim = x.shape[-1]
         if isinstance(layer, torch.nn.LSTM):
             return 1e-3 * dim, 0.5e-3 * dim
-        if triton_mlstm._launch_overrides["forward"].get("PREFETCH") == 0:
+        if triton_launch._launch_overrides["forward"].get("PREFETCH") == 0:
             if dim == 32:
                 raise RuntimeError("out of resource")
             return 2e-3 * dim, 1.5e-3 * dim

@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 
 from conftest import ROOT  # noqa: E402
 
-from mlstm4reco import fused, triton_mlstm  # noqa: E402
+from mlstm4reco import fused, triton_launch, triton_mlstm  # noqa: E402
 from mlstm4reco.layers import MLSTM, MLSTMCell  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -490,7 +490,7 @@ def test_kernels_fit_an_h100():
     benchmark's size. The first version
     of the kernels asked for 664 KiB and spilled about 20 KB per thread."""
     both = (120, triton_mlstm.MAX_AUTO_HIDDEN)
-    before = {"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0, "SPLIT": 8}  # the defaults before run 9
+    before = {"PREFETCH": 0, "STATIC_H": 0, "RESIDENT": 0, "SPLIT": 8}  # the earlier defaults
     configurations = [
         ({}, 240, both, "tf32x3"),
         ({}, 10_000, both, "tf32x3"),  # the defaults
@@ -803,13 +803,13 @@ def test_precision_follows_pytorchs_float32_matmul_setting(monkeypatch):
 
 
 def test_dot_precision_is_checked_and_restored():
-    before = triton_mlstm._precision
+    before = triton_launch._precision
     with pytest.raises(ValueError, match="'fp16'"):
         with triton_mlstm.dot_precision("fp16"):
             pass
     with triton_mlstm.dot_precision("ieee"):
-        assert triton_mlstm._precision == "ieee"
-    assert triton_mlstm._precision == before
+        assert triton_launch._precision == "ieee"
+    assert triton_launch._precision == before
 
 
 @kernels
