@@ -219,8 +219,18 @@ class MLSTM(nn.Module):
 
     Parameters
     ----------
-    input_size, hidden_size, bias, multiplicative_bias, forget_bias, layer_norm:
-        As :class:`MLSTMCell`.
+    input_size: int
+        Features of the input x_t (as :class:`MLSTMCell`).
+    hidden_size: int
+        Features of h_t, c_t and m_t.
+    bias: bool
+        Gate biases (as :class:`MLSTMCell`).
+    multiplicative_bias: bool
+        The two biases of m_t (as :class:`MLSTMCell`).
+    forget_bias: float
+        Added to the forget gate bias at initialisation.
+    layer_norm: bool
+        Layer normalisation of the gates and the cell (as :class:`MLSTMCell`).
     num_layers: int
         Stacked layers; layer l > 0 reads the hidden states of layer l - 1.
     batch_first: bool

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from mlstm4reco.losses import LOSSES, LossInput
 from mlstm4reco.representations import PADDING_IDX, REPRESENTATIONS, ScoresItems
 from mlstm4reco.representations.arguments import check_representation_kwargs
 from mlstm4reco.sampling import sample_items
-from mlstm4reco.torch_utils import device_for
+from mlstm4reco.torch_utils import CarriedGenerator, device_for
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
 
@@ -42,8 +41,16 @@ class ImplicitSequenceModel:
     representation_kwargs: dict, optional
         Extra constructor arguments for a representation given by name, e.g.
         ``{'state': 'hidden'}`` for 'mlstm'.
-    embedding_dim, n_iter, batch_size, l2, learning_rate:
-        Embedding and state dimension, epochs, minibatch size, weight decay, step size.
+    embedding_dim: int
+        Dimension of the item embeddings and of the representation's state.
+    n_iter: int
+        Epochs of training per call of :meth:`fit`.
+    batch_size: int
+        Sequences per minibatch.
+    l2: float
+        Weight decay (L2 penalty), at least 0.
+    learning_rate: float
+        The optimizer's step size, positive.
     optimizer_func: callable, optional
         ``optimizer_func(params, weight_decay=l2, lr=learning_rate)``; default Adam.
     sparse: bool
@@ -62,6 +69,18 @@ class ImplicitSequenceModel:
         shown out of each position's candidates (never the position's own target), as
         the evaluation does with ``exclude_preceding=True``; the loss then does not
         spend itself pushing down items the ranking will drop anyway. Default False.
+    precision: str
+        'float32' (the default) or 'bfloat16': training under ``torch.autocast`` with
+        bfloat16 matmuls (weights, optimizer and evaluation stay float32).
+    use_cuda: bool, optional
+        Spotlight's flag, instead of ``device``.
+
+    Raises
+    ------
+    ValueError
+        An unknown loss, representation or precision, a representation argument the
+        representation does not take, a size or rate out of range (each named with its
+        value).
     """
 
     def __init__(
@@ -186,8 +205,8 @@ class ImplicitSequenceModel:
         # weights, and the stream that shuffles and samples stays Spotlight's), and from it
         # the seed of training's own torch draws (dropout).
         seed = int(copy.deepcopy(self._random_state).randint(2**31 - 1))
-        self._torch_seed = int(np.random.RandomState(seed).randint(2**31 - 1))
-        self._torch_state = None
+        torch_seed = int(np.random.RandomState(seed).randint(2**31 - 1))
+        self._torch_random = CarriedGenerator(torch_seed, self._device)
         if isinstance(self._representation, str):
             cls = REPRESENTATIONS[self._representation]
             with torch.random.fork_rng(devices=[]):
@@ -205,32 +224,6 @@ class ImplicitSequenceModel:
         self._optimizer = optimizer_func(
             self._net.parameters(), weight_decay=self._l2, lr=self._learning_rate
         )
-
-    @contextmanager
-    def _training_random(self):
-        """Training's torch draws (dropout masks) from the model's own generator state,
-        seeded from ``random_state`` and carried from one fit to the next; torch's global
-        generators are as they were after."""
-        cuda = self._device.type == "cuda"
-        devices = (
-            [self._device.index if self._device.index is not None else torch.cuda.current_device()]
-            if cuda
-            else []
-        )
-        with torch.random.fork_rng(devices=devices):
-            if self._torch_state is None:
-                torch.manual_seed(self._torch_seed)  # every device's generator
-            else:
-                torch.set_rng_state(self._torch_state[0])
-                if cuda and self._torch_state[1] is not None:
-                    torch.cuda.set_rng_state(self._torch_state[1], devices[0])
-            try:
-                yield
-            finally:
-                self._torch_state = (
-                    torch.get_rng_state(),
-                    torch.cuda.get_rng_state(devices[0]) if cuda else None,
-                )
 
     def _check_sequences(self, sequences: np.ndarray, name: str = "sequences") -> None:
         if sequences.ndim != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
@@ -284,7 +277,7 @@ class ImplicitSequenceModel:
             if fresh:  # no net built for data that was refused: the next data starts afresh
                 self._net = self._optimizer = self._num_items = None
             raise
-        with self._training_random():
+        with self._torch_random.active():
             return self._fit_epochs(sequences, verbose, callback)
 
     def _fit_epochs(self, sequences: np.ndarray, verbose: bool, callback) -> list[float]:

@@ -6,6 +6,8 @@ from sklearn.utils import murmurhash3_32
 from mlstm4reco.cross_validation import random_train_test_split, user_based_train_test_split
 from mlstm4reco.datasets import get_movielens_dataset, get_synthetic_dataset
 from mlstm4reco.interactions import Interactions
+from mlstm4reco.study.config import config_path, load_config
+from mlstm4reco.study.protocol import load_splits
 
 
 def random_interactions(seed=0, n=2000):
@@ -72,19 +74,26 @@ def protocol(data, length=100, minimum=20, step=100):
 
 
 @pytest.mark.parametrize(
-    "variant,archive,expected,num_items",
+    "dataset,archive,expected,num_items",
     [
-        ("1M", "ml-1m.zip", (9869, 1302, 1266), 3953),
-        ("100K", "ml-100k.zip", (1169, 119, 146), 1683),
+        ("ml1m", "ml-1m.zip", (9869, 1302, 1266), 3953),
+        ("ml100k", "ml-100k.zip", (1169, 119, 146), 1683),
     ],
 )
-def test_acceptance_figures_of_the_2018_protocol(variant, archive, expected, num_items):
+def test_acceptance_figures_of_the_2018_protocol(dataset, archive, expected, num_items):
+    """The sequence counts of the study's protocol, through the runner's own path: the
+    shipped config, read and checked, and the splits it builds for every trial."""
     folder = require_archive(archive)
-    train, valid, test = protocol(get_movielens_dataset(variant, data_dir=folder))
+    config = load_config(config_path(dataset, "mlstm"))
+    train, valid, test = load_splits(config, data_dir=folder)
     assert (len(train), len(valid), len(test)) == expected
     assert train.num_items == valid.num_items == test.num_items == num_items
     assert not set(train.user_ids.tolist()) & set(test.user_ids.tolist())
     assert not set(valid.user_ids.tolist()) & set(test.user_ids.tolist())
+    # the same figures from the library's functions called by hand, as a user would
+    variant = {"ml1m": "1M", "ml100k": "100K"}[dataset]
+    by_hand = protocol(get_movielens_dataset(variant, data_dir=folder))
+    assert [len(part) for part in by_hand] == list(expected)
 
 
 def test_synthetic_protocol_runs():

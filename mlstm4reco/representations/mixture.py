@@ -79,8 +79,15 @@ class MixtureLSTMNet(_MixtureHead, LSTMNet):
 
     Parameters
     ----------
-    num_items, embedding_dim, item_embedding_layer, sparse:
-        As :class:`~mlstm4reco.representations.LSTMNet`.
+    num_items: int
+        Number of item ids, padding id 0 included.
+    embedding_dim: int
+        Dimension of the item embeddings and of the state.
+    item_embedding_layer: nn.Embedding, optional
+        An embedding layer to use instead of a new
+        :class:`~mlstm4reco.representations.ScaledEmbedding`.
+    sparse: bool
+        Sparse gradients for the embeddings.
     num_components: int
         Number of tastes k (4 in Kula 2017).
     """
@@ -105,8 +112,9 @@ class MixtureMLSTMNet(_MixtureHead, MLSTMNet):
     ----------
     num_components: int
         Number of tastes k.
-    others:
-        As :class:`~mlstm4reco.representations.MLSTMNet`.
+    **options:
+        The arguments of :class:`~mlstm4reco.representations.MLSTMNet` (``num_items``,
+        ``embedding_dim``, ``state``, ...).
     """
 
     def __init__(

@@ -100,8 +100,15 @@ class MLSTMNet(SequenceNet):
 
     Parameters
     ----------
-    num_items, embedding_dim, item_embedding_layer, sparse:
-        As :class:`LSTMNet`.
+    num_items: int
+        Number of item ids, padding id 0 included.
+    embedding_dim: int
+        Dimension of the item embeddings and of the state.
+    item_embedding_layer: nn.Embedding, optional
+        An embedding layer to use instead of a new
+        :class:`~mlstm4reco.representations.ScaledEmbedding`.
+    sparse: bool
+        Sparse gradients for the embeddings.
     multiplicative_bias: bool
         Whether m_t has biases (see :class:`~mlstm4reco.layers.MLSTMCell`).
     state: str
