@@ -33,6 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from mlstm4reco.protocols import PROTOCOLS  # noqa: E402
 from mlstm4reco.study import curves, report  # noqa: E402
 from mlstm4reco.study.config import (  # noqa: E402
     DATASETS,
@@ -40,6 +41,8 @@ from mlstm4reco.study.config import (  # noqa: E402
     config_path,
     load_config,
     model_arguments,
+    with_objective,
+    with_protocol,
 )
 from mlstm4reco.study.errors import UserError  # noqa: E402
 from mlstm4reco.study.records import RecordFile  # noqa: E402
@@ -69,6 +72,31 @@ def common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config-dir", default=None, help="folder of configs (default: configs/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def protocol_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol",
+        default=None,
+        choices=sorted(PROTOCOLS),
+        help="split protocol instead of the config's: user (the 2018 study's, Spotlight's), "
+        "leave_one_out (each user's last item the test target) or temporal (global cutoffs)",
+    )
+    parser.add_argument(
+        "--objective",
+        default=None,
+        help="validation metric to optimise and stop on instead of the config's (default mrr): "
+        "mrr, mrr@K, hit_rate@K, ndcg@K, recall@K",
+    )
+
+
+def adjusted(config, args):
+    """The config under --protocol and --objective, where given."""
+    if args.protocol is not None:
+        config = with_protocol(config, args.protocol)
+    if args.objective is not None:
+        config = with_objective(config, args.objective)
+    return config
 
 
 def comparison_options(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +180,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command")
     find = commands.add_parser("search", help="hyperopt TPE search (the default command)")
     common_options(find)
+    protocol_options(find)
     find.add_argument(
         "--model",
         required=True,
@@ -220,6 +249,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "reproduce", help="the study's best configurations over several seeds"
     )
     common_options(again)
+    protocol_options(again)
     again.add_argument(
         "--models",
         nargs="+",
@@ -247,6 +277,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     comparison_options(redo)
     curve = commands.add_parser("curve", help="validation MRR every epoch of one run of a config")
     common_options(curve)
+    protocol_options(curve)
     curve.add_argument(
         "--model", required=True, help="model name (a config <dataset>_<model>.yaml)"
     )
@@ -299,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("search", "curve"):
             path = args.config or config_path(args.dataset, args.model, args.config_dir)
-            config = load_config(path)
+            config = adjusted(load_config(path), args)
             if config.dataset != args.dataset:
                 raise UserError(f"{path} is for dataset {config.dataset!r}, not {args.dataset!r}")
             out = results_folder(args.out, config.name)
@@ -373,9 +404,24 @@ def main(argv: list[str] | None = None) -> int:
             paths = report.write_reproduction_report(records, out, **compare)
         else:
             configs = [
-                load_config(config_path(args.dataset, m, args.config_dir)) for m in args.models
+                adjusted(load_config(config_path(args.dataset, m, args.config_dir)), args)
+                for m in args.models
             ]
-            out = results_folder(args.out, f"{args.dataset}_reproduce")
+            kinds = {(c.split, c.objective) for c in configs}
+            if len(kinds) > 1:
+                raise UserError(
+                    f"--models {' '.join(args.models)}: their configs differ in split protocol or "
+                    f"objective ({sorted(kinds)}); reproduce them apart, or give --protocol and "
+                    "--objective"
+                )
+            ((split, objective),) = kinds
+            suffix = "".join(
+                [
+                    f"_{split}" if split != "user" else "",
+                    "_" + objective.replace("@", "_at_") if objective != "mrr" else "",
+                ]
+            )
+            out = results_folder(args.out, f"{args.dataset}_reproduce{suffix}")
             stored = [r["model"] for r in RecordFile(out / "runs.json", kind="runs").records]
             compare = check_comparisons(
                 args, [*args.models, *stored], "--models and " + str(out / "runs.json")

@@ -9,7 +9,8 @@ counted directly: rank = #(better) + (#(tied) + 1) / 2.
 
 Metrics of one held-out item per sequence are functions of that rank, by name in
 :data:`METRICS`: ``mrr`` (1 / rank), ``hit_rate@k`` (1 when rank <= k), ``ndcg@k``
-(1 / log2(1 + rank) when rank <= k); ``mrr@k`` is the reciprocal rank cut at k. All of
+(1 / log2(1 + rank) when rank <= k), ``recall@k`` (the held-out item found in the top k:
+with one relevant item, hit_rate@k); ``mrr@k`` is the reciprocal rank cut at k. All of
 them take the tied items' average rank, so a target tied with others is neither first nor
 last among them. :func:`evaluate` ranks once and reports each metric asked for.
 """
@@ -164,9 +165,13 @@ METRICS = {
     "mrr": Metric(_reciprocal_rank, cutoff="optional"),
     "hit_rate": Metric(_hit_rate),
     "ndcg": Metric(_ndcg),
+    "recall": Metric(_hit_rate),  # one relevant item: the share of it found in the top k
 }
-"""Rank metrics by name: ``mrr`` or ``mrr@k``, ``hit_rate@k``, ``ndcg@k``. A new one: a
-function of (ranks, k) and a line here."""
+"""Rank metrics by name: ``mrr`` or ``mrr@k``, ``hit_rate@k``, ``ndcg@k``, ``recall@k``
+(with one held-out item a sequence, recall@k is hit_rate@k). A new one: a function of
+(ranks, k) and a line here. Sampled metrics (the rank among a few sampled negatives)
+are left out on purpose: they disagree with full ranking, even in the order of models
+(Krichene and Rendle, KDD 2020)."""
 
 
 def parse_metric(name) -> tuple[Metric, int | None]:

@@ -79,8 +79,8 @@ def edited(tmp_path, **changes):
             r"published.valid_mrr must be a number, got 'high'",
         ),
         (
-            dict(objective="recall@10"),
-            r"objective: unknown metric 'recall@10'; the metrics are mrr, hit_rate@k",
+            dict(objective="precision@10"),
+            r"objective: unknown metric 'precision@10'; the metrics are mrr, hit_rate@k",
         ),
         (dict(objective="ndcg"), r"objective: metric 'ndcg' needs a cutoff, e.g. ndcg@10"),
         (

@@ -156,6 +156,7 @@ def test_evaluate_gives_every_metric_of_one_ranking(exclude_preceding):
         "mrr@5": [1 / r if r <= 5 else 0 for r in ranks],
         "hit_rate@5": [float(r <= 5) for r in ranks],
         "hit_rate@1": [float(r <= 1) for r in ranks],
+        "recall@3": [float(r <= 3) for r in ranks],
         "ndcg@5": [1 / math.log2(1 + r) if r <= 5 else 0 for r in ranks],
     }
     got = evaluate(model, test, list(expected), exclude_preceding=exclude_preceding, batch_size=16)
@@ -167,7 +168,7 @@ def test_evaluate_gives_every_metric_of_one_ranking(exclude_preceding):
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("recall@10", "unknown metric 'recall@10'"),
+        ("precision@10", "unknown metric 'precision@10'"),
         ("ndcg", "metric 'ndcg' needs a cutoff, e.g. ndcg@10"),
         ("hit_rate@0", "the cutoff after '@' must be a positive integer"),
         ("ndcg@ten", "must be a positive integer"),
@@ -187,3 +188,28 @@ def test_metric_names_parse():
     assert parse_metric("mrr") == (METRICS["mrr"], None)
     assert parse_metric("mrr@20") == (METRICS["mrr"], 20)
     assert parse_metric("ndcg@10") == (METRICS["ndcg"], 10)
+
+
+@pytest.mark.parametrize("exclude_preceding", [False, True])
+def test_popularity_baseline_ranks_by_training_counts(exclude_preceding):
+    """PopularityModel through evaluate() against pandas: counts of the training windows'
+    items (ties among equally popular items at their average rank)."""
+    from mlstm4reco.baselines import PopularityModel
+
+    train = make_test_sequences(seed=1, n=200)
+    test = make_test_sequences(seed=2)
+    counts = pd.Series(train.sequences.ravel()).value_counts()
+    scores = pd.Series(0.0, index=range(train.num_items))
+    scores.update(counts.astype(float))
+    scores[0] = 0.0  # padding: never an item seen
+    expected = []
+    for sequence in test.sequences:
+        row = scores.copy()
+        if exclude_preceding:
+            row[np.unique(sequence[:-1])] = -np.inf
+        expected.append(1 / row.rank(method="average", ascending=False)[sequence[-1]])
+    model = PopularityModel().fit(train)
+    got = evaluate(model, test, ["mrr"], exclude_preceding=exclude_preceding)["mrr"]
+    assert got == pytest.approx(np.mean(expected), rel=1e-12)
+    batched = sequence_mrr_score(model, test, exclude_preceding).mean()
+    assert got == pytest.approx(batched, rel=1e-12)

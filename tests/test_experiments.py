@@ -100,7 +100,7 @@ def test_a_search_follows_its_objective_and_records_every_metric(tmp_path, capsy
         )
         == 0
     )
-    out = tmp_path / "out" / "synthetic_mlstm"
+    out = tmp_path / "out" / "synthetic_mlstm_ndcg_at_10"  # never the folder of an MRR search
     records = read_records(out / "trials.json")
     for record in records:
         assert record["status"] == "ok" and record["objective"] == "ndcg@10"

@@ -14,8 +14,13 @@ A config (see ``configs/``) names a dataset and a model and holds
 - ``objective`` (optional, default ``mrr``): the validation metric the search maximises
   and early stopping and ASHA follow, any name of :data:`mlstm4reco.evaluation.METRICS`
   (``ndcg@10``, ``hit_rate@10``, ...);
-- ``metrics`` (optional): the metrics every trial and run records for valid and test
-  (``valid_NAME``, ``test_NAME``); the objective always among them, first.
+- ``metrics`` (optional, default ``[mrr, hit_rate@10, ndcg@10]``): the metrics every
+  trial and run records for valid and test (``valid_NAME``, ``test_NAME``); the
+  objective always among them, first.
+
+The protocol's ``split`` names its split protocol (:data:`mlstm4reco.protocols.PROTOCOLS`:
+``user``, the study's and the default; ``leave_one_out``; ``temporal``), whose options
+the rest of the protocol gives.
 
 Every field is checked for its type and range when the file is read; a search space is
 checked at the extremes of each distribution (not by sampling a point), so that a space
@@ -25,6 +30,7 @@ refused (an alias bomb of a kilobyte expands to gigabytes) and files over 1 MiB 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -38,7 +44,7 @@ import yaml
 from hyperopt import hp
 from hyperopt.pyll.stochastic import sample
 
-from mlstm4reco import datasets, evaluation
+from mlstm4reco import datasets, evaluation, protocols
 from mlstm4reco.representations import REPRESENTATIONS
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 from mlstm4reco.study.errors import UserError
@@ -47,18 +53,13 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
 DATASETS = tuple(datasets.DATASETS)
 INTEGER_ARGUMENTS = ("batch_size", "n_iter", "embedding_dim", "num_negative_samples")
 DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "qloguniform", "choice")
-PROTOCOL_KEYS = {
-    "seed",
-    "test_percentage",
-    "valid_percentage",
-    "max_sequence_length",
-    "min_sequence_length",
-    "step_size",
-    "exclude_preceding",
-}
+PROTOCOL_KEYS = {"seed", "exclude_preceding", *protocols.PROTOCOLS["user"].REQUIRED}
+"""The keys of the 2018 study's protocol (the user split, the default)."""
 RUNNER_SETS = ("random_state", "device", "use_cuda", "optimizer_func")
 """ImplicitSequenceModel arguments the runner sets (seed, --device) or YAML cannot give."""
 MAX_CONFIG_BYTES = 1 << 20
+DEFAULT_METRICS = ("mrr", "hit_rate@10", "ndcg@10")
+"""What every trial and run records for valid and test unless a config says otherwise."""
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*\Z")
 
 
@@ -74,15 +75,28 @@ class ExperimentConfig:
     data: dict = field(default_factory=dict)
     early_stopping: dict | None = None
     objective: str = "mrr"
-    metrics: list = field(default_factory=list)
+    metrics: list = field(default_factory=lambda: list(DEFAULT_METRICS))
     source: str = "<memory>"
 
     def __post_init__(self) -> None:
         self.metrics = [self.objective, *(m for m in self.metrics if m != self.objective)]
 
     @property
+    def split(self) -> str:
+        """The split protocol's name (``user``, the 2018 study's, by default)."""
+        return self.protocol.get("split", "user")
+
+    @property
     def name(self) -> str:
-        return f"{self.dataset}_{self.model}"
+        """``DATASET_MODEL``, then the split and the objective where they are not the
+        study's (user split, MRR): results of other protocols or objectives never share a
+        folder with the study's."""
+        name = f"{self.dataset}_{self.model}"
+        if self.split != "user":
+            name += f"_{self.split}"
+        if self.objective != "mrr":
+            name += "_" + self.objective.replace("@", "_at_")
+        return name
 
 
 def check_plain_name(value, where: str) -> str:
@@ -148,35 +162,66 @@ def _is_number(value) -> bool:
 
 
 def _check_protocol(protocol, where: str) -> None:
+    """The keys every protocol has (``seed``, ``exclude_preceding``, the optional
+    ``split``), then the split's own options through its module
+    (:data:`mlstm4reco.protocols.PROTOCOLS`)."""
     if not isinstance(protocol, dict):
         raise UserError(f"{where}: protocol must be a mapping, got {protocol!r}")
-    if set(protocol) != PROTOCOL_KEYS:
+    name = protocol.get("split", "user")
+    if name not in protocols.PROTOCOLS:
         raise UserError(
-            f"{where}: protocol needs exactly {sorted(PROTOCOL_KEYS)}, got {sorted(protocol)}"
+            f"{where}: protocol.split must be one of {sorted(protocols.PROTOCOLS)}, got {name!r}"
+        )
+    module = protocols.PROTOCOLS[name]
+    expected = {"seed", "exclude_preceding", *module.REQUIRED}
+    allowed = expected | {"split", *module.OPTIONAL}
+    if not expected <= set(protocol) <= allowed:
+        raise UserError(
+            f"{where}: protocol needs exactly {sorted(expected)} for split {name!r} (optional: "
+            f"{sorted(allowed - expected)}), got {sorted(protocol)}"
         )
     seed = protocol["seed"]
     if not _is_int(seed) or not 0 <= seed < 2**32:
         raise UserError(f"{where}: protocol.seed must be an integer in [0, 2**32), got {seed!r}")
-    for name in ("test_percentage", "valid_percentage"):
-        value = protocol[name]
-        if not _is_number(value) or not 0 < value < 1:
-            raise UserError(f"{where}: protocol.{name} must be a number in (0, 1), got {value!r}")
-    for name in ("max_sequence_length", "step_size"):
-        if not _is_int(protocol[name]) or protocol[name] < 1:
-            raise UserError(
-                f"{where}: protocol.{name} must be a positive integer, got {protocol[name]!r}"
-            )
-    low, high = protocol["min_sequence_length"], protocol["max_sequence_length"]
-    if not _is_int(low) or not 1 <= low <= high:
-        raise UserError(
-            f"{where}: protocol.min_sequence_length must be an integer in [1, {high}] "
-            f"(max_sequence_length), got {low!r}"
-        )
     if not isinstance(protocol["exclude_preceding"], bool):
         raise UserError(
             f"{where}: protocol.exclude_preceding must be true or false, "
             f"got {protocol['exclude_preceding']!r}"
         )
+    try:
+        protocols.check_options(name, module, split_options(protocol))
+    except ValueError as error:
+        raise UserError(f"{where}: protocol.{error}") from error
+
+
+def split_options(protocol: dict) -> dict:
+    """The options of a config's protocol that its split takes (all but ``split`` and
+    ``exclude_preceding``, which the evaluation takes)."""
+    return {k: v for k, v in protocol.items() if k not in ("split", "exclude_preceding")}
+
+
+def with_protocol(config: ExperimentConfig, split: str) -> ExperimentConfig:
+    """``config`` under the split protocol ``split`` (``run.py --protocol``): its seed,
+    windows and ``exclude_preceding`` kept, the options of another split dropped, the
+    new split's defaults taken."""
+    if split not in protocols.PROTOCOLS:
+        raise UserError(f"--protocol must be one of {sorted(protocols.PROTOCOLS)}, got {split!r}")
+    module = protocols.PROTOCOLS[split]
+    keep = {"seed", "exclude_preceding", *module.REQUIRED, *module.OPTIONAL}
+    protocol = {k: v for k, v in config.protocol.items() if k in keep}
+    if split != "user":
+        protocol["split"] = split
+    _check_protocol(protocol, f"{config.source} with --protocol {split}")
+    return dataclasses.replace(config, protocol=protocol)
+
+
+def with_objective(config: ExperimentConfig, objective: str) -> ExperimentConfig:
+    """``config`` searching for ``objective`` (``run.py --objective``)."""
+    try:
+        evaluation.parse_metric(objective)
+    except ValueError as error:
+        raise UserError(f"--objective: {error}") from error
+    return dataclasses.replace(config, objective=objective)
 
 
 def _check_distribution(name, spec, where: str) -> None:

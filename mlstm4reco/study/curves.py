@@ -18,6 +18,7 @@ from mlstm4reco.study.report import (
     label,
     markdown_table,
     paired_line,
+    protocol_line,
 )
 
 
@@ -54,7 +55,8 @@ def write_curve_report(records: list[dict], out_dir, title: str) -> dict[str, pa
     ax.set_ylabel(f"validation {shown}")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _write_all({paths["markdown"]: head + markdown_table(rows), paths["plot"]: _png(fig)})
+    markdown = head + protocol_line(records) + markdown_table(rows)
+    _write_all({paths["markdown"]: markdown, paths["plot"]: _png(fig)})
     return paths
 
 

@@ -1,15 +1,13 @@
-"""A config's data under its protocol: the dataset loaded by name, split as the 2018 study
-splits it, cut into sequence windows; built once per process."""
+"""A config's data under its protocol: the dataset loaded by name, split by the config's
+split protocol (the 2018 study's by default) into windows; built once per process."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
-
-from mlstm4reco.cross_validation import user_based_train_test_split
+from mlstm4reco import protocols
 from mlstm4reco.datasets import get_dataset
-from mlstm4reco.study.config import ExperimentConfig
+from mlstm4reco.study.config import ExperimentConfig, split_options
 from mlstm4reco.study.errors import UserError
 
 
@@ -27,34 +25,42 @@ _SPLITS: dict = {}
 """Splits already built in this process, by dataset, protocol, loader arguments and folder."""
 
 
-def load_splits(config: ExperimentConfig, data_dir=None):
-    """(train, valid, test) of a config's dataset under its protocol, built once per process."""
-    key = (
+def _key(config: ExperimentConfig, data_dir) -> tuple:
+    return (
         config.dataset,
         json.dumps(config.protocol, sort_keys=True),
         json.dumps(config.data, sort_keys=True),
         str(data_dir),
     )
+
+
+def load_splits(config: ExperimentConfig, data_dir=None):
+    """(train, valid, test) of a config's dataset under its protocol, built once per process."""
+    key = _key(config, data_dir)
     if key not in _SPLITS:
         interactions = load_dataset(config, data_dir)
         try:
-            _SPLITS[key] = protocol_split(interactions, config.protocol)
+            _SPLITS[key] = protocol_split_with_notes(interactions, config.protocol)
         except ValueError as error:
             raise UserError(
                 f"{config.source}: the {config.dataset} data under its protocol: {error}"
             ) from error
-    return _SPLITS[key]
+    return _SPLITS[key][:3]
+
+
+def split_notes(config: ExperimentConfig, data_dir=None) -> dict:
+    """What the split of a config's data did (counts of users, targets, windows, items;
+    see each protocol), from the splits :func:`load_splits` built."""
+    load_splits(config, data_dir)
+    return _SPLITS[_key(config, data_dir)].notes
 
 
 def protocol_split(interactions, protocol: dict):
-    """The 2018 protocol: users split ``test_percentage`` out, the rest split in half into
-    (test, valid) with the same RandomState; each part cut into sequences."""
-    state = np.random.RandomState(protocol["seed"])
-    train, rest = user_based_train_test_split(interactions, protocol["test_percentage"], state)
-    test, valid = user_based_train_test_split(rest, protocol["valid_percentage"], state)
-    window = (
-        protocol["max_sequence_length"],
-        protocol["min_sequence_length"],
-        protocol["step_size"],
-    )
-    return tuple(part.to_sequence(*window) for part in (train, valid, test))
+    """(train, valid, test) of ``interactions`` under a config's protocol: its ``split``
+    (:data:`mlstm4reco.protocols.PROTOCOLS`; the 2018 study's user split by default)."""
+    return protocol_split_with_notes(interactions, protocol)[:3]
+
+
+def protocol_split_with_notes(interactions, protocol: dict) -> protocols.Split:
+    """The whole :class:`~mlstm4reco.protocols.Split`, with the split's counts."""
+    return protocols.split(interactions, protocol.get("split", "user"), **split_options(protocol))

@@ -36,9 +36,9 @@ from tqdm.auto import tqdm
 
 from mlstm4reco.study.config import ExperimentConfig, model_arguments
 from mlstm4reco.study.errors import UserError
-from mlstm4reco.study.protocol import load_splits
+from mlstm4reco.study.protocol import load_splits, split_notes
 from mlstm4reco.study.records import RecordFile, _jsonable, ensure_results_folder, metric_field
-from mlstm4reco.study.runners import check_seed, check_trials
+from mlstm4reco.study.runners import check_seed, check_trials, study_fields
 from mlstm4reco.study.tpe import suggest
 from mlstm4reco.study.trial import provenance, run_guarded, train_and_evaluate
 
@@ -133,10 +133,17 @@ class TPESearcher:
     Ray."""
 
     def __init__(
-        self, config: ExperimentConfig, store: RecordFile, seed: int, budget: int, bar=None
+        self,
+        config: ExperimentConfig,
+        store: RecordFile,
+        seed: int,
+        budget: int,
+        bar=None,
+        split_notes: dict | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.config, self.store, self.seed, self.budget, self.bar = config, store, seed, budget, bar
+        self.split_notes = split_notes
         self.pending: dict[str, dict] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -191,7 +198,8 @@ class TPESearcher:
                 **trial,
                 **outcome,
                 "seed": self.seed,
-                "objective": self.config.objective,
+                **study_fields(self.config),
+                "split_notes": self.split_notes,
                 "config": self.config.source,
                 "backend": "ray",
                 "trial_id": trial_id,
@@ -300,7 +308,7 @@ def run_ray_search(
         disable=not progress,
         unit="trial",
     )
-    tpe = make_searcher(config, store, seed, trials, bar)
+    tpe = make_searcher(config, store, seed, trials, bar, split_notes(config, data_dir))
     try:
         searcher = ConcurrencyLimiter(tpe, max_concurrent=workers)
         trainable = tune.with_parameters(

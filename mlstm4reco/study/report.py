@@ -41,6 +41,23 @@ def recorded_metrics(records: list[dict]) -> list[str]:
     return names
 
 
+def protocol_line(records: list[dict]) -> str:
+    """How the records were measured, as a report's line: the split protocol with its
+    counts, and whether the input's items were excluded from the ranking; empty for
+    records from before they said so."""
+    record = next((r for r in records if "protocol" in r), None)
+    if record is None:
+        return ""
+    protocol, notes = record["protocol"], record.get("split_notes") or {}
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in notes.items() if k != "protocol")
+    exclude = protocol.get("exclude_preceding")
+    return (
+        f"Protocol: {protocol.get('split', 'user')} split{f' ({counts})' if counts else ''}; "
+        f"every item ranked, the input's items {'excluded' if exclude else 'included'} "
+        f"(exclude_preceding: {str(exclude).lower()}).\n\n"
+    )
+
+
 def _is_metric(name: str) -> bool:
     try:
         evaluation.parse_metric(name)
@@ -255,7 +272,7 @@ def write_reproduction_report(
     )
     _write_all(
         {
-            paths["markdown"]: markdown_table(rows) + "\n" + times + tests,
+            paths["markdown"]: protocol_line(records) + markdown_table(rows) + "\n" + times + tests,
             paths["csv"]: csv_text(rows),
             paths["plot"]: plot_comparison(records),
         }
@@ -360,7 +377,7 @@ def write_search_report(records: list[dict], out_dir, title: str) -> dict[str, p
     }
     _write_all(
         {
-            paths["markdown"]: head + markdown_table(rows),
+            paths["markdown"]: head + protocol_line(records) + markdown_table(rows),
             paths["csv"]: csv_text(rows),
             paths["plot"]: plot_search(records, title),
         }

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mlstm4reco.study.config import ExperimentConfig, check_plain_name, model_arguments, read_yaml
 from mlstm4reco.study.errors import UserError
-from mlstm4reco.study.protocol import load_splits
+from mlstm4reco.study.protocol import load_splits, split_notes
 from mlstm4reco.study.records import RecordFile, ensure_results_folder, metric_field
 from mlstm4reco.study.tpe import suggest
 from mlstm4reco.study.trial import provenance, run_guarded, train_and_evaluate
@@ -83,6 +83,7 @@ def run_search(
     if len(store.records) + len(store.in_flight) >= trials:
         return store.records
     splits = load_splits(config, data_dir)
+    notes = split_notes(config, data_dir)
     bar = tqdm(
         total=trials,
         initial=len(store.records),
@@ -117,7 +118,8 @@ def run_search(
                     "arguments": arguments,
                     **result,
                     "seed": seed,
-                    "objective": config.objective,
+                    **study_fields(config),
+                    "split_notes": notes,
                     "config": config.source,
                     **provenance(),
                 },
@@ -205,7 +207,7 @@ def run_reproduce(
                 "seed": seed,
                 "arguments": arguments,
                 **result,
-                "objective": config.objective,
+                **study_fields(config),
                 "published": config.published,
                 "config": config.source,
                 **provenance(),
@@ -348,7 +350,8 @@ def run_curve(
                 "overrides": overrides,
                 "arguments": arguments,
                 **result,
-                "objective": config.objective,
+                **study_fields(config),
+                "split_notes": split_notes(config, data_dir),
                 "config": config.source,
                 **provenance(),
             },
@@ -375,7 +378,14 @@ def _reproduce_one(
         early_stopping=config.early_stopping,
         metrics=config.metrics,
     )
+    result["split_notes"] = split_notes(config, data_dir)
     return arguments, result
+
+
+def study_fields(config: ExperimentConfig) -> dict:
+    """What every record says of how it was measured: the objective and the protocol (its
+    split, windows and ``exclude_preceding``)."""
+    return {"objective": config.objective, "protocol": config.protocol}
 
 
 def set_threads(threads: int) -> None:
