@@ -26,6 +26,7 @@ given one label are seeds of one configuration, averaged and paired by seed:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 
@@ -58,7 +59,21 @@ from mlstm4reco.study.runners import (  # noqa: E402
 
 
 def common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset to run on")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help=f"dataset to run on: one of {', '.join(d for d in DATASETS if d != 'file')}, or the "
+        "path of a CSV, TSV or Parquet file of your own (see --user-col ...)",
+    )
+    parser.add_argument("--user-col", default=None, help="a file's user column (default user_id)")
+    parser.add_argument("--item-col", default=None, help="a file's item column (default item_id)")
+    parser.add_argument(
+        "--time-col", default=None, help="a file's timestamp column (default timestamp)"
+    )
+    parser.add_argument("--rating-col", default=None, help="a file's rating column, to filter on")
+    parser.add_argument(
+        "--min-rating", type=float, default=None, help="keep a file's ratings at or above this"
+    )
     parser.add_argument(
         "--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'"
     )
@@ -90,8 +105,33 @@ def protocol_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def dataset_name(args) -> str:
+    """--dataset as a config's dataset: a built-in name, or 'file' for a path."""
+    if args.dataset in DATASETS and args.dataset != "file":
+        return args.dataset
+    path = pathlib.Path(args.dataset)
+    if path.suffix.lower() in (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq") or path.exists():
+        return "file"
+    known = ", ".join(d for d in DATASETS if d != "file")
+    raise UserError(
+        f"--dataset {args.dataset!r}: neither a dataset ({known}) nor a .csv, .tsv or .parquet file"
+    )
+
+
 def adjusted(config, args):
-    """The config under --protocol and --objective, where given."""
+    """The config under --protocol and --objective, where given, and for a file
+    (--dataset PATH) with its path and columns."""
+    if config.dataset == "file" and dataset_name(args) == "file":
+        columns = {
+            "user_col": args.user_col,
+            "item_col": args.item_col,
+            "time_col": args.time_col,
+            "rating_col": args.rating_col,
+            "min_rating": args.min_rating,
+        }
+        data = {**config.data, "path": str(pathlib.Path(args.dataset).resolve())}
+        data.update({k: v for k, v in columns.items() if v is not None})
+        config = dataclasses.replace(config, data=data)
     if args.protocol is not None:
         config = with_protocol(config, args.protocol)
     if args.objective is not None:
@@ -329,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     progress = not getattr(args, "quiet", False)  # report has no progress to show
     try:
         if args.command in ("search", "curve"):
-            path = args.config or config_path(args.dataset, args.model, args.config_dir)
+            dataset = dataset_name(args)
+            path = args.config or config_path(dataset, args.model, args.config_dir)
             config = adjusted(load_config(path), args)
-            if config.dataset != args.dataset:
+            if config.dataset != dataset:
                 raise UserError(f"{path} is for dataset {config.dataset!r}, not {args.dataset!r}")
             out = results_folder(args.out, config.name)
         if args.command == "curve":
@@ -404,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = report.write_reproduction_report(records, out, **compare)
         else:
             configs = [
-                adjusted(load_config(config_path(args.dataset, m, args.config_dir)), args)
+                adjusted(load_config(config_path(dataset_name(args), m, args.config_dir)), args)
                 for m in args.models
             ]
             kinds = {(c.split, c.objective) for c in configs}
@@ -421,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                     "_" + objective.replace("@", "_at_") if objective != "mrr" else "",
                 ]
             )
-            out = results_folder(args.out, f"{args.dataset}_reproduce{suffix}")
+            out = results_folder(args.out, f"{configs[0].dataset_label}_reproduce{suffix}")
             stored = [r["model"] for r in RecordFile(out / "runs.json", kind="runs").records]
             compare = check_comparisons(
                 args, [*args.models, *stored], "--models and " + str(out / "runs.json")

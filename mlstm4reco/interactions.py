@@ -83,6 +83,7 @@ class Interactions:
         num_users: int | None = None,
         num_items: int | None = None,
     ) -> None:
+        self.id_mapping = None  # raw ids of a user's data (mlstm4reco.id_mapping.IdMapping)
         self.user_ids = _as_ids("user_ids", user_ids, num_users)
         self.item_ids = _as_ids("item_ids", item_ids, num_items)
         n = len(self.user_ids)
@@ -109,11 +110,30 @@ class Interactions:
             f"x {len(self)} interactions)>"
         )
 
+    @classmethod
+    def from_dataframe(
+        cls,
+        frame,
+        user_col: str = "user_id",
+        item_col: str = "item_id",
+        time_col: str | None = "timestamp",
+        rating_col: str | None = None,
+        min_rating: float | None = None,
+    ) -> Interactions:
+        """Interactions from a pandas DataFrame's columns: raw ids of any type mapped to
+        contiguous ids (users from 0, items from 1), the mapping kept as ``id_mapping``;
+        timestamps as numbers or dates; ``min_rating`` keeps ratings at or above it (see
+        :mod:`mlstm4reco.datasets.user_file`)."""
+        # the datasets package builds on this module: imported here, where it is used
+        from mlstm4reco.datasets.user_file import interactions_from_frame
+
+        return interactions_from_frame(frame, user_col, item_col, time_col, rating_col, min_rating)
+
     def subset(self, index) -> Interactions:
         """The interactions selected by ``index`` (a boolean mask or indices), with the
         same num_users and num_items."""
         pick = lambda a: None if a is None else a[index]  # noqa: E731
-        return Interactions(
+        subset = Interactions(
             self.user_ids[index],
             self.item_ids[index],
             ratings=pick(self.ratings),
@@ -122,6 +142,8 @@ class Interactions:
             num_users=self.num_users,
             num_items=self.num_items,
         )
+        subset.id_mapping = self.id_mapping
+        return subset
 
     def tocoo(self) -> sp.coo_matrix:
         """A (num_users, num_items) sparse matrix of ratings (ones without ratings)."""

@@ -337,7 +337,7 @@ def test_datasets_are_named_in_one_registry(monkeypatch):
     assert (
         config.DATASETS
         == tuple(datasets.DATASETS)
-        == ("synthetic", "ml100k", "ml1m", "ml10m", "amazon")
+        == ("synthetic", "ml100k", "ml1m", "ml10m", "amazon", "goodbooks", "file")
     )
     a = datasets.get_dataset(
         "synthetic", num_users=10, num_items=8, num_interactions=200, random_state=1
@@ -354,8 +354,36 @@ def test_datasets_are_named_in_one_registry(monkeypatch):
     datasets.get_dataset("ml1m", "/somewhere")
     assert calls == [("1M", "/somewhere")]
     with pytest.raises(
-        ValueError, match=r"unknown dataset 'ml20m'; choose from \['amazon', 'ml100k'"
+        ValueError,
+        match=r"unknown dataset 'ml20m'; choose from \['amazon', 'file', 'goodbooks', 'ml100k'",
     ):
         datasets.get_dataset("ml20m")
     with pytest.raises(TypeError):
         datasets.get_dataset("ml100k", min_rating=4)
+
+
+def test_goodbooks_loader_reads_the_release_format(tmp_path):
+    """A fixture in the goodbooks-10k ratings.csv format: ids as in the file, the file's
+    order as the timestamps (the file has none), so each user's sequence is their rows in
+    file order; bad values name the line."""
+    from mlstm4reco.datasets import get_dataset
+
+    rows = [(1, 258, 5), (2, 4081, 4), (1, 4, 3), (2, 26, 5), (1, 26, 4), (3, 33, 4)]
+    text = "user_id,book_id,rating\n" + "".join(f"{u},{b},{r}\n" for u, b, r in rows)
+    (tmp_path / "goodbooks-10k-ratings.csv").write_text(text)
+    data = get_dataset("goodbooks", data_dir=tmp_path)
+    assert data.user_ids.tolist() == [u for u, _, _ in rows]
+    assert data.item_ids.tolist() == [b for _, b, _ in rows]
+    assert data.ratings.tolist() == [float(r) for _, _, r in rows]
+    sequences = data.to_sequence(max_sequence_length=3).sequences
+    assert sequences[0].tolist() == [258, 4, 26] and sequences[1].tolist() == [0, 4081, 26]
+    (tmp_path / "goodbooks-10k-ratings.csv").write_text(text + "4,x7,3\n")
+    with pytest.raises(
+        ValueError, match=r"goodbooks-10k-ratings.csv, line 8: column 'book_id': expected"
+    ):
+        get_dataset("goodbooks", data_dir=tmp_path)
+    (tmp_path / "goodbooks-10k-ratings.csv").write_text("user,book,rating\n1,2,3\n")
+    with pytest.raises(
+        ValueError, match=r"no column 'user_id'; expected a header user_id,book_id,rating"
+    ):
+        get_dataset("goodbooks", data_dir=tmp_path)

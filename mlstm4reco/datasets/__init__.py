@@ -1,5 +1,5 @@
 """Datasets as :class:`~mlstm4reco.interactions.Interactions`: MovieLens (100K, 1M, 10M),
-Amazon reviews, and synthetic Markov-chain sequences.
+Amazon reviews, Goodbooks-10k, a user's own file, and synthetic Markov-chain sequences.
 
 Files are looked for in ``data_dir``, then the folder in ``MLSTM4RECO_DATA``, then the user
 cache (``~/.cache/mlstm4reco``), and downloaded only when absent.
@@ -14,14 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mlstm4reco.datasets.amazon import get_amazon_dataset
+from mlstm4reco.datasets.goodbooks import get_goodbooks_dataset
 from mlstm4reco.datasets.movielens import get_movielens_dataset
 from mlstm4reco.datasets.synthetic import get_synthetic_dataset
+from mlstm4reco.datasets.user_file import get_file_dataset
 from mlstm4reco.interactions import Interactions
 
 __all__ = [
     "DATASETS",
     "get_dataset",
     "get_amazon_dataset",
+    "get_goodbooks_dataset",
     "get_movielens_dataset",
     "get_synthetic_dataset",
 ]
@@ -46,6 +49,8 @@ DATASETS: dict[str, Callable[..., Interactions]] = {
     "ml1m": _movielens("1M"),
     "ml10m": _movielens("10M"),
     "amazon": get_amazon_dataset,
+    "goodbooks": get_goodbooks_dataset,
+    "file": get_file_dataset,  # a user's CSV, TSV or Parquet file: data: {path: ..., user_col: ...}
 }
 """Loaders by dataset name, each called as ``loader(data_dir=..., **options)``."""
 

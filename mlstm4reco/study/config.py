@@ -82,6 +82,14 @@ class ExperimentConfig:
         self.metrics = [self.objective, *(m for m in self.metrics if m != self.objective)]
 
     @property
+    def dataset_label(self) -> str:
+        """The dataset's name, or for a user's file (``dataset: file``) the file's stem."""
+        if self.dataset != "file":
+            return self.dataset
+        stem = pathlib.Path(str(self.data.get("path", "file"))).stem
+        return re.sub(r"[^A-Za-z0-9_.+=-]", "_", stem).lstrip(".-") or "file"
+
+    @property
     def split(self) -> str:
         """The split protocol's name (``user``, the 2018 study's, by default)."""
         return self.protocol.get("split", "user")
@@ -91,7 +99,7 @@ class ExperimentConfig:
         """``DATASET_MODEL``, then the split and the objective where they are not the
         study's (user split, MRR): results of other protocols or objectives never share a
         folder with the study's."""
-        name = f"{self.dataset}_{self.model}"
+        name = f"{self.dataset_label}_{self.model}"
         if self.split != "user":
             name += f"_{self.split}"
         if self.objective != "mrr":

@@ -4,6 +4,7 @@ split protocol (the 2018 study's by default) into windows; built once per proces
 from __future__ import annotations
 
 import json
+import pathlib
 
 from mlstm4reco import protocols
 from mlstm4reco.datasets import get_dataset
@@ -20,6 +21,9 @@ def load_dataset(config: ExperimentConfig, data_dir=None):
     except TypeError as error:  # a config's data: arguments the loader does not take
         raise UserError(f"{config.source}: data: {error}") from error
 
+
+_ID_MAPPINGS: dict = {}
+"""The raw ids of each dataset :func:`load_splits` loaded (None for the built-in ones)."""
 
 _SPLITS: dict = {}
 """Splits already built in this process, by dataset, protocol, loader arguments and folder."""
@@ -39,6 +43,7 @@ def load_splits(config: ExperimentConfig, data_dir=None):
     key = _key(config, data_dir)
     if key not in _SPLITS:
         interactions = load_dataset(config, data_dir)
+        _ID_MAPPINGS[key] = interactions.id_mapping
         try:
             _SPLITS[key] = protocol_split_with_notes(interactions, config.protocol)
         except ValueError as error:
@@ -64,3 +69,13 @@ def protocol_split(interactions, protocol: dict):
 def protocol_split_with_notes(interactions, protocol: dict) -> protocols.Split:
     """The whole :class:`~mlstm4reco.protocols.Split`, with the split's counts."""
     return protocols.split(interactions, protocol.get("split", "user"), **split_options(protocol))
+
+
+def save_id_mapping(config: ExperimentConfig, data_dir, out_dir) -> None:
+    """Write the raw ids of a config's data (a user's file) to ``out_dir/ids.json``, so that
+    the item ids of ``recommend`` can be turned back into the file's; nothing for the
+    built-in datasets."""
+    load_splits(config, data_dir)
+    mapping = _ID_MAPPINGS[_key(config, data_dir)]
+    if mapping is not None:
+        mapping.save(pathlib.Path(out_dir) / "ids.json")

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from mlstm4reco.study.config import ExperimentConfig, model_arguments
 from mlstm4reco.study.errors import UserError
-from mlstm4reco.study.protocol import load_splits, split_notes
+from mlstm4reco.study.protocol import load_splits, save_id_mapping, split_notes
 from mlstm4reco.study.records import RecordFile, _jsonable, ensure_results_folder, metric_field
 from mlstm4reco.study.runners import check_seed, check_trials, study_fields
 from mlstm4reco.study.tpe import suggest
@@ -276,6 +276,7 @@ def run_ray_search(
     if len(store.records) + len(store.in_flight) >= trials:
         return store.records
     splits = load_splits(config, data_dir)
+    save_id_mapping(config, data_dir, out_dir)
     if asha:
         every = (config.early_stopping or {}).get("every", asha["every"])
         scheduler = ASHAScheduler(

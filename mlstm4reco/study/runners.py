@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mlstm4reco.study.config import ExperimentConfig, check_plain_name, model_arguments, read_yaml
 from mlstm4reco.study.errors import UserError
-from mlstm4reco.study.protocol import load_splits, split_notes
+from mlstm4reco.study.protocol import load_splits, save_id_mapping, split_notes
 from mlstm4reco.study.records import RecordFile, ensure_results_folder, metric_field
 from mlstm4reco.study.tpe import suggest
 from mlstm4reco.study.trial import provenance, run_guarded, train_and_evaluate
@@ -84,6 +84,7 @@ def run_search(
         return store.records
     splits = load_splits(config, data_dir)
     notes = split_notes(config, data_dir)
+    save_id_mapping(config, data_dir, out_dir)
     bar = tqdm(
         total=trials,
         initial=len(store.records),
@@ -174,6 +175,11 @@ def run_reproduce(
     ensure_results_folder(out_dir)
     store = RecordFile(pathlib.Path(out_dir) / "runs.json", kind="runs")
     jobs = [(config, seed) for config in configs for seed in range(seeds)]
+    for config in configs:
+        if (
+            config.dataset == "file"
+        ):  # its raw ids beside the runs (the others need no loading here)
+            save_id_mapping(config, data_dir, out_dir)
 
     def open_jobs() -> list[tuple[ExperimentConfig, int]]:
         done = {(r["model"], r["seed"]) for r in store.records}
@@ -310,6 +316,7 @@ def run_curve(
         claim = store.claim({"curve": pathlib.Path(out_dir).name})
     try:
         splits = load_splits(config, data_dir)
+        save_id_mapping(config, data_dir, out_dir)
         arguments = model_arguments(config, {**config.best, **overrides})
         start = time.perf_counter()
 
