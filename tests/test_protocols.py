@@ -394,3 +394,39 @@ def test_the_popularity_script_reports_every_protocol(tmp_path, capsys, monkeypa
     )
     assert written["results"]["leave_one_out"]["notes"] == parts.notes
     assert "leave_one_out: users 100" in capsys.readouterr().out
+
+
+def test_records_of_another_protocol_or_objective_are_not_mixed(tmp_path):
+    """A results folder holds one study: a search or reproduction under another objective
+    or protocol into it is refused before any training, naming what differs."""
+    from mlstm4reco.study.config import with_objective, with_protocol
+    from mlstm4reco.study.runners import run_reproduce, run_search
+
+    def fake(arguments, **kwargs):
+        metrics = kwargs["metrics"]
+        return {f"{s}_{m}": 0.5 for s in ("valid", "test") for m in metrics} | dict(
+            final_loss=1.0, fit_seconds=0.0, device="cpu"
+        )
+
+    config = load_config(tiny_config(tmp_path / "configs"))
+    out = tmp_path / "out"
+    run_search(config, 1, out, "cpu", progress=False, train=fake)
+    for other, differs in (
+        (with_objective(config, "ndcg@10"), "objective"),
+        (with_protocol(config, "leave_one_out"), "protocol"),
+    ):
+        with pytest.raises(
+            UserError, match=f"holds records of another {differs} .*choose another --out"
+        ):
+            run_search(other, 2, out, "cpu", progress=False, train=fake)
+    assert len(read_records(out / "trials.json")) == 1
+    run_reproduce([config], 1, tmp_path / "runs", "cpu", progress=False, train=fake)
+    with pytest.raises(UserError, match="holds records of another objective"):
+        run_reproduce(
+            [with_objective(config, "hit_rate@10")],
+            2,
+            tmp_path / "runs",
+            "cpu",
+            progress=False,
+            train=fake,
+        )

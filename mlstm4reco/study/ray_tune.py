@@ -38,7 +38,7 @@ from mlstm4reco.study.config import ExperimentConfig, model_arguments
 from mlstm4reco.study.errors import UserError
 from mlstm4reco.study.protocol import load_splits, save_id_mapping, split_notes
 from mlstm4reco.study.records import RecordFile, _jsonable, ensure_results_folder, metric_field
-from mlstm4reco.study.runners import check_seed, check_trials, study_fields
+from mlstm4reco.study.runners import check_same_study, check_seed, check_trials, study_fields
 from mlstm4reco.study.tpe import suggest
 from mlstm4reco.study.trial import provenance, run_guarded, train_and_evaluate
 
@@ -273,6 +273,7 @@ def run_ray_search(
     out_dir = pathlib.Path(out_dir)
     ensure_results_folder(out_dir)
     store = RecordFile(out_dir / "trials.json", kind="trials")
+    check_same_study(store, config)
     if len(store.records) + len(store.in_flight) >= trials:
         return store.records
     splits = load_splits(config, data_dir)

@@ -80,6 +80,7 @@ def run_search(
     seed = check_seed(config.protocol["seed"] if seed is None else seed)
     ensure_results_folder(out_dir)
     store = RecordFile(pathlib.Path(out_dir) / "trials.json", kind="trials")
+    check_same_study(store, config)
     if len(store.records) + len(store.in_flight) >= trials:
         return store.records
     splits = load_splits(config, data_dir)
@@ -174,6 +175,8 @@ def run_reproduce(
         raise UserError(f"threads must be at least 1, got {threads}")
     ensure_results_folder(out_dir)
     store = RecordFile(pathlib.Path(out_dir) / "runs.json", kind="runs")
+    for config in configs:
+        check_same_study(store, config)
     jobs = [(config, seed) for config in configs for seed in range(seeds)]
     for config in configs:
         if (
@@ -391,8 +394,29 @@ def _reproduce_one(
 
 def study_fields(config: ExperimentConfig) -> dict:
     """What every record says of how it was measured: the objective and the protocol (its
-    split, windows and ``exclude_preceding``)."""
-    return {"objective": config.objective, "protocol": config.protocol}
+    split, windows and ``exclude_preceding``), and for a user's file its path."""
+    fields = {"objective": config.objective, "protocol": config.protocol}
+    if config.dataset == "file":
+        fields["data_path"] = str(config.data.get("path"))
+    return fields
+
+
+def check_same_study(store: RecordFile, config: ExperimentConfig) -> None:
+    """A UserError when ``store`` holds records measured otherwise than ``config`` would
+    (another objective, protocol or file: a search's TPE and a reproduction's paired
+    tests would mix them); records from before these were recorded count as the study's
+    objective, MRR, and are not compared on the rest."""
+    expected = study_fields(config)
+    for record in store.records:
+        found = {key: record[key] for key in expected if key in record}
+        found.setdefault("objective", "mrr")
+        differs = sorted(key for key, value in found.items() if value != expected[key])
+        if differs:
+            raise UserError(
+                f"{store.path}: holds records of another {' and '.join(differs)} "
+                f"({', '.join(f'{k}: {found[k]!r}' for k in differs)}); this run's is "
+                f"{', '.join(f'{k}: {expected[k]!r}' for k in differs)}: choose another --out"
+            )
 
 
 def set_threads(threads: int) -> None:
