@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 
 from mlstm4reco.mixture import MixtureLSTMNet, MixtureMLSTMNet
-from mlstm4reco.representations import CNNNet, GRUNet, LSTMNet, MLSTMNet, PoolNet, recurrent
+from mlstm4reco.representations import (
+    CNNNet,
+    GRUNet,
+    LSTMNet,
+    MLSTMNet,
+    PoolNet,
+    SASRecNet,
+    recurrent,
+)
 
 NETS = {
     "lstm": lambda n, d: LSTMNet(n, d),
@@ -18,6 +26,10 @@ NETS = {
     "cnn": lambda n, d: CNNNet(n, d),
     "cnn-dilated": lambda n, d: CNNNet(
         n, d, kernel_width=2, num_layers=3, dilation=[1, 2, 4], nonlinearity="relu", residual=False
+    ),
+    "sasrec": lambda n, d: SASRecNet(n, d, max_length=10),
+    "sasrec-post-norm-2-heads": lambda n, d: SASRecNet(
+        n, d, num_heads=2, num_blocks=1, norm_first=False, max_length=10
     ),
     "mixture-lstm": lambda n, d: MixtureLSTMNet(n, d, num_components=3),
     "mixture-mlstm": lambda n, d: MixtureMLSTMNet(n, d, num_components=2, state="cell"),
@@ -282,3 +294,40 @@ def test_every_representation_states_the_contract():
     assert isinstance(SpotlightLike(), SequenceRepresentation)
     assert not isinstance(SpotlightLike(), ScoresItems)
     assert not isinstance(torch.nn.Linear(2, 2), SequenceRepresentation)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_sasrec_attention_never_reads_a_padded_or_later_step(norm_first):
+    """Every block's attention weights are exactly 0 from a step to any later step and to
+    any padded step (the zero first step is always read); a row sums to 1."""
+    torch.manual_seed(0)
+    net = SASRecNet(20, 8, num_heads=2, max_length=12, norm_first=norm_first)
+    padded = torch.tensor([[0, 0, 0, 3, 4, 5], [0, 0, 0, 0, 0, 5], [1, 2, 3, 4, 5, 6]])
+    for weights in net.attention_weights(padded):
+        steps = weights.shape[-1]
+        for b in range(3):
+            real = [0] + [t + 1 for t in range(6) if padded[b, t] != 0]  # steps with a key
+            for q in range(steps):
+                for k in range(steps):
+                    if k > q or k not in real:
+                        assert weights[b, q, k] == 0, (b, q, k)
+                torch.testing.assert_close(weights[b, q].sum(), torch.tensor(1.0))
+    # and so what a padded step holds cannot matter: a padding embedding changed, no state moves
+    reps, final = net.user_representation(padded)
+    with torch.no_grad():
+        net.item_embeddings.weight[0] = 5.0
+    reps_changed, final_changed = net.user_representation(padded)
+    real = padded != 0
+    torch.testing.assert_close(final_changed, final)
+    torch.testing.assert_close(reps_changed.transpose(1, 2)[real], reps.transpose(1, 2)[real])
+
+
+def test_sasrec_checks_its_options():
+    with pytest.raises(ValueError, match="num_heads=3 must divide embedding_dim=8"):
+        SASRecNet(20, 8, num_heads=3)
+    with pytest.raises(ValueError, match="must be positive"):
+        SASRecNet(20, 8, num_blocks=0)
+    with pytest.raises(
+        ValueError, match="item_sequences of 11 items are longer than max_length=10"
+    ):
+        SASRecNet(20, 8, max_length=10).user_representation(torch.ones(2, 11, dtype=torch.long))

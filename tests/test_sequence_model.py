@@ -33,6 +33,8 @@ def random_mrr(num_items):
         ("cnn", "adaptive_hinge", 3),
         ("mixture", "adaptive_hinge", 3),
         ("mixture_mlstm", "adaptive_hinge", 3),
+        ("sasrec", "softmax", 3),  # cross-entropy: the loss SASRec is best known with
+        ("sasrec", "adaptive_hinge", 3),
         # An average cannot see order, and the chain is all order: pooling learns which items
         # a user circles among, not which comes next (adaptive hinge barely moves it).
         ("pooling", "bpr", 1.4),
@@ -264,6 +266,7 @@ def test_negatives_are_drawn_as_spotlight_does(synthetic, monkeypatch):
         ("mlstm", {"state": "cell"}),
         ("cnn", {"num_layers": 2, "dilation": [1, 2]}),
         ("mixture_mlstm", {"num_components": 3}),
+        ("sasrec", {"num_blocks": 2, "num_heads": 2, "max_length": 20, "dropout": 0.2}),
     ],
 )
 def test_save_load_round_trip(synthetic, tmp_path, representation, kwargs):
@@ -406,6 +409,7 @@ OPTIONS = {  # options each representation documents (README's table), with a va
     ),
     "mixture": dict(num_components=3, num_layers=2, dropout=0.1),
     "mixture_mlstm": dict(num_components=3, state="hidden", forget_bias=1.0, dropout=0.1),
+    "sasrec": dict(num_blocks=1, num_heads=2, max_length=50, norm_first=False, dropout=0.2),
 }
 
 

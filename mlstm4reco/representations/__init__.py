@@ -13,6 +13,7 @@ nothing) and ``final`` has seen the whole sequence; a score is the dot product o
 and an item embedding plus the item's bias. Item id 0 is padding.
 """
 
+from mlstm4reco.representations.attention import SASRecNet
 from mlstm4reco.representations.base import (
     PADDING_IDX,
     ScaledEmbedding,
@@ -45,6 +46,7 @@ __all__ = [
     "MLSTMNet",
     "PoolNet",
     "CNNNet",
+    "SASRecNet",
     "MixtureLSTMNet",
     "MixtureMLSTMNet",
     "recurrent_leaves_autocast",
@@ -60,6 +62,7 @@ REPRESENTATIONS = {
     "mlstm": MLSTMNet,
     "pooling": PoolNet,
     "cnn": CNNNet,
+    "sasrec": SASRecNet,
     "mixture": MixtureLSTMNet,
     "mixture_mlstm": MixtureMLSTMNet,
 }
