@@ -191,6 +191,40 @@ def test_asha_stops_poor_trials_early(tmp_path):
     assert f"{len(stopped)} stopped early by ASHA" in summary
 
 
+def test_asha_follows_the_configs_objective(tmp_path):
+    """With objective ndcg@10, trials report validation NDCG@10 to ASHA, a stopped trial is
+    recorded with the best NDCG@10 it reached, and TPE learns from that field."""
+    from mlstm4reco.study.config import with_objective
+    from mlstm4reco.study.tpe import _trials_from_records
+
+    config = with_objective(search.load_config(tiny_config(tmp_path, n_iter=(8, 9, 1))), "ndcg@10")
+
+    def reporting(arguments, monitor, metrics, **kwargs):
+        assert metrics[0] == "ndcg@10"
+        for epoch in range(1, arguments["n_iter"] + 1):
+            monitor["listener"](epoch, arguments["learning_rate"])
+        scores = {f"{split}_{name}": 0.0 for split in ("valid", "test") for name in metrics}
+        return {
+            **scores,
+            "valid_ndcg@10": arguments["learning_rate"],
+            "final_loss": 1.0,
+            "fit_seconds": 0.0,
+            "device": "cpu",
+        }
+
+    asha = dict(every=1, grace_period=1, reduction_factor=2)
+    records = ray_search.run_ray_search(
+        config, 6, tmp_path / "out", workers=1, progress=False, train=reporting, asha=asha
+    )
+    stopped = [r for r in records if r["status"] == "stopped"]
+    assert stopped and len(records) == 6
+    for record in stopped:
+        assert record["objective"] == "ndcg@10" and record["test_ndcg@10"] is None
+        assert record["valid_ndcg@10"] == record["arguments"]["learning_rate"]
+    ordered = sorted(records, key=lambda r: r["number"])
+    assert _trials_from_records(ordered).losses() == [-r["valid_ndcg@10"] for r in ordered]
+
+
 def test_max_epochs_reads_fixed_or_the_top_of_the_space(tmp_path):
     config = search.load_config(tiny_config(tmp_path, n_iter=(3, 9, 1)))
     assert ray_search.max_epochs(config) == 9
