@@ -455,14 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"objective ({sorted(kinds)}); reproduce them apart, or give --protocol and "
                     "--objective"
                 )
-            ((split, objective),) = kinds
-            suffix = "".join(
-                [
-                    f"_{split}" if split != "user" else "",
-                    "_" + objective.replace("@", "_at_") if objective != "mrr" else "",
-                ]
-            )
-            out = results_folder(args.out, f"{configs[0].dataset_label}_reproduce{suffix}")
+            first = configs[0]
+            out = results_folder(args.out, f"{first.dataset_label}_reproduce{first.study_suffix}")
             stored = [r["model"] for r in RecordFile(out / "runs.json", kind="runs").records]
             compare = check_comparisons(
                 args, [*args.models, *stored], "--models and " + str(out / "runs.json")

@@ -42,6 +42,11 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def is_number(value) -> bool:
+    """A real number (numpy's too), not a bool."""
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
 def check_window(options: dict) -> None:
     for name in ("max_sequence_length", "step_size"):
         if not _is_int(options[name]) or options[name] < 1:

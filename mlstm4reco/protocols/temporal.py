@@ -17,15 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from mlstm4reco.interactions import SequenceInteractions
-from mlstm4reco.protocols.base import WINDOW, Split, history_rows, time_order
+from mlstm4reco.protocols.base import WINDOW, Split, history_rows, is_number, time_order
 
 REQUIRED = WINDOW
 OPTIONAL = ("seed", "valid_cutoff", "test_cutoff", "valid_quantile", "test_quantile")
 DEFAULT_QUANTILES = {"valid": 0.8, "test": 0.9}
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
 def check(options: dict) -> None:
@@ -33,9 +29,9 @@ def check(options: dict) -> None:
         cutoff, quantile = options.get(f"{part}_cutoff"), options.get(f"{part}_quantile")
         if cutoff is not None and quantile is not None:
             raise ValueError(f"give {part}_cutoff or {part}_quantile, not both")
-        if cutoff is not None and not (_is_number(cutoff) and np.isfinite(cutoff)):
+        if cutoff is not None and not (is_number(cutoff) and np.isfinite(cutoff)):
             raise ValueError(f"{part}_cutoff must be a timestamp (a number), got {cutoff!r}")
-        if quantile is not None and not (_is_number(quantile) and 0 < quantile < 1):
+        if quantile is not None and not (is_number(quantile) and 0 < quantile < 1):
             raise ValueError(f"{part}_quantile must be a number in (0, 1), got {quantile!r}")
 
 

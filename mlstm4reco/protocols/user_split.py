@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlstm4reco.cross_validation import user_based_train_test_split
-from mlstm4reco.protocols.base import WINDOW, Split
+from mlstm4reco.protocols.base import WINDOW, Split, is_number
 
 REQUIRED = ("seed", "test_percentage", "valid_percentage", *WINDOW)
 OPTIONAL = ()
@@ -16,7 +16,7 @@ OPTIONAL = ()
 def check(options: dict) -> None:
     for name in ("test_percentage", "valid_percentage"):
         value = options[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        if not is_number(value) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
 
 

@@ -96,15 +96,18 @@ class ExperimentConfig:
 
     @property
     def name(self) -> str:
-        """``DATASET_MODEL``, then the split and the objective where they are not the
-        study's (user split, MRR): results of other protocols or objectives never share a
-        folder with the study's."""
-        name = f"{self.dataset_label}_{self.model}"
-        if self.split != "user":
-            name += f"_{self.split}"
+        """``DATASET_MODEL``, then :attr:`study_suffix`: results of other protocols or
+        objectives never share a folder with the study's."""
+        return f"{self.dataset_label}_{self.model}{self.study_suffix}"
+
+    @property
+    def study_suffix(self) -> str:
+        """``_SPLIT`` and ``_OBJECTIVE`` where they are not the study's (user split, MRR),
+        for the names of results folders; empty for the study's."""
+        suffix = f"_{self.split}" if self.split != "user" else ""
         if self.objective != "mrr":
-            name += "_" + self.objective.replace("@", "_at_")
-        return name
+            suffix += "_" + self.objective.replace("@", "_at_")
+        return suffix
 
 
 def check_plain_name(value, where: str) -> str:

@@ -22,11 +22,9 @@ def load_dataset(config: ExperimentConfig, data_dir=None):
         raise UserError(f"{config.source}: data: {error}") from error
 
 
-_ID_MAPPINGS: dict = {}
-"""The raw ids of each dataset :func:`load_splits` loaded (None for the built-in ones)."""
-
 _SPLITS: dict = {}
-"""Splits already built in this process, by dataset, protocol, loader arguments and folder."""
+"""Splits already built in this process, by dataset, protocol, loader arguments and folder:
+(the :class:`~mlstm4reco.protocols.Split`, the data's raw ids or None)."""
 
 
 def _key(config: ExperimentConfig, data_dir) -> tuple:
@@ -43,21 +41,21 @@ def load_splits(config: ExperimentConfig, data_dir=None):
     key = _key(config, data_dir)
     if key not in _SPLITS:
         interactions = load_dataset(config, data_dir)
-        _ID_MAPPINGS[key] = interactions.id_mapping
         try:
-            _SPLITS[key] = protocol_split_with_notes(interactions, config.protocol)
+            split = protocol_split_with_notes(interactions, config.protocol)
         except ValueError as error:
             raise UserError(
                 f"{config.source}: the {config.dataset} data under its protocol: {error}"
             ) from error
-    return _SPLITS[key][:3]
+        _SPLITS[key] = (split, interactions.id_mapping)
+    return _SPLITS[key][0][:3]
 
 
 def split_notes(config: ExperimentConfig, data_dir=None) -> dict:
     """What the split of a config's data did (counts of users, targets, windows, items;
     see each protocol), from the splits :func:`load_splits` built."""
     load_splits(config, data_dir)
-    return _SPLITS[_key(config, data_dir)].notes
+    return _SPLITS[_key(config, data_dir)][0].notes
 
 
 def protocol_split(interactions, protocol: dict):
@@ -76,6 +74,6 @@ def save_id_mapping(config: ExperimentConfig, data_dir, out_dir) -> None:
     the item ids of ``recommend`` can be turned back into the file's; nothing for the
     built-in datasets."""
     load_splits(config, data_dir)
-    mapping = _ID_MAPPINGS[_key(config, data_dir)]
+    mapping = _SPLITS[_key(config, data_dir)][1]
     if mapping is not None:
         mapping.save(pathlib.Path(out_dir) / "ids.json")
