@@ -30,6 +30,8 @@ import dataclasses
 import pathlib
 import sys
 
+import torch
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
@@ -44,6 +46,7 @@ from mlstm4reco.study.config import (  # noqa: E402
     model_arguments,
     with_objective,
     with_protocol,
+    with_window,
 )
 from mlstm4reco.study.errors import UserError  # noqa: E402
 from mlstm4reco.study.records import RecordFile  # noqa: E402
@@ -55,6 +58,7 @@ from mlstm4reco.study.runners import (  # noqa: E402
     run_reproduce,
     run_search,
     set_threads,
+    tuned_config,
 )
 
 
@@ -98,6 +102,14 @@ def protocol_options(parser: argparse.ArgumentParser) -> None:
         "leave_one_out (each user's last item the test target) or temporal (global cutoffs)",
     )
     parser.add_argument(
+        "--window",
+        default=None,
+        metavar="MAX[,MIN[,STEP]]",
+        help="sequence windows instead of the config's: training windows of at most MAX "
+        "items (at least MIN, default 1, one every STEP, default MAX) and evaluation "
+        "sequences of the last MAX (e.g. 200 for SASRec's setting on ML-1M)",
+    )
+    parser.add_argument(
         "--objective",
         default=None,
         help="validation metric to optimise and stop on instead of the config's (default mrr): "
@@ -119,7 +131,7 @@ def dataset_name(args) -> str:
 
 
 def adjusted(config, args):
-    """The config under --protocol and --objective, where given, and for a file
+    """The config under --protocol, --window and --objective, where given, and for a file
     (--dataset PATH) with its path and columns."""
     if config.dataset == "file" and dataset_name(args) == "file":
         columns = {
@@ -134,6 +146,8 @@ def adjusted(config, args):
         config = dataclasses.replace(config, data=data)
     if args.protocol is not None:
         config = with_protocol(config, args.protocol)
+    if args.window is not None:
+        config = with_window(config, args.window)
     if args.objective is not None:
         config = with_objective(config, args.objective)
     return config
@@ -237,6 +251,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="run this config file instead of configs/<dataset>_<model>.yaml",
     )
+    find.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of a local search (default: torch's, one a core); 1 for two "
+        "searches side by side on two cores",
+    )
     on_ray = find.add_argument_group('Ray backend (pip install -e ".[ray]")')
     on_ray.add_argument(
         "--backend",
@@ -295,6 +316,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         nargs="+",
         default=["lstm", "mlstm"],
         help="models to compare (default: lstm mlstm)",
+    )
+    again.add_argument(
+        "--tuned",
+        action="store_true",
+        help="train each model's best trial of its search in --out (run.py search with the "
+        "same --protocol, --window and --objective) instead of its config's best; into a "
+        "folder of its own (..._tuned)",
     )
     again.add_argument(
         "--seeds", type=int, default=5, help="model seeds per configuration (default 5)"
@@ -367,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parse(["--help"])
     progress = not getattr(args, "quiet", False)  # report has no progress to show
+    threads_before = None
     try:
         if args.command in ("search", "curve"):
             dataset = dataset_name(args)
@@ -375,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
             if config.dataset != dataset:
                 raise UserError(f"{path} is for dataset {config.dataset!r}, not {args.dataset!r}")
             out = results_folder(args.out, config.name)
+        if args.command in ("search", "curve") and args.threads is not None:
+            if args.threads < 1:
+                raise UserError(f"--threads must be at least 1, got {args.threads}")
+            threads_before = torch.get_num_threads()
+            set_threads(args.threads)  # restored below: main() may run inside a process
         if args.command == "curve":
             overrides = parse_overrides(args.set)
             check_model_arguments(
@@ -386,10 +420,6 @@ def main(argv: list[str] | None = None) -> int:
                 pathlib.Path(args.out) / "curves",
                 plain_label(f"{config.name}{changes}_seed{args.seed}"),
             )
-            if args.threads is not None:
-                if args.threads < 1:
-                    raise UserError(f"--threads must be at least 1, got {args.threads}")
-                set_threads(args.threads)
             records = run_curve(
                 config, overrides, args.seed, out, args.every, args.device, args.data_dir, progress
             )
@@ -455,8 +485,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"objective ({sorted(kinds)}); reproduce them apart, or give --protocol and "
                     "--objective"
                 )
+            if args.tuned:
+                configs = [tuned_config(c, args.out) for c in configs]
+                budgets = {c.model: c.tuned["trials"] for c in configs}
+                if len(set(budgets.values())) > 1:
+                    print(
+                        f"run.py: warning: the searches differ in finished trials ({budgets}): "
+                        "the comparison is not of one budget",
+                        file=sys.stderr,
+                    )
             first = configs[0]
-            out = results_folder(args.out, f"{first.dataset_label}_reproduce{first.study_suffix}")
+            tuned = "_tuned" if args.tuned else ""
+            out = results_folder(
+                args.out, f"{first.dataset_label}_reproduce{first.study_suffix}{tuned}"
+            )
             stored = [r["model"] for r in RecordFile(out / "runs.json", kind="runs").records]
             compare = check_comparisons(
                 args, [*args.models, *stored], "--models and " + str(out / "runs.json")
@@ -475,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if threads_before is not None:
+            set_threads(threads_before)
     print(paths["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0

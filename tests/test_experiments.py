@@ -589,8 +589,9 @@ def test_curve_end_to_end(tmp_path, capsys):
     ]
     threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         assert run.main([*argv, "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored: main() may run inside a process
     finally:
         torch.set_num_threads(threads)
     out = (
@@ -604,6 +605,7 @@ def test_curve_end_to_end(tmp_path, capsys):
     assert (
         final["final"] and final["status"] == "ok" and final["seed"] == 4 and final["epochs"] == 3
     )
+    assert final["threads"] == 1  # --threads held for the run
     assert (
         final["arguments"]["representation_kwargs"] == {"dropout": 0.1}
         and final["arguments"]["n_iter"] == 3

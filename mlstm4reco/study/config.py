@@ -5,7 +5,8 @@ A config (see ``configs/``) names a dataset and a model and holds
 - ``protocol``: seed, user split percentages, sequence windows, ``exclude_preceding``;
 - ``fixed``: model arguments every trial shares (loss, representation, ...);
 - ``space``: the hyperopt search space, one distribution per argument;
-- ``best``: the best arguments found by the 2018 study (trained by ``reproduce``);
+- ``best``: the best arguments found by the 2018 study (trained by ``reproduce``; with
+  ``reproduce --tuned`` a search's best trial takes its place);
 - ``published``: the study's valid/test MRR for the row, when it has one;
 - ``early_stopping`` (optional): ``{every: E, patience: P}`` evaluates validation MRR
   every E epochs, keeps the best weights and stops after P evaluations without a gain,
@@ -77,6 +78,9 @@ class ExperimentConfig:
     objective: str = "mrr"
     metrics: list = field(default_factory=lambda: list(DEFAULT_METRICS))
     source: str = "<memory>"
+    tuned: dict | None = None
+    """Where ``best`` came from when a search chose it (``reproduce --tuned``): the
+    search's folder, its finished trials and the best one's number and objective."""
 
     def __post_init__(self) -> None:
         self.metrics = [self.objective, *(m for m in self.metrics if m != self.objective)]
@@ -226,6 +230,32 @@ def with_protocol(config: ExperimentConfig, split: str) -> ExperimentConfig:
     return dataclasses.replace(config, protocol=protocol)
 
 
+def with_window(config: ExperimentConfig, text: str) -> ExperimentConfig:
+    """``config`` with the windows of ``run.py --window MAX[,MIN[,STEP]]``: training
+    windows of at most MAX items (at least MIN, default 1; one every STEP items from
+    each history's end, default MAX) and evaluation sequences of the last MAX items.
+    Models compared under one protocol should share them (SASRec's papers use 200 on
+    ML-1M)."""
+    parts = text.split(",")
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        numbers = None
+    if numbers is None or not 1 <= len(numbers) <= 3:
+        raise UserError(f"--window must be MAX[,MIN[,STEP]] (integers), got {text!r}")
+    longest = numbers[0]
+    shortest = numbers[1] if len(numbers) > 1 else 1
+    step = numbers[2] if len(numbers) > 2 else longest
+    protocol = {
+        **config.protocol,
+        "max_sequence_length": longest,
+        "min_sequence_length": shortest,
+        "step_size": step,
+    }
+    _check_protocol(protocol, f"{config.source} with --window {text}")
+    return dataclasses.replace(config, protocol=protocol)
+
+
 def with_objective(config: ExperimentConfig, objective: str) -> ExperimentConfig:
     """``config`` searching for ``objective`` (``run.py --objective``)."""
     try:
@@ -281,7 +311,7 @@ def load_config(path) -> ExperimentConfig:
     raw = _read_config_file(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
-    allowed = set(ExperimentConfig.__dataclass_fields__) - {"source"}
+    allowed = set(ExperimentConfig.__dataclass_fields__) - {"source", "tuned"}
     unknown = set(raw) - allowed
     missing = {"dataset", "model", "protocol", "fixed", "space"} - set(raw)
     if unknown or missing:

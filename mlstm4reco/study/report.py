@@ -125,30 +125,53 @@ def _epoch_seconds(runs: list[dict]) -> float:
     )
 
 
+def _to_best(runs: list[dict]) -> tuple[str, str]:
+    """Median epochs to the best validation score (early stopping's ``best_epoch``) and
+    median training seconds to it, over the runs that recorded one; 'n/a' without."""
+    stopped = [r for r in runs if r.get("best_epoch")]
+    if not stopped:
+        return "n/a", "n/a"
+    epochs = np.median([r["best_epoch"] for r in stopped])
+    seconds = np.median([r["best_epoch"] * _epoch_seconds([r]) for r in stopped])
+    return f"{epochs:g}", f"{seconds:.0f}"
+
+
 def reproduction_rows(records: list[dict], baseline: str = "lstm") -> list[dict]:
     """One row per model: mean and std over seeds of each recorded metric on valid and test
-    (the objective, MRR by default, first and beside the study's), the median seconds per
-    run (all of it) and per epoch (training only, see :func:`_epoch_seconds`), and the
-    epoch time relative to ``baseline``'s."""
+    (the objective, MRR by default, first and beside the study's where a config has
+    published figures), the median seconds per run (all of it) and per epoch (training
+    only, see :func:`_epoch_seconds`), the epoch time relative to ``baseline``'s, the
+    median epochs and training seconds to the best validation score (what a model that
+    needs many epochs costs), and for a tuned reproduction the trials each search had."""
     metrics = recorded_metrics(records)
     valid, test = metric_field("valid", metrics[0]), metric_field("test", metrics[0])
     base_ok = _ok([r for r in records if r["model"] == baseline])
     base_epoch = _epoch_seconds(base_ok) if base_ok else None
+    published_any = any(r.get("published") for r in records)
+    tuned_any = any(r.get("tuned") for r in records)
     rows = []
     for model in dict.fromkeys(r["model"] for r in records):
         runs = [r for r in records if r["model"] == model]
         ok = _ok(runs)
         published = runs[0].get("published") or {}
+        epochs_to_best, seconds_to_best = _to_best(ok)
         rows.append(
             {
                 "dataset": runs[0]["dataset"],
                 "model": model,
                 "seeds": len(ok),
                 "failed": len(runs) - len(ok),
+                **({"trials": (runs[0].get("tuned") or {}).get("trials", "")} if tuned_any else {}),
                 valid: _mean_std([r[valid] for r in ok]),
                 test: _mean_std([r[test] for r in ok]),
-                f"study_{valid}": published.get(valid, ""),
-                f"study_{test}": published.get(test, ""),
+                **(
+                    {
+                        f"study_{valid}": published.get(valid, ""),
+                        f"study_{test}": published.get(test, ""),
+                    }
+                    if published_any
+                    else {}
+                ),
                 **{
                     metric_field(split, name): _mean_std([r[metric_field(split, name)] for r in ok])
                     for name in metrics[1:]
@@ -159,6 +182,8 @@ def reproduction_rows(records: list[dict], baseline: str = "lstm") -> list[dict]
                 f"epoch_vs_{baseline}": f"{_epoch_seconds(ok) / base_epoch:.2f}x"
                 if ok and base_epoch
                 else "n/a",
+                "epochs_to_best": epochs_to_best,
+                "seconds_to_best": seconds_to_best,
             }
         )
     return rows

@@ -128,6 +128,7 @@ def train_and_evaluate(
         fit_seconds=fit_seconds,
         eval_seconds=stopper.seconds if stopper is not None else 0.0,
         device=str(model.device),
+        threads=torch.get_num_threads(),  # the times depend on it
         **extra,
     )
 
