@@ -10,11 +10,12 @@
 #
 # Environment: TRIALS (search budget per model, default 20), SEEDS (default 5),
 # WORKERS (searches and runs at a time, default 1), THREADS (torch threads each,
-# default torch's), MODELS, OUT (default results), DEVICE (default auto).
+# default torch's), MODELS, BASELINE (the model all are paired against, default
+# mlstm_softmax_dropout), OUT (default results), CONFIG_DIR, DEVICE (default auto).
 set -euo pipefail
 
 if [ "$#" -ne 4 ]; then
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,14p' "$0" >&2
     exit 2
 fi
 dataset=$1 protocol=$2 window=$3 objective=$4
@@ -23,6 +24,7 @@ models=${MODELS:-sasrec gru_softmax_dropout lstm_softmax_dropout mlstm_softmax_d
 here=$(cd "$(dirname "$0")" && pwd)
 study=(--dataset "$dataset" --protocol "$protocol" --window "$window" --objective "$objective"
     --out "${OUT:-results}" --device "${DEVICE:-auto}")
+if [ -n "${CONFIG_DIR:-}" ]; then study+=(--config-dir "$CONFIG_DIR"); fi
 threads=()
 if [ -n "${THREADS:-}" ]; then threads=(--threads "$THREADS"); fi
 
@@ -38,4 +40,4 @@ for model in $models; do
 done
 # shellcheck disable=SC2086  # the models are words
 python "$here/run.py" reproduce "${study[@]}" --tuned --models $models --seeds "$seeds" \
-    --workers "$workers" "${threads[@]}" --baseline mlstm_softmax_dropout
+    --workers "$workers" "${threads[@]}" --baseline "${BASELINE:-mlstm_softmax_dropout}"

@@ -4,9 +4,12 @@ in epochs and seconds to its best validation score."""
 
 import csv
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from test_experiments import fake_runs, read_records, run, tiny_config
 
 from mlstm4reco.study.config import load_config, with_window
@@ -105,3 +108,38 @@ def test_report_gives_epochs_and_seconds_to_the_best_validation_score(tmp_path):
         assert rows[model]["seconds_to_best"] == f"{seconds:.0f}"
     # nothing published: no empty study columns
     assert not any(name.startswith("study_") for name in rows["a"])
+
+
+def test_compare_script_searches_each_model_then_reproduces_the_best(tmp_path):
+    """experiments/compare.sh: a search of TRIALS per model, then SEEDS runs of each
+    search's best, under the given protocol, windows and objective."""
+    configs = tmp_path / "configs"
+    for model in ("lstm", "mlstm"):
+        tiny_config(configs, model=model)
+    env = dict(
+        os.environ,
+        MODELS="lstm mlstm",
+        BASELINE="mlstm",
+        TRIALS="2",
+        SEEDS="2",
+        THREADS="1",
+        CONFIG_DIR=str(configs),
+        OUT=str(tmp_path / "out"),
+        DEVICE="cpu",
+    )
+    script = ROOT / "experiments" / "compare.sh"
+    argv = ["bash", str(script), "synthetic", "leave_one_out", "12,3", "ndcg@10"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    suffix = "_leave_one_out_ndcg_at_10"
+    for model in ("lstm", "mlstm"):
+        trials = read_records(tmp_path / "out" / f"synthetic_{model}{suffix}" / "trials.json")
+        assert len(trials) == 2 and all(t["protocol"]["split"] == "leave_one_out" for t in trials)
+    runs = read_records(tmp_path / "out" / f"synthetic_reproduce{suffix}_tuned" / "runs.json")
+    assert sorted((r["model"], r["seed"]) for r in runs) == [
+        (m, s) for m in ("lstm", "mlstm") for s in range(2)
+    ]
+    assert all(r["threads"] == 1 and r["protocol"]["max_sequence_length"] == 12 for r in runs)
+    assert "Paired t-test, lstm vs mlstm, test_ndcg@10" in done.stdout
+    wrong = subprocess.run(["bash", str(script), "synthetic"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "compare.sh DATASET PROTOCOL WINDOW OBJECTIVE" in wrong.stderr
