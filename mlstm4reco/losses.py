@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 
 from mlstm4reco.representations.base import PADDING_IDX, ScoresItems
 
@@ -115,6 +116,10 @@ class LossInput:
         The model's random state (the sampled softmax's draws).
     exclude_preceding: bool
         Leave items seen earlier in a sequence out of its positions' candidates.
+    item_chunk_size: int, optional
+        The full softmax scores this many items at a time (the log-sum-exp carried across
+        chunks, each chunk's scores recomputed in the backward pass), so that it never
+        holds (positions x all items) at once; None scores all items at once.
     """
 
     net: torch.nn.Module
@@ -125,6 +130,7 @@ class LossInput:
     negatives: Callable[[tuple], torch.Tensor]
     random_state: np.random.RandomState
     exclude_preceding: bool = False
+    item_chunk_size: int | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -141,16 +147,22 @@ class Loss(NamedTuple):
     over_items: bool = False
 
 
-def preceding_items(sequences: torch.Tensor, num_items: int) -> torch.Tensor:
+def preceding_items(
+    sequences: torch.Tensor, num_items: int, items: slice | None = None
+) -> torch.Tensor:
     """(B, T, N) booleans: whether item n occurs in sequence b before position t, for every
-    n but each position's own item (padding id 0 never counts)."""
+    n but each position's own item (padding id 0 never counts); with ``items`` (a slice
+    ``start:stop`` of the ids), (B, T, stop - start) for those items only."""
+    start, stop = (0, num_items) if items is None else items.indices(num_items)[:2]
     batch, length = sequences.shape
     positions = torch.arange(length, device=sequences.device)
-    first = torch.full((batch, num_items), length, dtype=torch.long, device=sequences.device)
-    first.scatter_reduce_(1, sequences, positions.expand(batch, length), reduce="amin")
-    first[:, PADDING_IDX] = length
-    seen = first.unsqueeze(1) < positions.view(1, length, 1)
-    seen.scatter_(2, sequences.unsqueeze(2), False)  # a repeated item stays its own target
+    inside = (sequences >= max(start, PADDING_IDX + 1)) & (sequences < stop)
+    first = torch.full((batch, stop - start + 1), length, dtype=torch.long, device=sequences.device)
+    columns = torch.where(inside, sequences - start, stop - start)  # the rest: a spare column
+    first.scatter_reduce_(1, columns, positions.expand(batch, length), reduce="amin")
+    seen = first[:, :-1].unsqueeze(1) < positions.view(1, length, 1)
+    own = torch.where(inside, columns, 0).unsqueeze(2)
+    seen.scatter_(2, own, seen.gather(2, own) & ~inside.unsqueeze(2))  # own item stays a target
     return seen
 
 
@@ -199,13 +211,52 @@ def _position_states(batch: LossInput, name: str):
 
 
 def softmax(batch: LossInput) -> torch.Tensor:
-    """Cross-entropy over every item at the non-padded positions."""
+    """Cross-entropy over every item at the non-padded positions (in chunks of
+    ``item_chunk_size`` items when given)."""
+    if batch.item_chunk_size is not None and batch.item_chunk_size < batch.num_items - 1:
+        return _chunked_softmax(batch)
     states, targets, seen = _position_states(batch, "softmax")
     # Ids 1..N-1 only: a slice is a view of the item embeddings, not a copy.
     logits = batch.net.score_items(states, slice(1, None)).float()
     if seen is not None:
         logits = logits.masked_fill(seen[:, 1:], -torch.inf)
     return softmax_loss(logits, targets)
+
+
+_LEFT_OUT = -1e30
+"""A left-out item's score in the chunked softmax: exp() of it is 0, as of -inf, but a
+chunk of left-out items only keeps a finite log-sum-exp and gradient."""
+
+
+def _chunked_softmax(batch: LossInput) -> torch.Tensor:
+    """:func:`softmax` with the log-sum-exp over items taken chunk by chunk: each chunk's
+    (M, chunk) scores live only inside a checkpoint, recomputed in the backward pass, so
+    the peak is one chunk's scores and their gradient, not (M, all items)."""
+    if not isinstance(batch.net, ScoresItems):
+        raise ValueError(
+            "loss 'softmax' needs a representation with score_items, score_all "
+            "and position_states (representations.ScoresItems)"
+        )
+    mask = batch.mask
+    states = batch.net.position_states(batch.user_representation)[mask]  # (M, ...)
+    targets = batch.sequences[mask]
+
+    def chunk_logsumexp(states: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        scores = batch.net.score_items(states, slice(start, stop)).float()
+        if batch.exclude_preceding:
+            seen = preceding_items(batch.sequences, batch.num_items, slice(start, stop))[mask]
+            scores = scores.masked_fill(seen, _LEFT_OUT)
+        return torch.logsumexp(scores, dim=1)  # (M,)
+
+    step = batch.item_chunk_size
+    chunks = [
+        torch.utils.checkpoint.checkpoint(
+            chunk_logsumexp, states, start, min(start + step, batch.num_items), use_reentrant=False
+        )
+        for start in range(1, batch.num_items, step)
+    ]
+    normaliser = torch.logsumexp(torch.stack(chunks, dim=1), dim=1)
+    return (normaliser - batch.net(states, targets).float()).mean()
 
 
 def sampled_softmax(batch: LossInput) -> torch.Tensor:

@@ -72,6 +72,11 @@ class ImplicitSequenceModel:
     precision: str
         'float32' (the default) or 'bfloat16': training under ``torch.autocast`` with
         bfloat16 matmuls (weights, optimizer and evaluation stay float32).
+    item_chunk_size: int, optional
+        'softmax' only: score this many items at a time, the log-sum-exp carried across
+        chunks and each chunk recomputed in the backward pass, so that a batch never
+        holds (positions x all items) scores: for large catalogues, at the cost of a
+        second scoring pass. None (default) scores all items at once.
     use_cuda: bool, optional
         Spotlight's flag, instead of ``device``.
 
@@ -101,6 +106,7 @@ class ImplicitSequenceModel:
         representation_kwargs: dict | None = None,
         exclude_preceding: bool = False,
         precision: str = "float32",
+        item_chunk_size: int | None = None,
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
@@ -128,6 +134,16 @@ class ImplicitSequenceModel:
         ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if item_chunk_size is not None:
+            whole = isinstance(item_chunk_size, (int, np.integer)) and not isinstance(
+                item_chunk_size, bool
+            )
+            if not whole or item_chunk_size < 1:
+                raise ValueError(
+                    f"item_chunk_size must be a positive integer or None, got {item_chunk_size!r}"
+                )
+            if loss != "softmax":
+                raise ValueError(f"item_chunk_size needs loss 'softmax', not {loss!r}")
         real = (int, float, np.integer, np.floating)
         if (
             isinstance(learning_rate, bool)
@@ -151,6 +167,7 @@ class ImplicitSequenceModel:
         self._num_negative_samples = int(num_negative_samples)
         self._exclude_preceding = bool(exclude_preceding)
         self._precision = precision
+        self._item_chunk_size = None if item_chunk_size is None else int(item_chunk_size)
         self._device = device_for(device, use_cuda)
         if random_state is None or isinstance(random_state, (int, np.integer)):
             random_state = np.random.RandomState(random_state)
@@ -190,6 +207,7 @@ class ImplicitSequenceModel:
             representation_kwargs=self._representation_kwargs,
             exclude_preceding=self._exclude_preceding,
             precision=self._precision,
+            item_chunk_size=self._item_chunk_size,
             embedding_dim=self._embedding_dim,
             n_iter=self._n_iter,
             batch_size=self._batch_size,
@@ -328,6 +346,7 @@ class ImplicitSequenceModel:
                 negatives=self._negatives,
                 random_state=self._random_state,
                 exclude_preceding=self._exclude_preceding,
+                item_chunk_size=self._item_chunk_size,
             )
         )
 
