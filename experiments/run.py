@@ -38,15 +38,18 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from mlstm4reco.protocols import PROTOCOLS  # noqa: E402
 from mlstm4reco.study import curves, report  # noqa: E402
+from mlstm4reco.study.adjust import (  # noqa: E402
+    tuned_config,
+    with_objective,
+    with_protocol,
+    with_window,
+)
 from mlstm4reco.study.config import (  # noqa: E402
     DATASETS,
     check_model_arguments,
     config_path,
     load_config,
     model_arguments,
-    with_objective,
-    with_protocol,
-    with_window,
 )
 from mlstm4reco.study.errors import UserError  # noqa: E402
 from mlstm4reco.study.records import RecordFile  # noqa: E402
@@ -58,7 +61,6 @@ from mlstm4reco.study.runners import (  # noqa: E402
     run_reproduce,
     run_search,
     set_threads,
-    tuned_config,
 )
 
 

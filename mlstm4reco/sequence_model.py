@@ -14,15 +14,12 @@ from tqdm.auto import tqdm
 from mlstm4reco import checkpoint
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES, LossInput
+from mlstm4reco.model_arguments import PRECISIONS, check_constructor_arguments
 from mlstm4reco.representations import PADDING_IDX, REPRESENTATIONS, ScoresItems
-from mlstm4reco.representations.arguments import check_representation_kwargs
 from mlstm4reco.sampling import sample_items
 from mlstm4reco.torch_utils import CarriedGenerator, device_for
 
 __all__ = ["ImplicitSequenceModel", "sample_items"]
-
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-"""Training precisions ``ImplicitSequenceModel(precision=...)`` accepts."""
 
 
 class ImplicitSequenceModel:
@@ -108,51 +105,20 @@ class ImplicitSequenceModel:
         precision: str = "float32",
         item_chunk_size: int | None = None,
     ) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if exclude_preceding and not LOSSES[loss].over_items:
-            over_items = " or ".join(
-                repr(name) for name, entry in LOSSES.items() if entry.over_items
-            )
-            raise ValueError(f"exclude_preceding needs loss {over_items}, not {loss!r}")
-        if isinstance(representation, str) and representation not in REPRESENTATIONS:
-            raise ValueError(
-                f"unknown representation {representation!r}; choose from "
-                f"{sorted(REPRESENTATIONS)} or pass a representation instance"
-            )
-        if isinstance(representation, str):
-            check_representation_kwargs(
-                representation, REPRESENTATIONS[representation], representation_kwargs
-            )
-        for name, value in (
-            ("n_iter", n_iter),
-            ("batch_size", batch_size),
-            ("embedding_dim", embedding_dim),
-            ("num_negative_samples", num_negative_samples),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if item_chunk_size is not None:
-            whole = isinstance(item_chunk_size, (int, np.integer)) and not isinstance(
-                item_chunk_size, bool
-            )
-            if not whole or item_chunk_size < 1:
-                raise ValueError(
-                    f"item_chunk_size must be a positive integer or None, got {item_chunk_size!r}"
-                )
-            if loss != "softmax":
-                raise ValueError(f"item_chunk_size needs loss 'softmax', not {loss!r}")
-        real = (int, float, np.integer, np.floating)
-        if (
-            isinstance(learning_rate, bool)
-            or not isinstance(learning_rate, real)
-            or not learning_rate > 0
-        ):
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-        if isinstance(l2, bool) or not isinstance(l2, real) or not l2 >= 0:
-            raise ValueError(f"l2 must be a non-negative number, got {l2!r}")
+        check_constructor_arguments(
+            loss=loss,
+            representation=representation,
+            representation_kwargs=representation_kwargs,
+            n_iter=n_iter,
+            batch_size=batch_size,
+            embedding_dim=embedding_dim,
+            num_negative_samples=num_negative_samples,
+            learning_rate=learning_rate,
+            l2=l2,
+            exclude_preceding=exclude_preceding,
+            precision=precision,
+            item_chunk_size=item_chunk_size,
+        )
         self._loss = loss
         self._loss_func = LOSSES[loss]
         self._representation = representation

@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT
 from test_experiments import fake_runs, read_records, run, tiny_config
 
-from mlstm4reco.study.config import load_config, with_window
+from mlstm4reco.study.adjust import with_window
+from mlstm4reco.study.config import load_config
 from mlstm4reco.study.errors import UserError
 from mlstm4reco.study.protocol import load_splits
 

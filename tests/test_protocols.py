@@ -399,7 +399,7 @@ def test_the_popularity_script_reports_every_protocol(tmp_path, capsys, monkeypa
 def test_records_of_another_protocol_or_objective_are_not_mixed(tmp_path):
     """A results folder holds one study: a search or reproduction under another objective
     or protocol into it is refused before any training, naming what differs."""
-    from mlstm4reco.study.config import with_objective, with_protocol
+    from mlstm4reco.study.adjust import with_objective, with_protocol
     from mlstm4reco.study.runners import run_reproduce, run_search
 
     def fake(arguments, **kwargs):

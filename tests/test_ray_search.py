@@ -194,7 +194,7 @@ def test_asha_stops_poor_trials_early(tmp_path):
 def test_asha_follows_the_configs_objective(tmp_path):
     """With objective ndcg@10, trials report validation NDCG@10 to ASHA, a stopped trial is
     recorded with the best NDCG@10 it reached, and TPE learns from that field."""
-    from mlstm4reco.study.config import with_objective
+    from mlstm4reco.study.adjust import with_objective
     from mlstm4reco.study.tpe import _trials_from_records
 
     config = with_objective(search.load_config(tiny_config(tmp_path, n_iter=(8, 9, 1))), "ndcg@10")

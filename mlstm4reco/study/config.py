@@ -31,7 +31,6 @@ refused (an alias bomb of a kilobyte expands to gigabytes) and files over 1 MiB 
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import math
@@ -176,7 +175,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_protocol(protocol, where: str) -> None:
+def check_protocol(protocol, where: str) -> None:
     """The keys every protocol has (``seed``, ``exclude_preceding``, the optional
     ``split``), then the split's own options through its module
     (:data:`mlstm4reco.protocols.PROTOCOLS`)."""
@@ -213,56 +212,6 @@ def split_options(protocol: dict) -> dict:
     """The options of a config's protocol that its split takes (all but ``split`` and
     ``exclude_preceding``, which the evaluation takes)."""
     return {k: v for k, v in protocol.items() if k not in ("split", "exclude_preceding")}
-
-
-def with_protocol(config: ExperimentConfig, split: str) -> ExperimentConfig:
-    """``config`` under the split protocol ``split`` (``run.py --protocol``): its seed,
-    windows and ``exclude_preceding`` kept, the options of another split dropped, the
-    new split's defaults taken."""
-    if split not in protocols.PROTOCOLS:
-        raise UserError(f"--protocol must be one of {sorted(protocols.PROTOCOLS)}, got {split!r}")
-    module = protocols.PROTOCOLS[split]
-    keep = {"seed", "exclude_preceding", *module.REQUIRED, *module.OPTIONAL}
-    protocol = {k: v for k, v in config.protocol.items() if k in keep}
-    if split != "user":
-        protocol["split"] = split
-    _check_protocol(protocol, f"{config.source} with --protocol {split}")
-    return dataclasses.replace(config, protocol=protocol)
-
-
-def with_window(config: ExperimentConfig, text: str) -> ExperimentConfig:
-    """``config`` with the windows of ``run.py --window MAX[,MIN[,STEP]]``: training
-    windows of at most MAX items (at least MIN, default 1; one every STEP items from
-    each history's end, default MAX) and evaluation sequences of the last MAX items.
-    Models compared under one protocol should share them (SASRec's papers use 200 on
-    ML-1M)."""
-    parts = text.split(",")
-    try:
-        numbers = [int(part) for part in parts]
-    except ValueError:
-        numbers = None
-    if numbers is None or not 1 <= len(numbers) <= 3:
-        raise UserError(f"--window must be MAX[,MIN[,STEP]] (integers), got {text!r}")
-    longest = numbers[0]
-    shortest = numbers[1] if len(numbers) > 1 else 1
-    step = numbers[2] if len(numbers) > 2 else longest
-    protocol = {
-        **config.protocol,
-        "max_sequence_length": longest,
-        "min_sequence_length": shortest,
-        "step_size": step,
-    }
-    _check_protocol(protocol, f"{config.source} with --window {text}")
-    return dataclasses.replace(config, protocol=protocol)
-
-
-def with_objective(config: ExperimentConfig, objective: str) -> ExperimentConfig:
-    """``config`` searching for ``objective`` (``run.py --objective``)."""
-    try:
-        evaluation.parse_metric(objective)
-    except ValueError as error:
-        raise UserError(f"--objective: {error}") from error
-    return dataclasses.replace(config, objective=objective)
 
 
 def _check_distribution(name, spec, where: str) -> None:
@@ -325,7 +274,7 @@ def load_config(path) -> ExperimentConfig:
             f"{path}: unknown dataset {raw['dataset']!r}; choose from {tuple(datasets.DATASETS)}"
         )
     check_plain_name(raw["model"], f"{path}: model")
-    _check_protocol(raw["protocol"], str(path))
+    check_protocol(raw["protocol"], str(path))
     for name in ("fixed", "space", "best", "published", "data"):
         _check_mapping(raw, name, str(path))
     for name, value in (raw.get("published") or {}).items():

@@ -5,7 +5,6 @@ that a killed run resumes and two runs on one folder lose nothing."""
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import multiprocessing
 import os
 import pathlib
@@ -16,16 +15,9 @@ import time
 import numpy as np
 import torch
 import yaml
-from hyperopt import space_eval
 from tqdm.auto import tqdm
 
-from mlstm4reco.study.config import (
-    ExperimentConfig,
-    build_space,
-    check_plain_name,
-    model_arguments,
-    read_yaml,
-)
+from mlstm4reco.study.config import ExperimentConfig, check_plain_name, model_arguments, read_yaml
 from mlstm4reco.study.errors import UserError
 from mlstm4reco.study.protocol import load_splits, save_id_mapping, split_notes
 from mlstm4reco.study.records import RecordFile, ensure_results_folder, metric_field
@@ -147,36 +139,6 @@ def run_search(
         bar.update(len(store.records) - bar.n)
     bar.close()
     return store.records
-
-
-def tuned_config(config: ExperimentConfig, root) -> ExperimentConfig:
-    """``config`` with ``best`` replaced by the best finished trial, on the config's
-    validation objective, of its search in ``root`` (``root/NAME/trials.json``, the
-    folder ``run.py search`` fills with the same --protocol, --window and --objective);
-    ``tuned`` says which trial of how many. A UserError when the search has no finished
-    trial or measured another study."""
-    folder = results_folder(root, config.name)
-    store = RecordFile(folder / "trials.json", kind="trials")
-    check_same_study(store, config)
-    valid = metric_field("valid", config.objective)
-    finished = [r for r in store.records if r["status"] == "ok" and valid in r]
-    if not finished:
-        raise UserError(
-            f"{folder / 'trials.json'}: no finished trial of {config.name} to take the best "
-            f"from: run `run.py search` for it first (same --protocol, --window, --objective)"
-        )
-    best = max(finished, key=lambda r: r[valid])
-    params = space_eval(build_space(config.space), best["vals"])
-    return dataclasses.replace(
-        config,
-        best=params,
-        tuned={
-            "search": str(folder),
-            "trials": len(finished),
-            "trial": best["number"],
-            valid: best[valid],
-        },
-    )
 
 
 def run_reproduce(
