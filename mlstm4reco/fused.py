@@ -14,6 +14,8 @@ import threading
 import torch
 from torch.autograd.function import once_differentiable
 
+from mlstm4reco import loop_extension
+
 __all__ = ["FusedMLSTM", "layer", "input_and_weight_gradients"]
 
 
@@ -73,7 +75,10 @@ class FusedMLSTM(torch.autograd.Function):
         hs[0] = h0
         cs[0] = c0
         w_hm_t, w_mh_t = weight_hm.t(), weight_mh.t()
-        for t in range(T):
+        compiled = _compiled_loops(x)
+        if compiled is not None:
+            compiled.forward_loop(xp, hs, cs, tanh_cs, mh, ms, w_hm_t, bias_mh, w_mh_t)
+        for t in range(0 if compiled is not None else T):
             if bias_mh is None:
                 torch.mm(hs[t], w_hm_t, out=mh[t])
             else:
@@ -112,7 +117,21 @@ class FusedMLSTM(torch.autograd.Function):
         upstream = flat_x.new_empty(B, 4 * H)  # d loss / d (i, f, g, o)
         dh = flat_x.new_zeros(B, H)
         dc = flat_x.new_zeros(B, H)
-        for t in range(T - 1, -1, -1):
+        compiled = _compiled_loops(flat_x)
+        if compiled is not None:
+            dh, dc = compiled.backward_loop(
+                xp,
+                cs,
+                tanh_cs,
+                None if grad_hs is None else grad_hs.contiguous(),
+                None if grad_cs is None else grad_cs.contiguous(),
+                grad_xp,
+                grad_m,
+                grad_mh,
+                weight_hm.contiguous(),
+                weight_mh.contiguous(),
+            )
+        for t in range(-1 if compiled is not None else T - 1, -1, -1):
             a = acts[t]
             i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
             tanh_c = tanh_cs[t]
@@ -139,6 +158,13 @@ class FusedMLSTM(torch.autograd.Function):
         return input_and_weight_gradients(
             flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias, dh, dc
         )
+
+
+def _compiled_loops(like: torch.Tensor):
+    """The C++ loops (:mod:`mlstm4reco.loop_extension`) for CPU float tensors, else None."""
+    if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
+        return None
+    return loop_extension.loops()
 
 
 def input_and_weight_gradients(

@@ -29,10 +29,17 @@ def require_archive(name: str) -> pathlib.Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def extensions_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("torch_extensions")
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's real cache folder."""
+def isolated_cache(tmp_path_factory, monkeypatch, extensions_dir):
+    """No test reads or writes the user's real cache folder; the C++ loops are built once
+    a session (into one folder the tests and their subprocesses share)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions_dir))
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlstm4reco import fused, loop_extension
 from mlstm4reco.layers import MLSTM, MLSTMCell
 
 
@@ -82,10 +83,20 @@ def run_both(layer, x, hx, dtype):
     return results
 
 
+@pytest.fixture(params=["compiled", "python"])
+def loops(request, monkeypatch):
+    """The fused path with its C++ time loops (where they build) and with its Python ones."""
+    if request.param == "python":
+        monkeypatch.setattr(fused, "_compiled_loops", lambda like: None)
+    elif loop_extension.loops() is None:
+        pytest.skip("the C++ loops could not be built here")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_fused_equals_reference(dtype, tol, multiplicative_bias, batch_first):
+def test_fused_equals_reference(dtype, tol, multiplicative_bias, batch_first, loops):
     torch.manual_seed(2)
     layer = MLSTM(
         5, 8, num_layers=2, multiplicative_bias=multiplicative_bias, batch_first=batch_first
@@ -115,7 +126,7 @@ class States(torch.nn.Module):
 
 @pytest.mark.parametrize("implementation", ["fused", "reference"])
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
-def test_gradcheck(implementation, multiplicative_bias):
+def test_gradcheck(implementation, multiplicative_bias, loops):
     torch.manual_seed(3)
     layer = MLSTM(
         3, 4, multiplicative_bias=multiplicative_bias, implementation=implementation

@@ -1,0 +1,44 @@
+"""The C++ time loops of the fused mLSTM on the CPU (``csrc/mlstm_loop.cpp``), built on
+first use by torch's JIT extension loader (a C++ compiler and ninja needed; the build is
+cached, in ``$TORCH_EXTENSIONS_DIR`` when set, and rebuilt when the source changes).
+:func:`loops` is None where they cannot be built, with one warning saying why, and the
+fused path runs its Python loops instead: the same buffers and arithmetic, slower at
+small sizes. ``MLSTM4RECO_NO_EXTENSION=1`` turns them off."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import warnings
+
+import torch
+
+SOURCE = pathlib.Path(__file__).with_name("csrc") / "mlstm_loop.cpp"
+
+
+@functools.cache
+def loops():
+    """``torch.ops.mlstm4reco_loop`` (``forward_loop``, ``backward_loop``), or None."""
+    if os.environ.get("MLSTM4RECO_NO_EXTENSION", "") not in ("", "0"):
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(
+            name="mlstm4reco_loop",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3"],
+            is_python_module=False,
+            verbose=False,
+        )
+        return torch.ops.mlstm4reco_loop
+    except Exception as error:  # noqa: BLE001 - no compiler, no ninja, a failed build
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(
+            f"the mLSTM's C++ loops could not be built ({first}); the fused path runs its "
+            "Python loops (same numbers, slower at small sizes)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
