@@ -1,10 +1,13 @@
 """Forward+backward time of MLSTM's implementations against torch.nn.LSTM.
 
     python benchmarks/layers.py [--batch 240] [--seq 100] [--dim 120] [--threads 2] [--repeats 10]
+    python benchmarks/layers.py --sweep      # the search space's (batch, dim) grid
 
 Prints the median over ``--repeats`` runs (after warm-up) of each layer and its ratio to
-``nn.LSTM`` measured in the same process. Issue target: fused <= 1.6x nn.LSTM on the CPU
-with 2 threads. ``benchmarks/gpu.py`` reuses :func:`compare_layers` on a GPU.
+``nn.LSTM`` measured in the same process. Issue targets: fused <= 1.6x nn.LSTM on the CPU
+with 2 threads; with --sweep (the fused path with its C++ loops and with its Python
+ones, no reference loop), <= 1.3x at every row. ``benchmarks/gpu.py`` reuses
+:func:`compare_layers` on a GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +19,26 @@ import time
 import torch
 from torch import nn
 
+from mlstm4reco import fused
 from mlstm4reco.layers import MLSTM
+
+SWEEP = ((160, 16), (160, 32), (240, 64), (240, 120), (240, 256))
+"""(batch, dim) rows of --sweep: the study's search space draws dim 16-128, batch 64-256."""
+
+
+class PythonLoops(nn.Module):
+    """``layer`` with the fused path's Python time loops (its C++ ones switched off)."""
+
+    def __init__(self, layer: MLSTM) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        compiled, fused._compiled_loops = fused._compiled_loops, lambda like: None
+        try:
+            return self.layer(x)
+        finally:
+            fused._compiled_loops = compiled
 
 
 def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
@@ -96,9 +118,22 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=120)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--sweep", action="store_true", help="the (batch, dim) grid of SWEEP")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.sweep:
+        print(f"seq {args.seq}, fp32, {args.threads} threads, torch {torch.__version__}")
+        for batch, dim in SWEEP:
+            print(f"\nbatch {batch}, dim {dim}")
+            fused_layer = MLSTM(dim, dim, implementation="fused")
+            layers = {
+                "nn.LSTM": nn.LSTM(dim, dim, batch_first=True),
+                "MLSTM fused, C++": fused_layer,
+                "MLSTM fused, Py": PythonLoops(fused_layer),
+            }
+            compare_layers(layers, torch.device("cpu"), args.repeats, batch, args.seq, dim)
+        return
     D = args.dim
     layers = {"nn.LSTM": nn.LSTM(D, D, batch_first=True)}
     for impl in ("reference", "fused"):
