@@ -4,6 +4,7 @@ failed trials, user errors."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -872,13 +873,43 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
         )
 
 
+def _train_tiny(tmp_path, n_iter: int, early_stopping: dict, verbose: bool = False) -> dict:
+    """train_and_evaluate on the tiny config's splits at its best point for ``n_iter``."""
+    config = search.load_config(tiny_config(tmp_path))
+    splits = search.load_splits(config)
+    arguments = search.model_arguments(config, {**config.best, "n_iter": n_iter})
+    return search.train_and_evaluate(
+        arguments,
+        splits,
+        config.protocol,
+        seed=0,
+        device="cpu",
+        verbose=verbose,
+        early_stopping=early_stopping,
+    )
+
+
+def test_verbose_early_stopping_prints_each_evaluation(tmp_path, capsys):
+    """A verbose run prints every validation value the early stopping saw (a long run
+    shows where it stands), the same values it records in valid_history."""
+    result = _train_tiny(tmp_path, 4, dict(every=2, patience=5), verbose=True)
+    printed = re.findall(
+        r"epoch (\d+): valid mrr ([0-9.]+) \(best ([0-9.]+)", capsys.readouterr().out
+    )
+    assert [int(epoch) for epoch, _, _ in printed] == [2, 4]
+    history = result["valid_history"]
+    assert [float(value) for _, value, _ in printed] == pytest.approx(
+        [value for _, value in history], abs=5e-5
+    )
+    best = max(value for _, value in history)
+    assert float(printed[-1][2]) == pytest.approx(best, abs=5e-5)
+
+
 def test_validation_evaluations_are_timed_apart_from_training(tmp_path, monkeypatch):
     """`eval_seconds` is the time fit spent in validation evaluations: at least what each
     of them took, measured around the evaluation function itself, and none without them."""
     from mlstm4reco import evaluation
 
-    config = search.load_config(tiny_config(tmp_path))
-    splits = search.load_splits(config)
     score, durations = evaluation.evaluate, []
 
     def slow_score(*args, **kwargs):
@@ -889,21 +920,13 @@ def test_validation_evaluations_are_timed_apart_from_training(tmp_path, monkeypa
         return result
 
     monkeypatch.setattr(evaluation, "evaluate", slow_score)
-    arguments = search.model_arguments(config, {**config.best, "n_iter": 3})
-    result = search.train_and_evaluate(
-        arguments,
-        splits,
-        config.protocol,
-        seed=0,
-        device="cpu",
-        early_stopping=dict(every=1, patience=5),
-    )
+    result = _train_tiny(tmp_path, 3, dict(every=1, patience=5))
     assert len(durations) == 3 + 2  # one a epoch, then the final valid and test MRR
     during_fit = sum(durations[:3])
     assert during_fit <= result["eval_seconds"] <= during_fit + 0.2
     assert result["eval_seconds"] < result["fit_seconds"]
     durations.clear()
-    result = search.train_and_evaluate(arguments, splits, config.protocol, seed=0, device="cpu")
+    result = _train_tiny(tmp_path, 3, None)
     assert len(durations) == 2 and result["eval_seconds"] == 0.0
 
 

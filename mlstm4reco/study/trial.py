@@ -11,6 +11,7 @@ import traceback
 import hyperopt
 import numpy as np
 import torch
+import tqdm
 
 import mlstm4reco
 from mlstm4reco import evaluation
@@ -34,8 +35,10 @@ class EarlyStopping:
         patience: int | None,
         listener=None,
         objective: str = "mrr",
+        verbose: bool = False,
     ) -> None:
         self.model, self.valid, self.exclude = model, valid, exclude_preceding
+        self.verbose = verbose
         self.every, self.patience, self.listener = every, patience, listener
         self.objective = objective
         self.best_value, self.best_epoch, self.best_state, self.stale = -math.inf, None, None, 0
@@ -59,7 +62,14 @@ class EarlyStopping:
         self.history.append((epoch + 1, value))
         if self.listener is not None:
             self.listener(epoch + 1, value)
-        if value > self.best_value:
+        improved = value > self.best_value
+        if self.verbose:
+            best = value if improved else self.best_value
+            tqdm.tqdm.write(
+                f"epoch {epoch + 1}: valid {self.objective} {value:.4f} (best {best:.4f}"
+                f"{'' if improved else f' at epoch {self.best_epoch}'})"
+            )
+        if improved:
             self.best_value, self.best_epoch, self.stale = value, epoch + 1, 0
             if self.patience is not None:  # a monitor that never stops never restores
                 self.best_state = {
@@ -100,10 +110,18 @@ def train_and_evaluate(
     listener = monitor["listener"] if monitor else None
     if early_stopping:
         stopper = EarlyStopping(
-            model, valid, exclude, **early_stopping, listener=listener, objective=objective
+            model,
+            valid,
+            exclude,
+            **early_stopping,
+            listener=listener,
+            objective=objective,
+            verbose=verbose,
         )
     elif monitor:
-        stopper = EarlyStopping(model, valid, exclude, monitor["every"], None, listener, objective)
+        stopper = EarlyStopping(
+            model, valid, exclude, monitor["every"], None, listener, objective, verbose
+        )
     else:
         stopper = None
     start = time.perf_counter()
