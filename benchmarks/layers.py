@@ -84,20 +84,49 @@ def layer_seconds(
     )
 
 
+def interleaved_medians(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall time of each of ``fns`` (name -> callable), timed in turn within each of
+    ``repeats`` rounds, so that a machine's drift (frequency, a neighbour) falls on all of
+    them alike rather than on whichever ran last."""
+    for fn in fns.values():
+        median_seconds(fn, device, repeats=1, warmup=2)  # warm-up
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_seconds(fn, device, repeats=1, warmup=0))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def compare_layers(
     layers: dict, device: torch.device, repeats: int, batch: int, seq: int, dim: int
 ) -> dict[str, dict[str, float]]:
     """Print forward+backward and forward-only medians of each layer, with ratios to the
     first, on a dense upstream gradient (out.sum() would give a stride-0 gradient that
-    flatters every implementation). Returns them (seconds) by layer."""
+    flatters every implementation); the layers are timed in turn within each repeat
+    (:func:`interleaved_medians`). Returns them (seconds) by layer."""
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     grad = torch.randn(batch, seq, dim, device=device)
+    layers = {name: layer.to(device) for name, layer in layers.items()}
+
+    def forward_only(layer):
+        with torch.no_grad():
+            layer(x)
+
+    both = interleaved_medians(
+        {name: (lambda layer=layer: step(layer, x, grad)) for name, layer in layers.items()},
+        device,
+        repeats,
+    )
+    forward = interleaved_medians(
+        {name: (lambda layer=layer: forward_only(layer)) for name, layer in layers.items()},
+        device,
+        repeats,
+    )
     print(f"{'layer':<18}{'fwd+bwd ms':>12}{'ratio':>8}{'fwd ms':>10}{'ratio':>8}")
-    measured = {}
-    for name, layer in layers.items():
-        both, fwd = layer_seconds(layer.to(device), x, grad, device, repeats)
-        measured[name] = {"seconds": both, "forward_seconds": fwd}
-        print_row(name, measured[name], next(iter(measured.values())))
+    measured = {name: {"seconds": both[name], "forward_seconds": forward[name]} for name in layers}
+    first = next(iter(measured.values()))
+    for name, times in measured.items():
+        print_row(name, times, first)
     return measured
 
 

@@ -18,6 +18,11 @@ from mlstm4reco import loop_extension
 
 __all__ = ["FusedMLSTM", "layer", "input_and_weight_gradients"]
 
+ROWWISE_MAX_HIDDEN = 64
+"""Hidden sizes up to this run the C++ loops row-wise: each group of batch rows takes its
+whole step, the two recurrent matmuls included, in the extension's own small kernels
+(no ATen call per step); larger ones call ATen's matmuls over the batch each step."""
+
 
 def layer(
     cell, x_tm: torch.Tensor, h: torch.Tensor, c: torch.Tensor
@@ -76,26 +81,12 @@ class FusedMLSTM(torch.autograd.Function):
         cs[0] = c0
         w_hm_t, w_mh_t = weight_hm.t(), weight_mh.t()
         compiled = _compiled_loops(x)
-        if compiled is not None:
-            compiled.forward_loop(xp, hs, cs, tanh_cs, mh, ms, w_hm_t, bias_mh, w_mh_t)
-        for t in range(0 if compiled is not None else T):
-            if bias_mh is None:
-                torch.mm(hs[t], w_hm_t, out=mh[t])
-            else:
-                torch.addmm(bias_mh, hs[t], w_hm_t, out=mh[t])
-            torch.mul(xp[t, :, :H], mh[t], out=ms[t])
-            gates = xp[t, :, H:]  # (B, 4H)
-            gates.addmm_(ms[t], w_mh_t)
-            g = gates[:, 2 * H : 3 * H]
-            g.mul_(2)
-            gates.sigmoid_()
-            g.mul_(2).sub_(1)  # tanh(z) = 2 sigmoid(2z) - 1
-            torch.mul(gates[:, H : 2 * H], cs[t], out=cs[t + 1])
-            cs[t + 1].addcmul_(gates[:, :H], g)
-            tanh_c = tanh_cs[t]
-            torch.mul(cs[t + 1], 2, out=tanh_c)
-            tanh_c.sigmoid_().mul_(2).sub_(1)
-            torch.mul(gates[:, 3 * H :], tanh_c, out=hs[t + 1])
+        if compiled is None:
+            _forward_loop(xp, hs, cs, tanh_cs, mh, ms, w_hm_t, bias_mh, w_mh_t)
+        else:
+            compiled.forward_loop(
+                xp, hs, cs, tanh_cs, mh, ms, w_hm_t, bias_mh, w_mh_t, ROWWISE_MAX_HIDDEN
+            )
         ctx.save_for_backward(flat_x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh)
         ctx.has_bias = (bias_ih is not None, bias_mh is not None)
         ctx.set_materialize_grads(False)
@@ -107,57 +98,95 @@ class FusedMLSTM(torch.autograd.Function):
         flat_x, weight_ih, xp, hs, cs, tanh_cs, mh, ms, weight_hm, weight_mh = ctx.saved_tensors
         T, B, H5 = xp.shape
         H = H5 // 5
-        acts = xp[:, :, H:]  # (T, B, 4H): i, f, g, o
         grad_xp = workspace("grad_xp", (T, B, 5 * H), flat_x)
         grad_m = workspace("grad_m", (T, B, H), flat_x)  # d loss / d m_t
         grad_mh = workspace("grad_mh", (T, B, H), flat_x)  # d loss / d (W_mh h_{t-1} + b_mh)
-        # Small per-step buffers (cache resident): T-sized temporaries would cost more in
-        # page faults than they save in dispatches.
-        dact = flat_x.new_empty(B, 4 * H)  # activation derivatives: s (1 - s), or 1 - g^2 for g
-        upstream = flat_x.new_empty(B, 4 * H)  # d loss / d (i, f, g, o)
-        dh = flat_x.new_zeros(B, H)
-        dc = flat_x.new_zeros(B, H)
+        arguments = (
+            xp,
+            cs,
+            tanh_cs,
+            None if grad_hs is None else grad_hs.contiguous(),
+            None if grad_cs is None else grad_cs.contiguous(),
+            grad_xp,
+            grad_m,
+            grad_mh,
+            weight_hm.contiguous(),
+            weight_mh.contiguous(),
+        )
         compiled = _compiled_loops(flat_x)
-        if compiled is not None:
-            dh, dc = compiled.backward_loop(
-                xp,
-                cs,
-                tanh_cs,
-                None if grad_hs is None else grad_hs.contiguous(),
-                None if grad_cs is None else grad_cs.contiguous(),
-                grad_xp,
-                grad_m,
-                grad_mh,
-                weight_hm.contiguous(),
-                weight_mh.contiguous(),
-            )
-        for t in range(-1 if compiled is not None else T - 1, -1, -1):
-            a = acts[t]
-            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            tanh_c = tanh_cs[t]
-            if grad_hs is not None:
-                dh = dh + grad_hs[t]
-            if grad_cs is not None:
-                dc = dc + grad_cs[t]
-            dc = dc + dh * o * (1 - tanh_c * tanh_c)
-            torch.mul(a, a, out=dact)
-            torch.sub(a, dact, out=dact)
-            torch.mul(g, g, out=dact[:, 2 * H : 3 * H])
-            torch.sub(1, dact[:, 2 * H : 3 * H], out=dact[:, 2 * H : 3 * H])
-            torch.mul(dc, g, out=upstream[:, :H])
-            torch.mul(dc, cs[t], out=upstream[:, H : 2 * H])
-            torch.mul(dc, i, out=upstream[:, 2 * H : 3 * H])
-            torch.mul(dh, tanh_c, out=upstream[:, 3 * H :])
-            dgates = grad_xp[t, :, H:]  # (B, 4H) pre-activation gradients
-            torch.mul(upstream, dact, out=dgates)
-            torch.mm(dgates, weight_mh, out=grad_m[t])
-            torch.mul(grad_m[t], xp[t, :, :H], out=grad_mh[t])
-            dh = torch.mm(grad_mh[t], weight_hm)
-            dc = dc * f
+        if compiled is None:
+            dh, dc = _backward_loop(*arguments)
+        else:
+            dh, dc = compiled.backward_loop(*arguments, ROWWISE_MAX_HIDDEN)
         torch.mul(grad_m, mh, out=grad_xp[:, :, :H])
         return input_and_weight_gradients(
             flat_x, weight_ih, grad_xp, grad_mh, ms, hs, ctx.has_bias, dh, dc
         )
+
+
+def _forward_loop(xp, hs, cs, tanh_cs, mh, ms, w_hm_t, bias_mh, w_mh_t) -> None:
+    """The forward time loop in Python (the C++ loop's reference): writes hs[1:], cs[1:],
+    tanh_cs, mh, ms, and the gate activations into xp[:, :, H:]."""
+    H = hs.shape[2]
+    for t in range(xp.shape[0]):
+        if bias_mh is None:
+            torch.mm(hs[t], w_hm_t, out=mh[t])
+        else:
+            torch.addmm(bias_mh, hs[t], w_hm_t, out=mh[t])
+        torch.mul(xp[t, :, :H], mh[t], out=ms[t])
+        gates = xp[t, :, H:]  # (B, 4H)
+        gates.addmm_(ms[t], w_mh_t)
+        g = gates[:, 2 * H : 3 * H]
+        g.mul_(2)
+        gates.sigmoid_()
+        g.mul_(2).sub_(1)  # tanh(z) = 2 sigmoid(2z) - 1
+        torch.mul(gates[:, H : 2 * H], cs[t], out=cs[t + 1])
+        cs[t + 1].addcmul_(gates[:, :H], g)
+        tanh_c = tanh_cs[t]
+        torch.mul(cs[t + 1], 2, out=tanh_c)
+        tanh_c.sigmoid_().mul_(2).sub_(1)
+        torch.mul(gates[:, 3 * H :], tanh_c, out=hs[t + 1])
+
+
+def _backward_loop(
+    xp, cs, tanh_cs, grad_hs, grad_cs, grad_xp, grad_m, grad_mh, weight_hm, weight_mh
+):
+    """The backward time loop in Python (the C++ loop's reference): writes the gates'
+    pre-activation gradients into grad_xp[:, :, H:], grad_m and grad_mh; returns the
+    gradients of h0 and c0."""
+    T, B, H5 = xp.shape
+    H = H5 // 5
+    acts = xp[:, :, H:]  # (T, B, 4H): i, f, g, o
+    # Small per-step buffers (cache resident): T-sized temporaries would cost more in
+    # page faults than they save in dispatches.
+    dact = xp.new_empty(B, 4 * H)  # activation derivatives: s (1 - s), or 1 - g^2 for g
+    upstream = xp.new_empty(B, 4 * H)  # d loss / d (i, f, g, o)
+    dh = xp.new_zeros(B, H)
+    dc = xp.new_zeros(B, H)
+    for t in range(T - 1, -1, -1):
+        a = acts[t]
+        i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+        tanh_c = tanh_cs[t]
+        if grad_hs is not None:
+            dh = dh + grad_hs[t]
+        if grad_cs is not None:
+            dc = dc + grad_cs[t]
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        torch.mul(a, a, out=dact)
+        torch.sub(a, dact, out=dact)
+        torch.mul(g, g, out=dact[:, 2 * H : 3 * H])
+        torch.sub(1, dact[:, 2 * H : 3 * H], out=dact[:, 2 * H : 3 * H])
+        torch.mul(dc, g, out=upstream[:, :H])
+        torch.mul(dc, cs[t], out=upstream[:, H : 2 * H])
+        torch.mul(dc, i, out=upstream[:, 2 * H : 3 * H])
+        torch.mul(dh, tanh_c, out=upstream[:, 3 * H :])
+        dgates = grad_xp[t, :, H:]  # (B, 4H) pre-activation gradients
+        torch.mul(upstream, dact, out=dgates)
+        torch.mm(dgates, weight_mh, out=grad_m[t])
+        torch.mul(grad_m[t], xp[t, :, :H], out=grad_mh[t])
+        dh = torch.mm(grad_mh[t], weight_hm)
+        dc = dc * f
+    return dh, dc
 
 
 def _compiled_loops(like: torch.Tensor):

@@ -3,13 +3,19 @@ first use by torch's JIT extension loader (a C++ compiler and ninja needed; the 
 cached, in ``$TORCH_EXTENSIONS_DIR`` when set, and rebuilt when the source changes).
 :func:`loops` is None where they cannot be built, with one warning saying why, and the
 fused path runs its Python loops instead: the same buffers and arithmetic, slower at
-small sizes. ``MLSTM4RECO_NO_EXTENSION=1`` turns them off."""
+small sizes. ``MLSTM4RECO_NO_EXTENSION=1`` turns them off.
+
+On an x86 CPU whose capability (``torch.backends.cpu.get_cpu_capability()``, which
+``ATEN_CPU_CAPABILITY`` can lower) is AVX2 or AVX-512 the loops are built with AVX2 and
+FMA, elsewhere for the baseline instruction set; the build is named after the choice, so
+one cache shared by different machines never hands one a build its CPU cannot run."""
 
 from __future__ import annotations
 
 import functools
 import os
 import pathlib
+import platform
 import warnings
 
 import torch
@@ -25,10 +31,11 @@ def loops():
     try:
         from torch.utils.cpp_extension import load
 
+        suffix, flags = build_flags()
         load(
-            name="mlstm4reco_loop",
+            name=f"mlstm4reco_loop_{suffix}",
             sources=[str(SOURCE)],
-            extra_cflags=["-O3"],
+            extra_cflags=["-O3", "-fno-trapping-math", "-fno-math-errno", *flags],
             is_python_module=False,
             verbose=False,
         )
@@ -42,3 +49,11 @@ def loops():
             stacklevel=2,
         )
         return None
+
+
+def build_flags() -> tuple[str, list[str]]:
+    """The build's name suffix and its instruction-set flags for this CPU."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if x86 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return "avx2", ["-mavx2", "-mfma", "-ffp-contract=fast"]
+    return "baseline", []

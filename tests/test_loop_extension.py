@@ -10,9 +10,12 @@ from mlstm4reco import fused, loop_extension
 from mlstm4reco.layers import MLSTM
 
 
-def _run(layer, x, hx, python: bool, monkeypatch, touch: str):
+def _run(layer, x, hx, python: bool, touch: str):
+    """Outputs, states and every gradient of ``layer``, with the C++ loops or, when
+    ``python``, the Python ones."""
+    compiled = fused._compiled_loops
     if python:
-        monkeypatch.setattr(fused, "_compiled_loops", lambda like: None)
+        fused._compiled_loops = lambda like: None
     try:
         layer.zero_grad()
         x.grad = None
@@ -22,25 +25,64 @@ def _run(layer, x, hx, python: bool, monkeypatch, touch: str):
         (loss[touch] + 0.5 * h_n.sum()).backward()
         return [out, hidden, cells, x.grad] + [p.grad for p in layer.parameters()]
     finally:
-        monkeypatch.undo()
+        fused._compiled_loops = compiled
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("touch", ["outputs", "cells", "both"])
+@pytest.mark.parametrize("rowwise", [True, False], ids=["rowwise", "batch-matmuls"])
 def test_compiled_loops_give_the_python_loops_numbers(
-    dtype, tol, multiplicative_bias, touch, monkeypatch
+    dtype, tol, multiplicative_bias, touch, rowwise, monkeypatch
 ):
+    """Both C++ strategies against the Python loops. Hidden 40: two 16-column blocks of
+    the row-wise kernels and 8 columns past them; batch 33: eight 4-row groups and one
+    row, and uneven shares between threads."""
     if loop_extension.loops() is None:
         pytest.skip("the C++ loops could not be built here")
+    monkeypatch.setattr(fused, "ROWWISE_MAX_HIDDEN", 10**6 if rowwise else 0)
     torch.manual_seed(5)
     layer = MLSTM(6, 40, num_layers=2, multiplicative_bias=multiplicative_bias).to(dtype)
-    x = torch.randn(33, 11, 6, dtype=dtype, requires_grad=True)  # batch 33: uneven shares
+    x = torch.randn(33, 11, 6, dtype=dtype, requires_grad=True)
     hx = tuple(torch.randn(2, 33, 40, dtype=dtype) for _ in range(2))
-    compiled = _run(layer, x, hx, False, monkeypatch, touch)
-    python = _run(layer, x, hx, True, monkeypatch, touch)
+    compiled = _run(layer, x, hx, False, touch)
+    python = _run(layer, x, hx, True, touch)
     for a, b in zip(compiled, python):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rowwise", [True, False], ids=["rowwise", "batch-matmuls"])
+def test_compiled_loops_match_torch_on_saturated_gates(rowwise, monkeypatch):
+    """Gate pre-activations far outside the exp's clamped range (|z| up to ~1e3): the
+    float32 C++ activations stay finite and give torch's sigmoid and tanh."""
+    if loop_extension.loops() is None:
+        pytest.skip("the C++ loops could not be built here")
+    monkeypatch.setattr(fused, "ROWWISE_MAX_HIDDEN", 10**6 if rowwise else 0)
+    torch.manual_seed(6)
+    layer = MLSTM(4, 16)
+    with torch.no_grad():
+        for weight in layer.parameters():
+            weight.mul_(60)
+    x = torch.randn(9, 7, 4) * 10
+    compiled = _run(layer, x.clone().requires_grad_(), None, False, "both")
+    python = _run(layer, x.clone().requires_grad_(), None, True, "both")
+    assert all(torch.isfinite(a).all() for a in compiled)
+    for a, b in zip(compiled[:3], python[:3]):  # the states; their gradients may be huge
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_build_flags_follow_the_cpu_capability(monkeypatch):
+    """AVX2 flags only where the CPU has them (and an x86 one), and the build's name says
+    which, so a shared cache never serves an AVX2 build to a CPU without AVX2."""
+    monkeypatch.setattr(loop_extension.platform, "machine", lambda: "x86_64")
+    for capability, suffix in (("AVX512", "avx2"), ("AVX2", "avx2"), ("DEFAULT", "baseline")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        name, flags = loop_extension.build_flags()
+        assert name == suffix
+        assert ("-mavx2" in flags) == (suffix == "avx2")
+    monkeypatch.setattr(loop_extension.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert loop_extension.build_flags() == ("baseline", [])
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
