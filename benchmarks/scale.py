@@ -87,8 +87,11 @@ def _stage(rows: list, group: str, name: str, fn, note: str = "", repeats: int =
     return result
 
 
-def _epoch(rows, group, name, model, train: SequenceInteractions, batches: int) -> float:
-    """An epoch's seconds from ``batches`` batches after one of warm-up, scaled to all."""
+def _epoch(
+    rows, group, name, model, train: SequenceInteractions, batches: int, repeats: int = 1
+) -> float:
+    """An epoch's seconds from ``batches`` batches after one of warm-up (the median of
+    ``repeats`` timings), scaled to all."""
     size = model._batch_size
     model.fit(_rows(train, range(size)))  # builds the net, warms the kernels
     measured = min(len(train), batches * size)
@@ -96,7 +99,7 @@ def _epoch(rows, group, name, model, train: SequenceInteractions, batches: int) 
     def fit():
         model.fit(_rows(train, range(size, size + measured)))
 
-    _stage(rows, group, name, fit, f"{measured} of {len(train):,} windows")
+    _stage(rows, group, name, fit, f"{measured} of {len(train):,} windows", repeats=repeats)
     rows[-1]["epoch_seconds"] = rows[-1]["seconds"] * len(train) / measured
     rows[-1]["note"] += f"; epoch extrapolated: {rows[-1]['epoch_seconds']:.0f} s"
     print(f"{'':<37} -> epoch {rows[-1]['epoch_seconds']:.1f} s (extrapolated)")
@@ -141,7 +144,9 @@ def grow(rows: list, name: str, batches: int, folder: pathlib.Path, repeats: int
             batch_size=160,
             random_state=0,
         )
-        result[loss] = _epoch(rows, name, f"epoch mlstm {loss}", model, windows[0], batches)
+        result[loss] = _epoch(
+            rows, name, f"epoch mlstm {loss}", model, windows[0], batches, repeats
+        )
     evaluated = _rows(windows[2], range(min(1000, len(windows[2]))))
     _stage(
         rows,
