@@ -1,10 +1,12 @@
 // The time loops of the fused mLSTM layer (mlstm4reco/fused.py) in C++, for the CPU:
 // the same buffers and the same arithmetic as the Python loops, without an interpreter
-// round trip per operation. Per step the forward takes two matmuls from ATen and does
-// the rest in two plain loops (the gate activations with a branch-free exp that the
-// compiler vectorises); the backward takes two matmuls and two plain loops. Built on
-// first use by mlstm4reco/loop_extension.py; when no compiler is there, the Python loops
-// run instead.
+// round trip per operation. Two strategies: row-wise (hidden sizes up to the caller's
+// rowwise_max_hidden), where each group of batch rows takes its whole step, both recurrent
+// matmuls included, in this file's small kernels, with no ATen call per step; otherwise
+// each step calls ATen's matmuls over the batch and does the gate arithmetic in plain
+// loops. The gate activations use a branch-free exp that the compiler vectorises. Built
+// on first use by mlstm4reco/loop_extension.py; when no compiler is there, the Python
+// loops run instead.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -77,13 +79,21 @@ void forward_row(scalar_t* __restrict__ a, const scalar_t* __restrict__ c_prev,
   }
 }
 
-// One batch row of a backward step: from dh and dc (the gradients of h_t and c_t, from
-// step t + 1 and from outside) the gates' pre-activation gradients d; dc becomes the
-// gradient of c_{t-1} (dh is overwritten by the caller's matmul).
+// One batch row of a backward step: dh and dc (the gradients of h_t and c_t from step
+// t + 1) first take the gradients from outside at step t, gh and gc (either may be null);
+// then the gates' pre-activation gradients d; dc becomes the gradient of c_{t-1} (dh is
+// overwritten by the caller's matmul).
 template <typename scalar_t>
 void backward_row(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c_prev,
-                  const scalar_t* __restrict__ tc, const scalar_t* __restrict__ dh,
+                  const scalar_t* __restrict__ tc, const scalar_t* __restrict__ gh,
+                  const scalar_t* __restrict__ gc, scalar_t* __restrict__ dh,
                   scalar_t* __restrict__ dc, scalar_t* __restrict__ d, int64_t H) {
+  if (gh) {
+    for (int64_t j = 0; j < H; ++j) dh[j] += gh[j];
+  }
+  if (gc) {
+    for (int64_t j = 0; j < H; ++j) dc[j] += gc[j];
+  }
   for (int64_t j = 0; j < H; ++j) {
     const scalar_t i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
     const scalar_t dc_j = dc[j] + dh[j] * o * (1 - tc[j] * tc[j]);
@@ -261,31 +271,25 @@ std::vector<at::Tensor> backward_steps(const at::Tensor& xp, const at::Tensor& c
   const scalar_t* const gh0 = grad_hs.has_value() ? grad_hs->data_ptr<scalar_t>() : nullptr;
   const scalar_t* const gc0 = grad_cs.has_value() ? grad_cs->data_ptr<scalar_t>() : nullptr;
   scalar_t* const grad_xp0 = grad_xp.data_ptr<scalar_t>();
-  const scalar_t* const grad_m0 = grad_m.data_ptr<scalar_t>();
+  scalar_t* const grad_m0 = grad_m.data_ptr<scalar_t>();
   scalar_t* const grad_mh0 = grad_mh.data_ptr<scalar_t>();
   scalar_t* const dhp = dh.data_ptr<scalar_t>();
   scalar_t* const dcp = dc.data_ptr<scalar_t>();
   if (rowwise) {  // each row group's whole step at once: its dh is consumed, then rewritten
     const scalar_t* const w_mh = weight_mh.data_ptr<scalar_t>();  // (4H, H)
     const scalar_t* const w_hm = weight_hm.data_ptr<scalar_t>();  // (H, H)
-    scalar_t* const grad_m_rw = grad_m.data_ptr<scalar_t>();
     for (int64_t t = T - 1; t >= 0; --t) {
       row_groups(B, 5 * H * H, [&](int64_t b, int64_t rows) {
         const int64_t k = t * step + b * H;  // the group's first row of a (T, B, H) buffer
         const scalar_t* x = xp0 + (t * B + b) * 5 * H;
         scalar_t* d = grad_xp0 + (t * B + b) * 5 * H;
         for (int64_t r = 0; r < rows; ++r) {
-          scalar_t* dh_r = dhp + (b + r) * H;
-          scalar_t* dc_r = dcp + (b + r) * H;
           const int64_t kr = k + r * H;
-          if (gh0)
-            for (int64_t j = 0; j < H; ++j) dh_r[j] += gh0[kr + j];
-          if (gc0)
-            for (int64_t j = 0; j < H; ++j) dc_r[j] += gc0[kr + j];
-          backward_row(x + r * 5 * H + H, cs0 + kr, tanh_cs0 + kr, dh_r, dc_r,
+          backward_row(x + r * 5 * H + H, cs0 + kr, tanh_cs0 + kr, gh0 ? gh0 + kr : nullptr,
+                       gc0 ? gc0 + kr : nullptr, dhp + (b + r) * H, dcp + (b + r) * H,
                        d + r * 5 * H + H, H);
         }
-        scalar_t* gm = grad_m_rw + k;
+        scalar_t* gm = grad_m0 + k;
         scalar_t* gmh = grad_mh0 + k;
         std::fill(gm, gm + rows * H, scalar_t(0));
         matmul_rows(rows, d + H, 5 * H, w_mh, 4 * H, H, gm, H);
@@ -306,19 +310,9 @@ std::vector<at::Tensor> backward_steps(const at::Tensor& xp, const at::Tensor& c
     const scalar_t* gc = gc0 ? gc0 + t * step : nullptr;
     scalar_t* dgates = grad_xp0 + t * 5 * step;  // (B, 5H); gates part written
     rows(B, H, [&](int64_t b) {
-      const scalar_t* a = x + b * 5 * H + H;
-      scalar_t* d = dgates + b * 5 * H + H;
-      scalar_t* dh_b = dhp + b * H;
-      scalar_t* dc_b = dcp + b * H;
-      const scalar_t* c_b = c_prev + b * H;
-      const scalar_t* tc_b = tc + b * H;
-      if (gh) {  // the gradients from outside at step t join the recurrent ones
-        for (int64_t j = 0; j < H; ++j) dh_b[j] += gh[b * H + j];
-      }
-      if (gc) {
-        for (int64_t j = 0; j < H; ++j) dc_b[j] += gc[b * H + j];
-      }
-      backward_row(a, c_b, tc_b, dh_b, dc_b, d, H);
+      backward_row(x + b * 5 * H + H, c_prev + b * H, tc + b * H, gh ? gh + b * H : nullptr,
+                   gc ? gc + b * H : nullptr, dhp + b * H, dcp + b * H,
+                   dgates + b * 5 * H + H, H);
     });
     at::Tensor gm_t = grad_m[t], gmh_t = grad_mh[t];
     at::mm_out(gm_t, grad_xp[t].narrow(1, H, 4 * H), weight_mh);
