@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.utils.checkpoint
 
+from mlstm4reco.full_softmax import full_softmax_cross_entropy
 from mlstm4reco.representations.base import PADDING_IDX, ScoresItems
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Loss",
     "LOSSES",
     "preceding_items",
+    "preceding_pairs",
 ]
 
 
@@ -166,6 +168,22 @@ def preceding_items(
     return seen
 
 
+def preceding_pairs(
+    sequences: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The True entries of ``preceding_items(sequences, num_items)[mask]`` as index pairs
+    (rows, item ids), without the (B, T, N) booleans: row m is the m-th position where
+    ``mask`` is True (in row-major order, as ``[mask]``); a pair may repeat (an item seen
+    twice)."""
+    batch_rows, positions = mask.nonzero(as_tuple=True)  # (M,) each
+    earlier = sequences[batch_rows]  # (M, T): each position's whole sequence
+    own = sequences[batch_rows, positions].unsqueeze(1)
+    steps = torch.arange(sequences.shape[1], device=sequences.device)
+    before = (steps < positions.unsqueeze(1)) & (earlier != PADDING_IDX) & (earlier != own)
+    rows, columns = before.nonzero(as_tuple=True)
+    return rows, earlier[rows, columns]
+
+
 def _against_one_negative(function):
     """Spotlight's loss ``function`` of positive and negative predictions, on a batch:
     one uniform negative per position."""
@@ -215,8 +233,18 @@ def softmax(batch: LossInput) -> torch.Tensor:
     ``item_chunk_size`` items when given)."""
     if batch.item_chunk_size is not None and batch.item_chunk_size < batch.num_items - 1:
         return _chunked_softmax(batch)
+    scoring = getattr(batch.net, "linear_scoring", lambda: None)()
+    if scoring is not None:  # ids 1..N-1 only: slices are views, not copies
+        embeddings, biases = scoring
+        mask = batch.mask
+        states = batch.net.position_states(batch.user_representation)[mask]
+        left_out = None
+        if batch.exclude_preceding:
+            rows, items = preceding_pairs(batch.sequences, mask)
+            left_out = (rows, items - 1)
+        targets = batch.sequences[mask] - 1
+        return full_softmax_cross_entropy(states, embeddings[1:], biases[1:], targets, left_out)
     states, targets, seen = _position_states(batch, "softmax")
-    # Ids 1..N-1 only: a slice is a view of the item embeddings, not a copy.
     logits = batch.net.score_items(states, slice(1, None)).float()
     if seen is not None:
         logits = logits.masked_fill(seen[:, 1:], -torch.inf)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlstm4reco.losses import LOSSES, LossInput, preceding_items
+from mlstm4reco.losses import LOSSES, LossInput, preceding_items, preceding_pairs
 from mlstm4reco.representations import REPRESENTATIONS
 from mlstm4reco.sequence_model import ImplicitSequenceModel
 
@@ -39,6 +39,15 @@ def test_preceding_items_of_a_slice_match_a_loop(items):
     if items is not None:
         expected = expected[:, :, items]
     assert np.array_equal(preceding_items(sequences, NUM_ITEMS, items).numpy(), expected)
+
+
+def test_preceding_pairs_are_the_preceding_items_of_the_masked_positions():
+    sequences = _sequences(2)
+    mask = sequences != 0
+    rows, items = preceding_pairs(sequences, mask)
+    seen = np.zeros((int(mask.sum()), NUM_ITEMS), dtype=bool)
+    seen[rows.numpy(), items.numpy()] = True
+    assert np.array_equal(seen, _loop_preceding(sequences, NUM_ITEMS)[mask.numpy()])
 
 
 def _batch(net, sequences, exclude, chunk):

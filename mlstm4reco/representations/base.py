@@ -52,7 +52,9 @@ class SequenceRepresentation(Protocol):
 @runtime_checkable
 class ScoresItems(Protocol):
     """The optional part of the contract, for batched scoring and the softmax losses;
-    a net without it is scored one sequence at a time through Spotlight's call."""
+    a net without it is scored one sequence at a time through Spotlight's call. A net may
+    also have ``linear_scoring()`` (see :meth:`SequenceNet.linear_scoring`) for the fused
+    full softmax."""
 
     def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """(..., D) states -> (..., S) scores of ``items`` (ids or a slice; None: all ids)."""
@@ -212,6 +214,14 @@ class SequenceNet(nn.Module):
         if states.dim() == 2:  # one fused multiply-add, no second pass for the biases
             return torch.addmm(biases, states, embeddings.t())
         return states @ embeddings.t() + biases
+
+    def linear_scoring(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (N, D) embeddings and (N,) biases with which :meth:`score_items` scores
+        states linearly (``states @ embeddings.T + biases``), or None where scores are not
+        linear in the states. With them the full softmax loss takes one fused function
+        (:mod:`mlstm4reco.full_softmax`); a subclass that changes :meth:`score_items`
+        overrides this too."""
+        return self.scoring_embeddings.weight, self.item_biases.weight.squeeze(1)
 
     def score_all(self, final_representation: torch.Tensor) -> torch.Tensor:
         """Scores of every item id for each final state: (B, D) -> (B, N)."""

@@ -58,6 +58,10 @@ class _MixtureHead:
         weights = F.softmax(dots[..., k:], dim=-1)  # (B, T, k)
         return (weights * dots[..., :k]).sum(-1) + self.item_biases(targets).squeeze(-1)
 
+    def linear_scoring(self) -> None:
+        """None: a mixture's scores are not linear in its states."""
+        return None
+
     def score_items(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (..., S) of items (ids (S,) or a slice; all when None) for states
         (..., 2k, D)."""

@@ -1,0 +1,86 @@
+"""The fused full softmax cross-entropy: the loss and gradients of the composite of
+scores, -inf for the left-out items and ``torch.nn.functional.cross_entropy``."""
+
+import pytest
+import torch
+
+from mlstm4reco.full_softmax import full_softmax_cross_entropy
+from mlstm4reco.representations import REPRESENTATIONS
+
+
+def _inputs(dtype, seed=0, rows=11, candidates=17, dim=5):
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randn(rows, dim, generator=generator, dtype=dtype, requires_grad=True)
+    embeddings = torch.randn(candidates, dim, generator=generator, dtype=dtype, requires_grad=True)
+    biases = torch.randn(candidates, generator=generator, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, candidates, (rows,), generator=generator)
+    mask = torch.rand(rows, candidates, generator=generator) < 0.4
+    mask[torch.arange(rows), targets] = False  # a target is never left out
+    mask[3] = True  # a row with its target alone
+    mask[3, targets[3]] = False
+    rows_, columns = mask.nonzero(as_tuple=True)
+    # every pair twice, in another order: repeats must not matter
+    pairs = (torch.cat([rows_, rows_.flip(0)]), torch.cat([columns, columns.flip(0)]))
+    return states, embeddings, biases, targets, mask, pairs
+
+
+def _composite(states, embeddings, biases, targets, mask):
+    scores = states @ embeddings.t() + biases
+    if mask is not None:
+        scores = scores.masked_fill(mask, -torch.inf)
+    return torch.nn.functional.cross_entropy(scores, targets)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("left_out", [False, True])
+def test_loss_and_gradients_match_cross_entropy_of_masked_scores(dtype, tolerance, left_out):
+    states, embeddings, biases, targets, mask, pairs = _inputs(dtype)
+    results = []
+    for fused in (True, False):
+        for tensor in (states, embeddings, biases):
+            tensor.grad = None
+        if fused:
+            loss = full_softmax_cross_entropy(
+                states, embeddings, biases, targets, pairs if left_out else None
+            )
+        else:
+            loss = _composite(states, embeddings, biases, targets, mask if left_out else None)
+        (3.0 * loss).backward()  # an outside factor reaches every gradient
+        results.append([loss.detach()] + [t.grad.clone() for t in (states, embeddings, biases)])
+    for fused, composite in zip(*results):
+        assert fused.dtype == composite.dtype
+        torch.testing.assert_close(fused, composite, rtol=tolerance, atol=tolerance)
+
+
+def test_only_the_inputs_that_need_it_get_a_gradient():
+    states, embeddings, biases, targets, _, pairs = _inputs(torch.float64)
+    frozen = embeddings.detach()
+    full_softmax_cross_entropy(states, frozen, biases, targets, pairs).backward()
+    assert states.grad is not None and biases.grad is not None and frozen.grad is None
+
+
+def test_a_second_backward_is_refused():
+    states, embeddings, biases, targets, _, pairs = _inputs(torch.float64)
+    loss = full_softmax_cross_entropy(states, embeddings, biases, targets, pairs)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("name", sorted(REPRESENTATIONS))
+def test_linear_scoring_gives_score_items_scores(name):
+    """A net that declares linear scoring is scored by the fused loss with those weights:
+    they must give its own score_items's scores (None where they could not)."""
+    torch.manual_seed(0)
+    net = REPRESENTATIONS[name](13, embedding_dim=6)
+    with torch.no_grad():  # biases start at zero: make them count
+        net.item_biases.weight.normal_()
+    scoring = net.linear_scoring()
+    if scoring is None:
+        assert "mixture" in name
+        return
+    embeddings, biases = scoring
+    states = torch.randn(4, 6)
+    items = torch.tensor([1, 5, 12])
+    expected = net.score_items(states, items)
+    torch.testing.assert_close(states @ embeddings[items].t() + biases[items], expected)
