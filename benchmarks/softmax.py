@@ -3,6 +3,7 @@
 ``cross_entropy``, on ML-1M's leave-one-out windows of 200, in one run.
 
     MLSTM4RECO_DATA=../shared/data python benchmarks/softmax.py [--batches 8] [--threads 2]
+        [--item-chunk-size C]
 
 For each model (SASRec and the mLSTM at their configs' best arguments, the input's items
 excluded as in the comparison of issue 33) the same batches are trained with each loss
@@ -46,7 +47,8 @@ MODELS = {  # the configs' best arguments (configs/ml1m_sasrec.yaml, ml1m_mlstm_
 
 def composite(net):
     """``net`` with the fused loss switched off: the softmax loss then scores items through
-    ``score_items`` and takes ``cross_entropy`` over the masked scores."""
+    ``score_items`` and takes ``cross_entropy`` over the masked scores (in chunks: the
+    checkpointed log-sum-exp of each chunk)."""
     net.linear_scoring = lambda: None
     return net
 
@@ -57,6 +59,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--item-chunk-size", type=int, default=None, help="both paths in chunks of this many items"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -67,7 +72,8 @@ def main() -> None:
     train = split.train
     print(
         f"ML-1M leave-one-out: {len(train)} windows of 200, {train.num_items} item ids, "
-        f"{args.threads} threads, torch {torch.__version__}"
+        f"{args.threads} threads, torch {torch.__version__}, chunks of "
+        f"{args.item_chunk_size or 'all'} items"
     )
     for name in args.models:
         arguments = MODELS[name]
@@ -81,7 +87,12 @@ def main() -> None:
         ]
         models = {
             path: ImplicitSequenceModel(
-                loss="softmax", exclude_preceding=True, n_iter=1, random_state=0, **arguments
+                loss="softmax",
+                exclude_preceding=True,
+                n_iter=1,
+                random_state=0,
+                item_chunk_size=args.item_chunk_size,
+                **arguments,
             )
             for path in ("composite", "fused")
         }

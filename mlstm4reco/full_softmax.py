@@ -1,16 +1,18 @@
-"""Cross-entropy over every item, with the scores, the softmax and its gradient in one
-buffer.
+"""Cross-entropy over every item as one autograd function, all items at once or a chunk of
+items at a time.
 
 For nets that score items linearly (``states @ embeddings.T + biases``), the full
-softmax loss is one autograd function: the forward writes the (M, S) scores, sets the
-left-out items' to -inf (from index pairs, not an (M, S) mask), and turns the scores into
-probabilities in place; the backward turns the
-probabilities into the scores' gradient in place and takes the two matmuls. The
-composite of ``addmm``, ``masked_fill``, ``log_softmax`` and ``nll_loss`` allocates and
-fills about four (M, S) tensors a batch, each a fresh allocation that the operating
-system zeroes page by page; at M = 15,000 positions and S = 4,000 items that is most of
-a batch's time on the CPU (docs/benchmarks.md). Same loss and gradients as the composite
-up to float32 rounding.
+softmax loss need not go through autograd's composite of ``addmm``, ``masked_fill``,
+``log_softmax`` and ``nll_loss``, which allocates and fills about four (M, S) tensors a
+batch, each a fresh allocation that the operating system zeroes page by page; at
+M = 15,000 positions and S = 4,000 items that was most of a batch's time on the CPU
+(docs/benchmarks.md). Here, all at once, one (M, S) buffer holds the scores, then the
+probabilities (in place, in the forward), then their gradient (in place, in the
+backward). In chunks of C items, the forward carries the log-sum-exp across chunks and
+keeps no scores; the backward scores each chunk again and turns it into its gradient in
+place: the peak is one (M, C) buffer. Left-out items (the input's own, with
+``exclude_preceding``) come as index pairs and score -inf. Same loss and gradients as the
+composite up to rounding (tests/test_full_softmax.py).
 """
 
 from __future__ import annotations
@@ -20,46 +22,84 @@ import torch
 __all__ = ["full_softmax_cross_entropy"]
 
 
+def _scores(states, embeddings, biases, left_out, start, stop):
+    """(M, stop - start) scores of the candidates start..stop-1, the left-out ones -inf."""
+    scores = torch.addmm(biases[start:stop], states, embeddings[start:stop].t())
+    if scores.dtype in (torch.float16, torch.bfloat16):  # autocast's scores
+        scores = scores.float()
+    if left_out is not None:
+        rows, columns = left_out
+        if start > 0 or stop < embeddings.shape[0]:
+            inside = (columns >= start) & (columns < stop)
+            rows, columns = rows[inside], columns[inside] - start
+        scores.index_put_((rows, columns), scores.new_tensor(-torch.inf))
+    return scores
+
+
 class _FullSoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, states, embeddings, biases, targets, left_out):
-        probabilities = torch.addmm(biases, states, embeddings.t())  # (M, S)
-        if probabilities.dtype in (torch.float16, torch.bfloat16):  # autocast's scores
-            probabilities = probabilities.float()
-        if left_out is not None:
-            probabilities.index_put_(left_out, probabilities.new_tensor(-torch.inf))
-        target_scores = probabilities.gather(1, targets.unsqueeze(1)).squeeze(1)
-        maxima = probabilities.amax(dim=1, keepdim=True)
-        probabilities.sub_(maxima).exp_()
-        sums = probabilities.sum(dim=1, keepdim=True)
-        probabilities.div_(sums)
-        losses = maxima.squeeze(1) + sums.squeeze(1).log() - target_scores
-        ctx.probabilities = probabilities  # rewritten by backward: not saved as a tensor
-        ctx.save_for_backward(states, embeddings, targets)
-        return losses.mean()
+    def forward(ctx, states, embeddings, biases, targets, left_out, chunk_size):
+        count = embeddings.shape[0]
+        step = count if chunk_size is None else min(chunk_size, count)
+        ctx.step, ctx.left_out = step, left_out
+        if step == count:  # one buffer, kept for the backward
+            probabilities = _scores(states, embeddings, biases, left_out, 0, count)
+            target_scores = probabilities.gather(1, targets.unsqueeze(1)).squeeze(1)
+            maxima = probabilities.amax(dim=1, keepdim=True)
+            probabilities.sub_(maxima).exp_()
+            sums = probabilities.sum(dim=1, keepdim=True)
+            probabilities.div_(sums)
+            normalisers = maxima.squeeze(1) + sums.squeeze(1).log()
+            ctx.probabilities = probabilities  # rewritten by backward: not a saved tensor
+        else:
+            normalisers = None
+            for start in range(0, count, step):
+                chunk = _scores(states, embeddings, biases, left_out, start, start + step)
+                chunk = torch.logsumexp(chunk, dim=1)
+                normalisers = chunk if normalisers is None else torch.logaddexp(normalisers, chunk)
+            target_scores = (states * embeddings[targets]).sum(dim=1) + biases[targets]
+            target_scores = target_scores.to(normalisers.dtype)
+            ctx.probabilities = None
+        ctx.save_for_backward(states, embeddings, biases, targets, normalisers)
+        ctx.backward_done = False
+        return (normalisers - target_scores).mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        states, embeddings, targets = ctx.saved_tensors
-        grad = ctx.probabilities
-        if grad is None:
+        if ctx.backward_done:
             raise RuntimeError(
                 "full_softmax_cross_entropy's backward ran twice: its buffer is rewritten "
                 "by the first (retain_graph is not supported)"
             )
-        ctx.probabilities = None
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        grad[rows, targets] -= 1.0
-        grad.mul_(grad_loss / grad.shape[0])
-        grad_states = grad_embeddings = grad_biases = None
-        if ctx.needs_input_grad[0]:
-            grad_states = (grad @ embeddings.to(grad.dtype)).to(states.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_embeddings = (grad.t() @ states.to(grad.dtype)).to(embeddings.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_biases = grad.sum(dim=0).to(embeddings.dtype)
-        return grad_states, grad_embeddings, grad_biases, None, None
+        ctx.backward_done = True
+        states, embeddings, biases, targets, normalisers = ctx.saved_tensors
+        count, rows = embeddings.shape[0], states.shape[0]
+        scale = grad_loss / rows
+        need_states, need_embeddings, need_biases = ctx.needs_input_grad[:3]
+        grad_states = torch.zeros_like(states, dtype=normalisers.dtype) if need_states else None
+        grad_embeddings = torch.empty_like(embeddings) if need_embeddings else None
+        grad_biases = torch.empty_like(biases) if need_biases else None
+        every_row = torch.arange(rows, device=states.device)
+        for start in range(0, count, ctx.step):
+            stop = min(start + ctx.step, count)
+            if ctx.probabilities is not None:  # all items at once: the forward's buffer
+                grad, ctx.probabilities = ctx.probabilities, None
+            else:
+                grad = _scores(states, embeddings, biases, ctx.left_out, start, stop)
+                grad.sub_(normalisers.unsqueeze(1)).exp_()
+            inside = (targets >= start) & (targets < stop)
+            grad[every_row[inside], targets[inside] - start] -= 1.0
+            grad.mul_(scale)
+            if need_states:
+                grad_states.addmm_(grad, embeddings[start:stop].to(grad.dtype))
+            if need_embeddings:
+                grad_embeddings[start:stop] = grad.t() @ states.to(grad.dtype)
+            if need_biases:
+                grad_biases[start:stop] = grad.sum(dim=0)
+        if need_states:
+            grad_states = grad_states.to(states.dtype)
+        return grad_states, grad_embeddings, grad_biases, None, None, None
 
 
 def full_softmax_cross_entropy(
@@ -68,6 +108,7 @@ def full_softmax_cross_entropy(
     biases: torch.Tensor,
     targets: torch.Tensor,
     left_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Mean over rows of -log softmax(states @ embeddings.T + biases)[target].
 
@@ -82,9 +123,12 @@ def full_softmax_cross_entropy(
     left_out: (rows, columns), optional
         Index tensors of the candidates left out of their row's softmax (score -inf),
         as ``torch.nonzero(..., as_tuple=True)`` of an (M, S) mask; never a row's target.
+    chunk_size: int, optional
+        Score this many candidates at a time (forward and backward), so that no more
+        than (M, chunk_size) scores are held; None: all at once, in one buffer.
 
     Returns
     -------
     A scalar tensor; its backward can run once (the graph cannot be retained).
     """
-    return _FullSoftmaxCrossEntropy.apply(states, embeddings, biases, targets, left_out)
+    return _FullSoftmaxCrossEntropy.apply(states, embeddings, biases, targets, left_out, chunk_size)

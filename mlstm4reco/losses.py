@@ -231,8 +231,6 @@ def _position_states(batch: LossInput, name: str):
 def softmax(batch: LossInput) -> torch.Tensor:
     """Cross-entropy over every item at the non-padded positions (in chunks of
     ``item_chunk_size`` items when given)."""
-    if batch.item_chunk_size is not None and batch.item_chunk_size < batch.num_items - 1:
-        return _chunked_softmax(batch)
     scoring = getattr(batch.net, "linear_scoring", lambda: None)()
     if scoring is not None:  # ids 1..N-1 only: slices are views, not copies
         embeddings, biases = scoring
@@ -242,8 +240,16 @@ def softmax(batch: LossInput) -> torch.Tensor:
         if batch.exclude_preceding:
             rows, items = preceding_pairs(batch.sequences, mask)
             left_out = (rows, items - 1)
-        targets = batch.sequences[mask] - 1
-        return full_softmax_cross_entropy(states, embeddings[1:], biases[1:], targets, left_out)
+        return full_softmax_cross_entropy(
+            states,
+            embeddings[1:],
+            biases[1:],
+            batch.sequences[mask] - 1,
+            left_out,
+            batch.item_chunk_size,
+        )
+    if batch.item_chunk_size is not None and batch.item_chunk_size < batch.num_items - 1:
+        return _chunked_softmax(batch)
     states, targets, seen = _position_states(batch, "softmax")
     logits = batch.net.score_items(states, slice(1, None)).float()
     if seen is not None:
@@ -257,9 +263,10 @@ chunk of left-out items only keeps a finite log-sum-exp and gradient."""
 
 
 def _chunked_softmax(batch: LossInput) -> torch.Tensor:
-    """:func:`softmax` with the log-sum-exp over items taken chunk by chunk: each chunk's
-    (M, chunk) scores live only inside a checkpoint, recomputed in the backward pass, so
-    the peak is one chunk's scores and their gradient, not (M, all items)."""
+    """:func:`softmax` in chunks for nets that do not score linearly (the mixtures): the
+    log-sum-exp over items taken chunk by chunk, each chunk's (M, chunk) scores living only
+    inside a checkpoint, recomputed in the backward pass, so the peak is one chunk's
+    scores and their gradient, not (M, all items)."""
     if not isinstance(batch.net, ScoresItems):
         raise ValueError(
             "loss 'softmax' needs a representation with score_items, score_all "

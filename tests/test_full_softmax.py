@@ -52,6 +52,40 @@ def test_loss_and_gradients_match_cross_entropy_of_masked_scores(dtype, toleranc
         torch.testing.assert_close(fused, composite, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4, 16, 17, 40])
+@pytest.mark.parametrize("left_out", [False, True])
+def test_chunks_give_the_loss_and_gradients_of_all_candidates_at_once(chunk_size, left_out):
+    states, embeddings, biases, targets, mask, pairs = _inputs(torch.float64)
+    results = []
+    for chunk in (chunk_size, None):
+        for tensor in (states, embeddings, biases):
+            tensor.grad = None
+        loss = full_softmax_cross_entropy(
+            states, embeddings, biases, targets, pairs if left_out else None, chunk
+        )
+        loss.backward()
+        results.append([loss.detach()] + [t.grad.clone() for t in (states, embeddings, biases)])
+    expected = _composite(states, embeddings, biases, targets, mask if left_out else None)
+    torch.testing.assert_close(results[0][0], expected.detach(), rtol=1e-12, atol=1e-12)
+    for chunked, at_once in zip(*results):
+        torch.testing.assert_close(chunked, at_once, rtol=1e-12, atol=1e-12)
+
+
+def test_a_chunk_of_left_out_candidates_only_counts_for_nothing():
+    states, embeddings, biases, _, _, _ = _inputs(torch.float64, candidates=6)
+    states = states[:2].detach().requires_grad_()
+    targets = torch.tensor([0, 1])
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, 2:] = True  # chunks of 2: the second and third all left out
+    pairs = mask.nonzero(as_tuple=True)
+    loss = full_softmax_cross_entropy(states, embeddings, biases, targets, pairs, chunk_size=2)
+    loss.backward()
+    expected = _composite(states, embeddings, biases, targets, mask)
+    torch.testing.assert_close(loss, expected)
+    assert torch.isfinite(states.grad).all()
+    assert (embeddings.grad[2:] == 0).all() and (biases.grad[2:] == 0).all()
+
+
 def test_only_the_inputs_that_need_it_get_a_gradient():
     states, embeddings, biases, targets, _, pairs = _inputs(torch.float64)
     frozen = embeddings.detach()
@@ -59,9 +93,10 @@ def test_only_the_inputs_that_need_it_get_a_gradient():
     assert states.grad is not None and biases.grad is not None and frozen.grad is None
 
 
-def test_a_second_backward_is_refused():
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_a_second_backward_is_refused(chunk_size):
     states, embeddings, biases, targets, _, pairs = _inputs(torch.float64)
-    loss = full_softmax_cross_entropy(states, embeddings, biases, targets, pairs)
+    loss = full_softmax_cross_entropy(states, embeddings, biases, targets, pairs, chunk_size)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
