@@ -40,6 +40,7 @@ from mlstm4reco.protocols import PROTOCOLS  # noqa: E402
 from mlstm4reco.study import curves, report  # noqa: E402
 from mlstm4reco.study.adjust import (  # noqa: E402
     tuned_config,
+    with_minimums,
     with_objective,
     with_protocol,
     with_window,
@@ -112,6 +113,14 @@ def protocol_options(parser: argparse.ArgumentParser) -> None:
         "sequences of the last MAX (e.g. 200 for SASRec's setting on ML-1M)",
     )
     parser.add_argument(
+        "--min-interactions",
+        default=None,
+        metavar="K[,K_ITEM]",
+        help="drop users with fewer than K interactions and items with fewer than K_ITEM "
+        "(default K), counted once on the whole data, before the split; the rest numbered "
+        "anew (5 is SASRec's and BERT4Rec's preprocessing: 3,416 items on ML-1M)",
+    )
+    parser.add_argument(
         "--objective",
         default=None,
         help="validation metric to optimise and stop on instead of the config's (default mrr): "
@@ -133,8 +142,8 @@ def dataset_name(args) -> str:
 
 
 def adjusted(config, args):
-    """The config under --protocol, --window and --objective, where given, and for a file
-    (--dataset PATH) with its path and columns."""
+    """The config under --protocol, --window, --min-interactions and --objective, where
+    given, and for a file (--dataset PATH) with its path and columns."""
     if config.dataset == "file" and dataset_name(args) == "file":
         columns = {
             "user_col": args.user_col,
@@ -150,6 +159,8 @@ def adjusted(config, args):
         config = with_protocol(config, args.protocol)
     if args.window is not None:
         config = with_window(config, args.window)
+    if args.min_interactions is not None:
+        config = with_minimums(config, args.min_interactions)
     if args.objective is not None:
         config = with_objective(config, args.objective)
     return config

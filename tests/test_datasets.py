@@ -138,12 +138,12 @@ def test_amazon_filters_on_unfiltered_counts_and_reindexes(tmp_path):
     write_amazon(tmp_path)
     # Customer A2VE83MZF98ITY has 3 reviews; items 2 and 3 have 2 and 3 reviews.
     data = get_amazon_dataset(min_user_interactions=3, min_item_interactions=2, data_dir=tmp_path)
-    assert data.user_ids.tolist() == [1, 1]  # only that customer, renumbered from 1
+    assert data.user_ids.tolist() == [0, 0]  # only that customer, renumbered from 0
     assert data.item_ids.tolist() == [1, 2]  # items 2 and 3 kept; item 8 (1 review) dropped
     assert data.ratings.tolist() == [4, 2]
     everything = get_amazon_dataset(1, 1, data_dir=tmp_path)
     assert (
-        len(everything) == 6 and everything.item_ids.max() == 3 and everything.user_ids.min() == 1
+        len(everything) == 6 and everything.item_ids.max() == 3 and everything.user_ids.max() == 3
     )
     with pytest.raises(ValueError, match="no interaction is left"):
         get_amazon_dataset(10, 10, data_dir=tmp_path)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from mlstm4reco.datasets._download import cache_dir, find_or_download
 from mlstm4reco.files import atomic_path
 from mlstm4reco.interactions import Interactions
+from mlstm4reco.protocols.rare import drop_rare
 
 URL = "https://snap.stanford.edu/data/bigdata/amazon/amazon-meta.txt.gz"
 FILENAME = "amazon-meta.txt.gz"
@@ -103,26 +104,17 @@ def filter_and_reindex(
     arrays: dict[str, np.ndarray], min_user_interactions: int, min_item_interactions: int
 ) -> Interactions:
     """Drop users and items with fewer interactions than the minimums (both counted on
-    the unfiltered data), then number users and items contiguously from 1."""
-    users, items = arrays["user_id"], arrays["item_id"]
-    _, user_index, user_counts = np.unique(users, return_inverse=True, return_counts=True)
-    _, item_index, item_counts = np.unique(items, return_inverse=True, return_counts=True)
-    keep = (user_counts[user_index] >= min_user_interactions) & (
-        item_counts[item_index] >= min_item_interactions
+    the unfiltered data), then number users contiguously from 0 and items from 1
+    (:func:`mlstm4reco.protocols.rare.drop_rare`)."""
+    data = Interactions(
+        arrays["user_id"],
+        arrays["item_id"],
+        ratings=arrays["rating"],
+        timestamps=arrays["timestamp"],
     )
-    if not keep.any():
-        raise ValueError(
-            f"no interaction is left after filtering users with fewer than "
-            f"{min_user_interactions} and items with fewer than {min_item_interactions}"
-        )
-    _, new_users = np.unique(users[keep], return_inverse=True)
-    _, new_items = np.unique(items[keep], return_inverse=True)
-    return Interactions(
-        new_users + 1,
-        new_items + 1,
-        ratings=arrays["rating"][keep],
-        timestamps=arrays["timestamp"][keep],
-    )
+    kept, _ = drop_rare(data, min_user_interactions, min_item_interactions)
+    kept.id_mapping = None  # the parser's numbers, not the file's ids: nothing to map back to
+    return kept
 
 
 def get_amazon_dataset(

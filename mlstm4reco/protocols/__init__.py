@@ -12,11 +12,15 @@ users, targets and items, and what the protocol left out). By name in :data:`PRO
   validation target (:mod:`.leave_one_out`);
 - ``temporal``: a global time cutoff for test and an earlier one for validation
   (:mod:`.temporal`).
+
+Every protocol also takes ``min_user_interactions`` and ``min_item_interactions``: users
+and items with fewer interactions are dropped from the data first, and the rest numbered
+anew (:mod:`.rare`; SASRec's preprocessing uses 5 and 5).
 """
 
 from __future__ import annotations
 
-from mlstm4reco.protocols import leave_one_out, temporal, user_split
+from mlstm4reco.protocols import leave_one_out, rare, temporal, user_split
 from mlstm4reco.protocols.base import Split, check_options
 
 __all__ = ["PROTOCOLS", "Split", "check_options", "split"]
@@ -36,4 +40,9 @@ def split(interactions, name: str = "user", **options) -> Split:
         raise ValueError(f"unknown protocol {name!r}; choose from {sorted(PROTOCOLS)}")
     module = PROTOCOLS[name]
     check_options(name, module, options)
-    return module.split(interactions, **options)
+    minimums = {key: options.pop(key) for key in rare.OPTIONS if key in options}
+    if all(value == 1 for value in minimums.values()):
+        return module.split(interactions, **options)
+    kept, dropped = rare.drop_rare(interactions, **minimums)
+    result = module.split(kept, **options)
+    return result._replace(notes={**result.notes, **dropped}, id_mapping=kept.id_mapping)

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mlstm4reco.interactions import Interactions, SequenceInteractions
+from mlstm4reco.protocols import rare
 
 WINDOW = ("max_sequence_length", "min_sequence_length", "step_size")
 """The options of the training windows, which every protocol takes."""
@@ -22,19 +23,24 @@ class Split(NamedTuple):
     valid: SequenceInteractions
     test: SequenceInteractions
     notes: dict
+    id_mapping: object = None
+    """The ids of the data the split numbered anew (:mod:`.rare`), else None."""
 
 
 def check_options(name: str, module, options: dict) -> None:
     """A ValueError naming the protocol and the option when ``options`` are not those of
-    the protocol ``module`` (its ``REQUIRED`` and ``OPTIONAL``) or fail its ``check``."""
+    the protocol ``module`` (its ``REQUIRED`` and ``OPTIONAL``, and the minimums of
+    :data:`.rare.OPTIONS` every protocol takes) or fail its ``check``."""
     missing = sorted(set(module.REQUIRED) - set(options))
-    unknown = sorted(set(options) - set(module.REQUIRED) - set(module.OPTIONAL))
+    optional = sorted({*module.OPTIONAL, *rare.OPTIONS})
+    unknown = sorted(set(options) - set(module.REQUIRED) - set(optional))
     if missing or unknown:
         raise ValueError(
             f"protocol {name!r} takes {sorted(module.REQUIRED)} (and optionally "
-            f"{sorted(module.OPTIONAL)}); missing {missing}, unknown {unknown}"
+            f"{optional}); missing {missing}, unknown {unknown}"
         )
     check_window(options)
+    rare.check(options)
     module.check(options)
 
 

@@ -14,7 +14,7 @@ from mlstm4reco.study.errors import UserError
 from mlstm4reco.study.records import RecordFile, metric_field
 from mlstm4reco.study.runners import check_same_study, results_folder
 
-__all__ = ["tuned_config", "with_objective", "with_protocol", "with_window"]
+__all__ = ["tuned_config", "with_minimums", "with_objective", "with_protocol", "with_window"]
 
 
 def with_protocol(config: ExperimentConfig, split: str) -> ExperimentConfig:
@@ -25,11 +25,24 @@ def with_protocol(config: ExperimentConfig, split: str) -> ExperimentConfig:
         raise UserError(f"--protocol must be one of {sorted(protocols.PROTOCOLS)}, got {split!r}")
     module = protocols.PROTOCOLS[split]
     keep = {"seed", "exclude_preceding", *module.REQUIRED, *module.OPTIONAL}
+    keep.update(protocols.rare.OPTIONS)
     protocol = {k: v for k, v in config.protocol.items() if k in keep}
     if split != "user":
         protocol["split"] = split
     check_protocol(protocol, f"{config.source} with --protocol {split}")
     return dataclasses.replace(config, protocol=protocol)
+
+
+def _integers(text: str, most: int, form: str) -> list[int]:
+    """1 to ``most`` comma-separated integers of a flag's ``text``; else a UserError
+    saying ``form``."""
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        numbers = []
+    if not 1 <= len(numbers) <= most:
+        raise UserError(f"{form} (integers), got {text!r}")
+    return numbers
 
 
 def with_window(config: ExperimentConfig, text: str) -> ExperimentConfig:
@@ -38,13 +51,7 @@ def with_window(config: ExperimentConfig, text: str) -> ExperimentConfig:
     each history's end, default MAX) and evaluation sequences of the last MAX items.
     Models compared under one protocol should share them (SASRec's papers use 200 on
     ML-1M)."""
-    parts = text.split(",")
-    try:
-        numbers = [int(part) for part in parts]
-    except ValueError:
-        numbers = None
-    if numbers is None or not 1 <= len(numbers) <= 3:
-        raise UserError(f"--window must be MAX[,MIN[,STEP]] (integers), got {text!r}")
+    numbers = _integers(text, 3, "--window must be MAX[,MIN[,STEP]]")
     longest = numbers[0]
     shortest = numbers[1] if len(numbers) > 1 else 1
     step = numbers[2] if len(numbers) > 2 else longest
@@ -55,6 +62,21 @@ def with_window(config: ExperimentConfig, text: str) -> ExperimentConfig:
         "step_size": step,
     }
     check_protocol(protocol, f"{config.source} with --window {text}")
+    return dataclasses.replace(config, protocol=protocol)
+
+
+def with_minimums(config: ExperimentConfig, text: str) -> ExperimentConfig:
+    """``config`` with the rare users and items of ``run.py --min-interactions K[,K_ITEM]``
+    dropped before the split: users with fewer than K interactions and items with fewer
+    than K_ITEM (default K); 5 is SASRec's and BERT4Rec's preprocessing, 1 drops nothing."""
+    numbers = _integers(text, 2, "--min-interactions must be K or K_USER,K_ITEM")
+    users, items = numbers[0], numbers[-1]
+    protocol = {
+        key: value for key, value in config.protocol.items() if key not in protocols.rare.OPTIONS
+    }
+    if (users, items) != (1, 1):
+        protocol.update(min_user_interactions=users, min_item_interactions=items)
+    check_protocol(protocol, f"{config.source} with --min-interactions {text}")
     return dataclasses.replace(config, protocol=protocol)
 
 

@@ -105,9 +105,13 @@ class ExperimentConfig:
 
     @property
     def study_suffix(self) -> str:
-        """``_SPLIT`` and ``_OBJECTIVE`` where they are not the study's (user split, MRR),
-        for the names of results folders; empty for the study's."""
+        """``_SPLIT``, ``_minU[_I]`` (rare users and items dropped, :mod:`.protocols.rare`)
+        and ``_OBJECTIVE`` where they are not the study's (user split, nothing dropped,
+        MRR), for the names of results folders; empty for the study's."""
         suffix = f"_{self.split}" if self.split != "user" else ""
+        users, items = (self.protocol.get(key, 1) for key in protocols.rare.OPTIONS)
+        if (users, items) != (1, 1):
+            suffix += f"_min{users}" if users == items else f"_min{users}_{items}"
         if self.objective != "mrr":
             suffix += "_" + self.objective.replace("@", "_at_")
         return suffix
@@ -188,7 +192,7 @@ def check_protocol(protocol, where: str) -> None:
         )
     module = protocols.PROTOCOLS[name]
     expected = {"seed", "exclude_preceding", *module.REQUIRED}
-    allowed = expected | {"split", *module.OPTIONAL}
+    allowed = expected | {"split", *module.OPTIONAL, *protocols.rare.OPTIONS}
     if not expected <= set(protocol) <= allowed:
         raise UserError(
             f"{where}: protocol needs exactly {sorted(expected)} for split {name!r} (optional: "

@@ -47,7 +47,7 @@ def load_splits(config: ExperimentConfig, data_dir=None):
             raise UserError(
                 f"{config.source}: the {config.dataset} data under its protocol: {error}"
             ) from error
-        _SPLITS[key] = (split, interactions.id_mapping)
+        _SPLITS[key] = (split, split.id_mapping or interactions.id_mapping)
     return _SPLITS[key][0][:3]
 
 
@@ -70,9 +70,10 @@ def protocol_split_with_notes(interactions, protocol: dict) -> protocols.Split:
 
 
 def save_id_mapping(config: ExperimentConfig, data_dir, out_dir) -> None:
-    """Write the raw ids of a config's data (a user's file) to ``out_dir/ids.json``, so that
-    the item ids of ``recommend`` can be turned back into the file's; nothing for the
-    built-in datasets."""
+    """Write the raw ids of a config's data (a user's file, or data whose rare users and
+    items were dropped and the rest renumbered) to ``out_dir/ids.json``, so that the item
+    ids of ``recommend`` can be turned back into the data's; nothing for a built-in
+    dataset used whole."""
     load_splits(config, data_dir)
     mapping = _SPLITS[_key(config, data_dir)][1]
     if mapping is not None:
