@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import torch
 
+from mlstm4reco import matmul
+
 __all__ = ["full_softmax_cross_entropy"]
 
 
 def _scores(states, embeddings, biases, left_out, start, stop):
     """(M, stop - start) scores of the candidates start..stop-1, the left-out ones -inf."""
-    scores = torch.addmm(biases[start:stop], states, embeddings[start:stop].t())
+    if torch.is_autocast_enabled(states.device.type):
+        scores = torch.addmm(biases[start:stop], states, embeddings[start:stop].t())
+    else:  # the matmul oneDNN's on the CPU (mlstm4reco.matmul), the biases added in place
+        scores = matmul.mm(states, embeddings[start:stop].t()).add_(biases[start:stop])
     if scores.dtype in (torch.float16, torch.bfloat16):  # autocast's scores
         scores = scores.float()
     if left_out is not None:
@@ -77,7 +82,7 @@ class _FullSoftmaxCrossEntropy(torch.autograd.Function):
         count, rows = embeddings.shape[0], states.shape[0]
         scale = grad_loss / rows
         need_states, need_embeddings, need_biases = ctx.needs_input_grad[:3]
-        grad_states = torch.zeros_like(states, dtype=normalisers.dtype) if need_states else None
+        grad_states = torch.empty_like(states, dtype=normalisers.dtype) if need_states else None
         grad_embeddings = torch.empty_like(embeddings) if need_embeddings else None
         grad_biases = torch.empty_like(biases) if need_biases else None
         every_row = torch.arange(rows, device=states.device)
@@ -92,8 +97,11 @@ class _FullSoftmaxCrossEntropy(torch.autograd.Function):
             grad[every_row[inside], targets[inside] - start] -= 1.0
             grad.mul_(scale)
             if need_states:
-                grad_states.addmm_(grad, embeddings[start:stop].to(grad.dtype))
-            if need_embeddings:
+                beta = 0.0 if start == 0 else 1.0  # the first chunk writes, the rest add
+                matmul.mm(grad, embeddings[start:stop].to(grad.dtype), grad_states, beta=beta)
+            if need_embeddings and grad_embeddings.dtype == grad.dtype:
+                matmul.mm(grad.t(), states.to(grad.dtype), grad_embeddings[start:stop])
+            elif need_embeddings:
                 grad_embeddings[start:stop] = grad.t() @ states.to(grad.dtype)
             if need_biases:
                 grad_biases[start:stop] = grad.sum(dim=0)

@@ -4,7 +4,8 @@ layer over a whole sequence as an autograd function with a hand-written backward
 The input projections of all time steps are one matmul before the time loop; the per-step
 work, forward and backward, is the two recurrent matmuls and the gate arithmetic, written
 into preallocated buffers; after the backward loop each weight gradient is one matmul
-over all steps (:func:`input_and_weight_gradients`, shared with the Triton path).
+over all steps (:func:`input_and_weight_gradients`, shared with the Triton path). On the
+CPU the large float32 matmuls go to oneDNN (:mod:`mlstm4reco.matmul`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import torch
 from torch.autograd.function import once_differentiable
 
-from mlstm4reco import loop_extension
+from mlstm4reco import loop_extension, matmul
 
 __all__ = ["FusedMLSTM", "layer", "input_and_weight_gradients"]
 
@@ -67,10 +68,9 @@ class FusedMLSTM(torch.autograd.Function):
         flat_x = x.reshape(T * B, -1)
         # xp[t] = [W_mx x_t + b_mx | gate pre-activations from x_t]; the gate part is
         # overwritten in place by the gate activations i, f, g, o.
-        if bias_ih is None:
-            xp = torch.mm(flat_x, weight_ih.t())
-        else:
-            xp = torch.addmm(bias_ih, flat_x, weight_ih.t())
+        xp = matmul.mm(flat_x, weight_ih.t())
+        if bias_ih is not None:
+            xp.add_(bias_ih)
         xp = xp.view(T, B, 5 * H)  # (T, B, 5H)
         hs = x.new_empty(T + 1, B, H)  # hs[t + 1] = h_t; hs[0] = h0
         cs = x.new_empty(T + 1, B, H)
@@ -207,10 +207,11 @@ def input_and_weight_gradients(
     H = H5 // 5
     grad_xp_flat = grad_xp.view(T * B, 5 * H)
     grad_mh_flat = grad_mh.view(T * B, H)
-    grad_x = grad_xp_flat.mm(weight_ih).view(T, B, -1)
-    grad_weight_ih = grad_xp_flat.t().mm(flat_x)
-    grad_weight_mh = grad_xp_flat[:, H:].t().mm(ms.view(T * B, H))
-    grad_weight_hm = grad_mh_flat.t().mm(hs[:-1].reshape(T * B, H))
+    grad_x = matmul.mm(grad_xp_flat, weight_ih).view(T, B, -1)
+    grad_weight_ih = matmul.mm(grad_xp_flat.t(), flat_x)
+    # all 5H rows and the last 4H kept: a strided left factor is oneDNN's slow case
+    grad_weight_mh = matmul.mm(grad_xp_flat.t(), ms.view(T * B, H))[H:]
+    grad_weight_hm = matmul.mm(grad_mh_flat.t(), hs[:-1].reshape(T * B, H))
     grad_bias_ih = grad_xp_flat.sum(0) if has_bias[0] else None
     grad_bias_mh = grad_mh_flat.sum(0) if has_bias[1] else None
     return (

@@ -6,9 +6,10 @@ fused path runs its Python loops instead: the same buffers and arithmetic, slowe
 small sizes. ``MLSTM4RECO_NO_EXTENSION=1`` turns them off.
 
 On an x86 CPU whose capability (``torch.backends.cpu.get_cpu_capability()``, which
-``ATEN_CPU_CAPABILITY`` can lower) is AVX2 or AVX-512 the loops are built with AVX2 and
-FMA, elsewhere for the baseline instruction set; the build is named after the choice, so
-one cache shared by different machines never hands one a build its CPU cannot run."""
+``ATEN_CPU_CAPABILITY`` can lower) is AVX-512 the loops are built for it (the row-wise
+kernels on 64-byte vectors), where it is AVX2 with AVX2 and FMA, elsewhere for the
+baseline instruction set; the build is named after the choice, so one cache shared by
+different machines never hands one a build its CPU cannot run."""
 
 from __future__ import annotations
 
@@ -23,23 +24,32 @@ import torch
 SOURCE = pathlib.Path(__file__).with_name("csrc") / "mlstm_loop.cpp"
 
 
+_LOADED: dict = {}
+"""The builds this process has loaded, by name suffix: once each (``loops.cache_clear()``
+does not load one again: a library the build step relinked in between would register
+its operators a second time, which torch refuses)."""
+
+
 @functools.cache
 def loops():
-    """``torch.ops.mlstm4reco_loop`` (``forward_loop``, ``backward_loop``), or None."""
+    """``torch.ops.mlstm4reco_loop`` (``forward_loop``, ``backward_loop``, ``matmul``,
+    ``use_onednn``), or None."""
     if os.environ.get("MLSTM4RECO_NO_EXTENSION", "") not in ("", "0"):
         return None
     try:
         from torch.utils.cpp_extension import load
 
         suffix, flags = build_flags()
-        load(
-            name=f"mlstm4reco_loop_{suffix}",
-            sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-fno-trapping-math", "-fno-math-errno", *flags],
-            is_python_module=False,
-            verbose=False,
-        )
-        return torch.ops.mlstm4reco_loop
+        if suffix not in _LOADED:
+            load(
+                name=f"mlstm4reco_loop_{suffix}",
+                sources=[str(SOURCE)],
+                extra_cflags=["-O3", "-fno-trapping-math", "-fno-math-errno", *flags],
+                is_python_module=False,
+                verbose=False,
+            )
+            _LOADED[suffix] = torch.ops.mlstm4reco_loop
+        return _LOADED[suffix]
     except Exception as error:  # noqa: BLE001 - no compiler, no ninja, a failed build
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
@@ -54,6 +64,16 @@ def loops():
 def build_flags() -> tuple[str, list[str]]:
     """The build's name suffix and its instruction-set flags for this CPU."""
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    if x86 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        return "avx2", ["-mavx2", "-mfma", "-ffp-contract=fast"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    avx2 = ["-mavx2", "-mfma", "-ffp-contract=fast"]
+    if x86 and capability == "AVX512":
+        avx512 = ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl"]
+        return "avx512", [
+            *avx2,
+            *avx512,
+            "-mprefer-vector-width=512",
+            "-DMLSTM4RECO_VECTOR_BYTES=64",
+        ]
+    if x86 and capability == "AVX2":
+        return "avx2", avx2
     return "baseline", []

@@ -32,19 +32,21 @@ def _run(layer, x, hx, python: bool, touch: str):
 @pytest.mark.parametrize("multiplicative_bias", [True, False])
 @pytest.mark.parametrize("touch", ["outputs", "cells", "both"])
 @pytest.mark.parametrize("rowwise", [True, False], ids=["rowwise", "batch-matmuls"])
+@pytest.mark.parametrize("hidden", [40, 48])
 def test_compiled_loops_give_the_python_loops_numbers(
-    dtype, tol, multiplicative_bias, touch, rowwise, monkeypatch
+    dtype, tol, multiplicative_bias, touch, rowwise, hidden, monkeypatch
 ):
-    """Both C++ strategies against the Python loops. Hidden 40: two 16-column blocks of
-    the row-wise kernels and 8 columns past them; batch 33: eight 4-row groups and one
-    row, and uneven shares between threads."""
+    """Both C++ strategies against the Python loops. Hidden 40 and 48: with 32-byte
+    vectors two or three 16-column blocks of the row-wise kernels and 8 columns past
+    them; with 64-byte ones a 32-column block, then 8 single columns or one 16-column
+    vector; batch 33: eight 4-row groups and one row, and uneven shares between threads."""
     if loop_extension.loops() is None:
         pytest.skip("the C++ loops could not be built here")
     monkeypatch.setattr(fused, "ROWWISE_MAX_HIDDEN", 10**6 if rowwise else 0)
     torch.manual_seed(5)
-    layer = MLSTM(6, 40, num_layers=2, multiplicative_bias=multiplicative_bias).to(dtype)
+    layer = MLSTM(6, hidden, num_layers=2, multiplicative_bias=multiplicative_bias).to(dtype)
     x = torch.randn(33, 11, 6, dtype=dtype, requires_grad=True)
-    hx = tuple(torch.randn(2, 33, 40, dtype=dtype) for _ in range(2))
+    hx = tuple(torch.randn(2, 33, hidden, dtype=dtype) for _ in range(2))
     compiled = _run(layer, x, hx, False, touch)
     python = _run(layer, x, hx, True, touch)
     for a, b in zip(compiled, python):
@@ -72,14 +74,17 @@ def test_compiled_loops_match_torch_on_saturated_gates(rowwise, monkeypatch):
 
 
 def test_build_flags_follow_the_cpu_capability(monkeypatch):
-    """AVX2 flags only where the CPU has them (and an x86 one), and the build's name says
-    which, so a shared cache never serves an AVX2 build to a CPU without AVX2."""
+    """AVX-512 and AVX2 flags only where the CPU has them (and an x86 one), and the
+    build's name says which, so a shared cache never serves a build to a CPU without its
+    instructions."""
     monkeypatch.setattr(loop_extension.platform, "machine", lambda: "x86_64")
-    for capability, suffix in (("AVX512", "avx2"), ("AVX2", "avx2"), ("DEFAULT", "baseline")):
+    for capability, suffix in (("AVX512", "avx512"), ("AVX2", "avx2"), ("DEFAULT", "baseline")):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         name, flags = loop_extension.build_flags()
         assert name == suffix
-        assert ("-mavx2" in flags) == (suffix == "avx2")
+        assert ("-mavx2" in flags) == (suffix != "baseline")
+        assert ("-mavx512f" in flags) == ("-DMLSTM4RECO_VECTOR_BYTES=64" in flags)
+        assert ("-mavx512f" in flags) == (suffix == "avx512")
     monkeypatch.setattr(loop_extension.platform, "machine", lambda: "arm64")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert loop_extension.build_flags() == ("baseline", [])
@@ -92,6 +97,7 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
         raise RuntimeError("Error building extension 'mlstm4reco_loop': no c++ here")
 
     loop_extension.loops.cache_clear()
+    monkeypatch.setattr(loop_extension, "_LOADED", {})  # as in a process that has not built it
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     try:
         with pytest.warns(RuntimeWarning, match="could not be built .*no c\\+\\+ here"):

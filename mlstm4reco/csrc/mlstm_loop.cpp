@@ -6,16 +6,99 @@
 // each step calls ATen's matmuls over the batch and does the gate arithmetic in plain
 // loops. The gate activations use a branch-free exp that the compiler vectorises. Built
 // on first use by mlstm4reco/loop_extension.py; when no compiler is there, the Python
-// loops run instead.
+// loops run instead. Float matmuls large enough go to oneDNN (see matmul_into).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
 
 namespace {
+
+// ---------------------------------------------------------------------------- matmuls
+
+// oneDNN's matmul as ATen wraps it (at::native::mkldnn_matmul: result = beta * result +
+// alpha * mat1 @ mat2, any strides), exported by libtorch_cpu but not in its shipped
+// headers: looked up by name at run time, so that a torch without it (or another
+// platform) keeps ATen's matmul rather than failing to load this library.
+using DnnlMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
+
+DnnlMatmul find_dnnl_matmul() {
+#if defined(__unix__) || defined(__APPLE__)
+  const char* name = "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff";
+  void* found = dlsym(RTLD_DEFAULT, name);
+  if (found == nullptr) {
+    for (const char* library : {"libtorch_cpu.so", "libtorch_cpu.dylib"}) {
+      void* handle = dlopen(library, RTLD_NOW | RTLD_NOLOAD);
+      if (handle != nullptr && (found = dlsym(handle, name)) != nullptr) break;
+    }
+  }
+  return reinterpret_cast<DnnlMatmul>(found);
+#else
+  return nullptr;
+#endif
+}
+
+DnnlMatmul dnnl_matmul() {
+  static const DnnlMatmul found = at::hasMKLDNN() ? find_dnnl_matmul() : nullptr;
+  return found;
+}
+
+// On by default where found; MLSTM4RECO_MATMUL=aten (or use_onednn(false)) turns it off.
+std::atomic<bool> onednn_on{[] {
+  const char* choice = std::getenv("MLSTM4RECO_MATMUL");
+  return choice == nullptr || std::strcmp(choice, "aten") != 0;
+}()};
+
+// Below this many multiply-adds a oneDNN call costs more than it saves.
+constexpr int64_t kDnnlMinWork = int64_t(1) << 21;
+
+bool onednn_takes(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out) {
+  return onednn_on.load() && dnnl_matmul() != nullptr && a.scalar_type() == at::kFloat &&
+         b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat && a.dim() == 2 &&
+         b.dim() == 2 && out.dim() == 2 && a.device().is_cpu() &&
+         a.size(0) * a.size(1) * b.size(1) >= kDnnlMinWork;
+}
+
+// out = beta * out + a @ b (beta 0: out's contents ignored), by oneDNN for float tensors
+// large enough (on x86 it is several times faster than MKL's sgemm on AMD CPUs, and
+// level with it elsewhere), else by ATen. The choice depends only on shapes and dtypes:
+// the same inputs give the same numbers on every call.
+void matmul_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, double beta) {
+  if (onednn_takes(a, b, out)) {
+    dnnl_matmul()(a, b, out, static_cast<float>(beta), 1.0f);
+  } else {
+    at::Tensor result = out;  // a handle on the same storage
+    if (beta == 0) {
+      at::mm_out(result, a, b);
+    } else {
+      result.addmm_(a, b, beta, 1);
+    }
+  }
+}
+
+void matmul_op(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, double beta) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2, "matmul takes matrices");
+  TORCH_CHECK(a.size(1) == b.size(0) && out.size(0) == a.size(0) && out.size(1) == b.size(1),
+              "matmul: shapes ", a.sizes(), " @ ", b.sizes(), " into ", out.sizes());
+  at::NoGradGuard no_grad;
+  matmul_into(a, b, out, beta);
+}
+
+// Whether oneDNN takes large float matmuls; `enable` (when given) sets it first.
+bool use_onednn(c10::optional<bool> enable) {
+  if (enable.has_value()) onednn_on.store(*enable);
+  return onednn_on.load() && dnnl_matmul() != nullptr;
+}
+
+// ---------------------------------------------------------------------------- gates
 
 // exp(x) for float: Cody-Waite range reduction to r in [-ln2/2, ln2/2] and Cephes' degree-6
 // polynomial (within 2 ulp of expf over the clamped range), branch-free so that loops
@@ -63,11 +146,15 @@ void rows(int64_t batch, int64_t width, F body) {
 }
 
 // One batch row of a forward step: the gate activations in place (a: the row's i, f, g, o
-// pre-activations), then c_t, tanh(c_t) and h_t. Restrict-qualified so the loops vectorise.
+// pre-activations, to which `add`, the recurrent part, is added first when given), then
+// c_t, tanh(c_t) and h_t. Restrict-qualified so the loops vectorise.
 template <typename scalar_t>
-void forward_row(scalar_t* __restrict__ a, const scalar_t* __restrict__ c_prev,
-                 scalar_t* __restrict__ c, scalar_t* __restrict__ tc, scalar_t* __restrict__ h,
-                 int64_t H) {
+void forward_row(scalar_t* __restrict__ a, const scalar_t* __restrict__ add,
+                 const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ c,
+                 scalar_t* __restrict__ tc, scalar_t* __restrict__ h, int64_t H) {
+  if (add) {
+    for (int64_t j = 0; j < 4 * H; ++j) a[j] += add[j];
+  }
   for (int64_t j = 0; j < 2 * H; ++j) a[j] = sigmoid(a[j]);
   for (int64_t j = 2 * H; j < 3 * H; ++j) a[j] = tanh_of(a[j]);
   for (int64_t j = 3 * H; j < 4 * H; ++j) a[j] = sigmoid(a[j]);
@@ -106,14 +193,18 @@ void backward_row(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c
 }
 
 // out[r, :] += v[r, :] @ w for the R rows of a row group: v (R, K) with row stride ldv, w
-// (K, N) contiguous, out (R, N) with row stride ldo. Blocks of two 32-byte vectors of
-// columns (GCC/Clang vector extensions: AVX registers when built with -mavx2, pairs of SSE
-// ones otherwise) are held in R * 2 accumulators across the K sum, so that w is read once
-// per group of rows rather than once per row.
+// (K, N) contiguous, out (R, N) with row stride ldo. Blocks of two vectors of columns
+// (GCC/Clang vector extensions of MLSTM4RECO_VECTOR_BYTES: 64 for AVX-512 registers, 32
+// for AVX ones when built with -mavx2, pairs of SSE ones otherwise), then of one, are held
+// in R * 2 (R) accumulators across the K sum, so that w is read once per group of rows
+// rather than once per row.
+#ifndef MLSTM4RECO_VECTOR_BYTES
+#define MLSTM4RECO_VECTOR_BYTES 32
+#endif
 template <typename scalar_t>
 struct Vector {
-  typedef scalar_t type __attribute__((vector_size(32)));
-  static constexpr int64_t lanes = 32 / sizeof(scalar_t);
+  typedef scalar_t type __attribute__((vector_size(MLSTM4RECO_VECTOR_BYTES)));
+  static constexpr int64_t lanes = MLSTM4RECO_VECTOR_BYTES / sizeof(scalar_t);
 };
 
 template <typename V, typename scalar_t>
@@ -153,7 +244,16 @@ void group_matmul(const scalar_t* __restrict__ v, int64_t ldv, const scalar_t* _
       store(out + r * ldo + j + L, acc[r][1]);
     }
   }
-  for (; j < N; ++j) {  // columns past the last full block
+  for (; j + L <= N; j += L) {  // one vector of columns
+    V acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = load<V>(out + r * ldo + j);
+    for (int64_t k = 0; k < K; ++k) {
+      const V w0 = load<V>(w + k * N + j);
+      for (int r = 0; r < R; ++r) acc[r] += w0 * v[r * ldv + k];
+    }
+    for (int r = 0; r < R; ++r) store(out + r * ldo + j, acc[r]);
+  }
+  for (; j < N; ++j) {  // columns past the last full vector
     for (int r = 0; r < R; ++r) {
       scalar_t acc = out[r * ldo + j];
       for (int64_t k = 0; k < K; ++k) acc += v[r * ldv + k] * w[k * N + j];
@@ -222,33 +322,38 @@ void forward_steps(const at::Tensor& xp, const at::Tensor& hs, const at::Tensor&
         matmul_rows(rows, s, H, w2, H, 4 * H, x + H, 5 * H);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t k = t * step + (b + r) * H;
-          forward_row(x + r * 5 * H + H, cs0 + k, cs0 + step + k, tanh_cs0 + k, hs0 + step + k,
-                      H);
+          forward_row(x + r * 5 * H + H, static_cast<const scalar_t*>(nullptr), cs0 + k,
+                      cs0 + step + k, tanh_cs0 + k, hs0 + step + k, H);
         }
       });
     }
     return;
   }
+  // The matmuls write fresh, contiguous buffers (beta 0: oneDNN's accumulating form is
+  // slower); the bias and the gates' input part are added in the elementwise loops.
+  at::Tensor recurrent = at::empty({B, 4 * H}, xp.options());  // m_t @ W_mh^T
+  scalar_t* const rec = recurrent.data_ptr<scalar_t>();
+  const scalar_t* const bias = bias_mh.has_value() ? bias_mh->data_ptr<scalar_t>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
     at::Tensor mh_t = mh[t], ms_t = ms[t];
-    if (bias_mh.has_value()) {
-      at::addmm_out(mh_t, *bias_mh, hs[t], w_hm_t);
-    } else {
-      at::mm_out(mh_t, hs[t], w_hm_t);
-    }
+    matmul_into(hs[t], w_hm_t, mh_t, 0.0);
     scalar_t* x = xp0 + t * 5 * step;  // (B, 5H): [W_mx x + b | gates]
-    const scalar_t* m = mh0 + t * step;
+    scalar_t* m = mh0 + t * step;
     scalar_t* s = ms0 + t * step;
     rows(B, H, [&](int64_t b) {
+      if (bias) {
+        for (int64_t j = 0; j < H; ++j) m[b * H + j] += bias[j];
+      }
       for (int64_t j = 0; j < H; ++j) s[b * H + j] = x[b * 5 * H + j] * m[b * H + j];
     });
-    xp[t].narrow(1, H, 4 * H).addmm_(ms_t, w_mh_t);
+    matmul_into(ms_t, w_mh_t, recurrent, 0.0);
     const scalar_t* c_prev = cs0 + t * step;
     scalar_t* c = cs0 + (t + 1) * step;
     scalar_t* tc = tanh_cs0 + t * step;
     scalar_t* h = hs0 + (t + 1) * step;
     rows(B, 4 * H, [&](int64_t b) {
-      forward_row(x + b * 5 * H + H, c_prev + b * H, c + b * H, tc + b * H, h + b * H, H);
+      forward_row(x + b * 5 * H + H, rec + b * 4 * H, c_prev + b * H, c + b * H, tc + b * H,
+                  h + b * H, H);
     });
   }
 }
@@ -302,6 +407,9 @@ std::vector<at::Tensor> backward_steps(const at::Tensor& xp, const at::Tensor& c
     }
     return {dh, dc};
   }
+  // The weights stored transposed (same values; oneDNN's faster layout for the right
+  // factor, as the forward's weight.t() views).
+  const at::Tensor w_mh = weight_mh.t().contiguous().t(), w_hm = weight_hm.t().contiguous().t();
   for (int64_t t = T - 1; t >= 0; --t) {
     const scalar_t* x = xp0 + t * 5 * step;
     const scalar_t* c_prev = cs0 + t * step;
@@ -315,13 +423,13 @@ std::vector<at::Tensor> backward_steps(const at::Tensor& xp, const at::Tensor& c
                    dgates + b * 5 * H + H, H);
     });
     at::Tensor gm_t = grad_m[t], gmh_t = grad_mh[t];
-    at::mm_out(gm_t, grad_xp[t].narrow(1, H, 4 * H), weight_mh);
+    matmul_into(grad_xp[t].narrow(1, H, 4 * H), w_mh, gm_t, 0.0);
     const scalar_t* gm = grad_m0 + t * step;
     scalar_t* gmh = grad_mh0 + t * step;
     rows(B, H, [&](int64_t b) {
       for (int64_t j = 0; j < H; ++j) gmh[b * H + j] = gm[b * H + j] * x[b * 5 * H + j];
     });
-    at::mm_out(dh, gmh_t, weight_hm);
+    matmul_into(gmh_t, w_hm, dh, 0.0);
   }
   return {dh, dc};
 }
@@ -378,6 +486,8 @@ TORCH_LIBRARY(mlstm4reco_loop, m) {
       "forward_loop(Tensor(a!) xp, Tensor(b!) hs, Tensor(c!) cs, Tensor(d!) tanh_cs, "
       "Tensor(e!) mh, Tensor(f!) ms, Tensor w_hm_t, Tensor? bias_mh, Tensor w_mh_t, "
       "int rowwise_max_hidden) -> ()");
+  m.def("matmul(Tensor a, Tensor b, Tensor(a!) out, float beta) -> ()");
+  m.def("use_onednn(bool? enable) -> bool", &use_onednn);
   m.def(
       "backward_loop(Tensor xp, Tensor cs, Tensor tanh_cs, Tensor? grad_hs, Tensor? grad_cs, "
       "Tensor(a!) grad_xp, Tensor(b!) grad_m, Tensor(c!) grad_mh, Tensor weight_hm, "
@@ -387,4 +497,6 @@ TORCH_LIBRARY(mlstm4reco_loop, m) {
 TORCH_LIBRARY_IMPL(mlstm4reco_loop, CPU, m) {
   m.impl("forward_loop", forward_loop);
   m.impl("backward_loop", backward_loop);
+  m.impl("matmul", matmul_op);
 }
+
