@@ -124,3 +124,21 @@ def test_the_full_softmax_with_onednn_gives_its_float64_numbers(aten_only):
         for got, expected in zip(run(chunk, torch.float32), want):
             scale = expected.abs().max().item()
             torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5 * scale)
+
+
+def test_evaluation_scores_with_onednn_equal_float64_and_training_keeps_autograd():
+    """score_items outside autograd (evaluation) takes oneDNN; under autograd the same
+    scores, differentiable."""
+    from mlstm4reco.representations import REPRESENTATIONS
+
+    torch.manual_seed(5)
+    net = REPRESENTATIONS["pooling"](4000, embedding_dim=64)
+    states = torch.randn(600, 64)
+    embeddings = net.scoring_embeddings.weight.double()
+    want = states.double() @ embeddings.t() + net.item_biases.weight.double().squeeze(1)
+    with torch.no_grad():
+        got = net.score_items(states)
+    close(got, want, scale=8)
+    trained = net.score_items(states.requires_grad_())
+    assert trained.requires_grad
+    close(trained.detach(), want, scale=8)

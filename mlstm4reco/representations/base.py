@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from mlstm4reco import matmul
+
 __all__ = [
     "PADDING_IDX",
     "SequenceRepresentation",
@@ -211,6 +213,8 @@ class SequenceNet(nn.Module):
         embeddings, biases = self.scoring_embeddings.weight, self.item_biases.weight.squeeze(1)
         if items is not None:
             embeddings, biases = embeddings[items], biases[items]
+        if states.dim() == 2 and not torch.is_grad_enabled() and _plain_cpu(states):
+            return matmul.mm(states, embeddings.t()).add_(biases)  # evaluation: oneDNN
         if states.dim() == 2:  # one fused multiply-add, no second pass for the biases
             return torch.addmm(biases, states, embeddings.t())
         return states @ embeddings.t() + biases
@@ -231,3 +235,13 @@ class SequenceNet(nn.Module):
         """The states of ``user_representation``'s first output, one per position:
         (B, D, T) -> (B, T, D), the input of :meth:`score_items`."""
         return all_representations.transpose(1, 2)
+
+
+def _plain_cpu(states: torch.Tensor) -> bool:
+    """Float32 on the CPU outside autocast: where :func:`mlstm4reco.matmul.mm` may take
+    a product to oneDNN."""
+    return (
+        states.device.type == "cpu"
+        and states.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
