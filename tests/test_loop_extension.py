@@ -39,8 +39,7 @@ def test_compiled_loops_give_the_python_loops_numbers(
     """Both C++ strategies against the Python loops. Hidden 40 and 48: with 32-byte
     vectors two or three 16-column blocks of the row-wise kernels and 8 columns past
     them; with 64-byte ones a 32-column block, then 8 single columns or one 16-column
-    vector; batch 33: eight 4-row groups (four 8-row ones with 64-byte vectors) and one
-    row, and uneven shares between threads."""
+    vector; batch 33: eight 4-row groups and one row, and uneven shares between threads."""
     if loop_extension.loops() is None:
         pytest.skip("the C++ loops could not be built here")
     monkeypatch.setattr(fused, "ROWWISE_MAX_HIDDEN", 10**6 if rowwise else 0)

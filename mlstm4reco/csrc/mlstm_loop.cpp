@@ -262,9 +262,7 @@ void group_matmul(const scalar_t* __restrict__ v, int64_t ldv, const scalar_t* _
   }
 }
 
-// Rows per group of the row-wise steps: 8 with AVX-512's 32 registers (16 accumulators),
-// 4 with AVX's 16.
-constexpr int kGroup = MLSTM4RECO_VECTOR_BYTES == 64 ? 8 : 4;
+constexpr int kGroup = 4;  // rows per group of the row-wise steps
 
 // Row groups [0, B) in kGroup-row groups (the last may be shorter), in parallel when there
 // is enough work: body(b, rows) with rows == kGroup or fewer.
