@@ -17,6 +17,7 @@ import functools
 import os
 import pathlib
 import platform
+import sys
 import warnings
 
 import torch
@@ -33,18 +34,20 @@ its operators a second time, which torch refuses)."""
 @functools.cache
 def loops():
     """``torch.ops.mlstm4reco_loop`` (``forward_loop``, ``backward_loop``, ``matmul``,
-    ``use_onednn``), or None."""
+    ``use_onednn``, ``threads_used``), or None."""
     if os.environ.get("MLSTM4RECO_NO_EXTENSION", "") not in ("", "0"):
         return None
     try:
         from torch.utils.cpp_extension import load
 
         suffix, flags = build_flags()
+        openmp = openmp_flags()
         if suffix not in _LOADED:
             load(
                 name=f"mlstm4reco_loop_{suffix}",
                 sources=[str(SOURCE)],
-                extra_cflags=["-O3", "-fno-trapping-math", "-fno-math-errno", *flags],
+                extra_cflags=["-O3", "-fno-trapping-math", "-fno-math-errno", *flags, *openmp],
+                extra_ldflags=openmp,
                 is_python_module=False,
                 verbose=False,
             )
@@ -59,6 +62,16 @@ def loops():
             stacklevel=2,
         )
         return None
+
+
+def openmp_flags() -> list[str]:
+    """``-fopenmp`` where torch runs its threads on OpenMP and the compiler is GCC's or
+    Clang's on Linux: ATen's ``parallel_for`` is a header template that runs serially in
+    code compiled without it. The build links the same ``libgomp.so.1`` that torch has
+    already loaded (the loader matches it by name), not a second runtime."""
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        return ["-fopenmp"]
+    return []
 
 
 def build_flags() -> tuple[str, list[str]]:

@@ -1,6 +1,7 @@
 """The fused mLSTM's C++ time loops against its Python loops, and the fallback when they
 cannot be built."""
 
+import sys
 import warnings
 
 import pytest
@@ -71,6 +72,62 @@ def test_compiled_loops_match_torch_on_saturated_gates(rowwise, monkeypatch):
     assert all(torch.isfinite(a).all() for a in compiled)
     for a, b in zip(compiled[:3], python[:3]):  # the states; their gradients may be huge
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_loops_run_on_torchs_threads(two_threads):
+    """The build has OpenMP where torch runs on it: without it ATen's parallel_for, a
+    header template, runs every row group on one thread, whatever torch's thread count."""
+    loops = loop_extension.loops()
+    if loops is None:
+        pytest.skip("the C++ loops could not be built here")
+    expected = 2 if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else 1
+    assert loops.threads_used(8) == expected
+    assert loops.threads_used(1) == 1
+    torch.set_num_threads(1)
+    assert loops.threads_used(8) == 1
+
+
+def test_the_row_wise_loops_give_the_same_numbers_on_one_thread_and_two():
+    """Each batch row's arithmetic does not depend on which thread takes it (the row-wise
+    kernels' sums run in the same order in a group of rows and alone): bit for bit, for
+    batches that split into uneven shares."""
+    loops = loop_extension.loops()
+    if loops is None:
+        pytest.skip("the C++ loops could not be built here")
+    torch.manual_seed(7)
+    T, H = 9, 24
+    w_hm, w_mh, bias = torch.randn(H, H), torch.randn(4 * H, H), torch.randn(H)
+    before = torch.get_num_threads()
+    try:
+        for B in (5, 37):
+            xp0 = torch.randn(T, B, 5 * H)
+            grad_hs = torch.randn(T, B, H)
+            c0 = torch.randn(B, H)
+            results = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                xp = xp0.clone()
+                hs, cs = torch.zeros(T + 1, B, H), torch.zeros(T + 1, B, H)
+                cs[0] = c0
+                tanh_cs, mh, ms = (torch.empty(T, B, H) for _ in range(3))
+                loops.forward_loop(xp, hs, cs, tanh_cs, mh, ms, w_hm.t(), bias, w_mh.t(), H)
+                grad_xp, grad_m, grad_mh = torch.zeros(T, B, 5 * H), *torch.empty(2, T, B, H)
+                dh, dc = loops.backward_loop(
+                    xp, cs, tanh_cs, grad_hs, None, grad_xp, grad_m, grad_mh, w_hm, w_mh, H
+                )
+                results.append([xp, hs, cs, tanh_cs, mh, ms, grad_xp, grad_m, grad_mh, dh, dc])
+            for a, b in zip(*results):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_build_flags_follow_the_cpu_capability(monkeypatch):

@@ -1,12 +1,15 @@
 // The time loops of the fused mLSTM layer (mlstm4reco/fused.py) in C++, for the CPU:
 // the same buffers and the same arithmetic as the Python loops, without an interpreter
 // round trip per operation. Two strategies: row-wise (hidden sizes up to the caller's
-// rowwise_max_hidden), where each group of batch rows takes its whole step, both recurrent
-// matmuls included, in this file's small kernels, with no ATen call per step; otherwise
-// each step calls ATen's matmuls over the batch and does the gate arithmetic in plain
-// loops. The gate activations use a branch-free exp that the compiler vectorises. Built
-// on first use by mlstm4reco/loop_extension.py; when no compiler is there, the Python
-// loops run instead. Float matmuls large enough go to oneDNN (see matmul_into).
+// rowwise_max_hidden), where each group of batch rows runs its whole sequence, both
+// recurrent matmuls of each step included, in this file's small kernels, with no ATen call
+// per step (the rows' recurrences are independent, so the threads split the batch once a
+// call and never wait for each other between steps); otherwise each step calls ATen's
+// matmuls over the batch and does the gate arithmetic in plain loops. The gate activations
+// use a branch-free exp that the compiler vectorises. Built on first use, with OpenMP (else
+// ATen's parallel_for runs serially here), by mlstm4reco/loop_extension.py; when no
+// compiler is there, the Python loops run instead. Float matmuls large enough go to oneDNN
+// (see matmul_into).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
 #endif
@@ -304,13 +308,13 @@ void forward_steps(const at::Tensor& xp, const at::Tensor& hs, const at::Tensor&
   scalar_t* const tanh_cs0 = tanh_cs.data_ptr<scalar_t>();
   scalar_t* const mh0 = mh.data_ptr<scalar_t>();
   scalar_t* const ms0 = ms.data_ptr<scalar_t>();
-  if (rowwise) {  // each row group's whole step at once, matmuls included: no ATen call
+  if (rowwise) {  // each row group's whole sequence, matmuls included: no ATen call
     const at::Tensor whm_t = w_hm_t.contiguous(), wmh_t = w_mh_t.contiguous();
     const scalar_t* const w1 = whm_t.data_ptr<scalar_t>();  // (H, H)
     const scalar_t* const w2 = wmh_t.data_ptr<scalar_t>();  // (H, 4H)
     const scalar_t* const bias = bias_mh.has_value() ? bias_mh->data_ptr<scalar_t>() : nullptr;
-    for (int64_t t = 0; t < T; ++t) {
-      row_groups(B, 5 * H * H, [&](int64_t b, int64_t rows) {
+    row_groups(B, T * 5 * H * H, [&](int64_t b, int64_t rows) {
+      for (int64_t t = 0; t < T; ++t) {
         scalar_t* x = xp0 + (t * B + b) * 5 * H;  // rows' [W_mx x + b | gates], stride 5H
         scalar_t* m = mh0 + t * step + b * H;
         scalar_t* s = ms0 + t * step + b * H;
@@ -325,8 +329,8 @@ void forward_steps(const at::Tensor& xp, const at::Tensor& hs, const at::Tensor&
           forward_row(x + r * 5 * H + H, static_cast<const scalar_t*>(nullptr), cs0 + k,
                       cs0 + step + k, tanh_cs0 + k, hs0 + step + k, H);
         }
-      });
-    }
+      }
+    });
     return;
   }
   // The matmuls write fresh, contiguous buffers (beta 0: oneDNN's accumulating form is
@@ -380,11 +384,12 @@ std::vector<at::Tensor> backward_steps(const at::Tensor& xp, const at::Tensor& c
   scalar_t* const grad_mh0 = grad_mh.data_ptr<scalar_t>();
   scalar_t* const dhp = dh.data_ptr<scalar_t>();
   scalar_t* const dcp = dc.data_ptr<scalar_t>();
-  if (rowwise) {  // each row group's whole step at once: its dh is consumed, then rewritten
+  if (rowwise) {  // each row group's whole sequence: at each step its dh is consumed, then
+                  // rewritten
     const scalar_t* const w_mh = weight_mh.data_ptr<scalar_t>();  // (4H, H)
     const scalar_t* const w_hm = weight_hm.data_ptr<scalar_t>();  // (H, H)
-    for (int64_t t = T - 1; t >= 0; --t) {
-      row_groups(B, 5 * H * H, [&](int64_t b, int64_t rows) {
+    row_groups(B, T * 5 * H * H, [&](int64_t b, int64_t rows) {
+      for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t k = t * step + b * H;  // the group's first row of a (T, B, H) buffer
         const scalar_t* x = xp0 + (t * B + b) * 5 * H;
         scalar_t* d = grad_xp0 + (t * B + b) * 5 * H;
@@ -403,8 +408,8 @@ std::vector<at::Tensor> backward_steps(const at::Tensor& xp, const at::Tensor& c
         scalar_t* dh_group = dhp + b * H;
         std::fill(dh_group, dh_group + rows * H, scalar_t(0));
         matmul_rows(rows, gmh, H, w_hm, H, H, dh_group, H);
-      });
-    }
+      }
+    });
     return {dh, dc};
   }
   // The weights stored transposed (same values; oneDNN's faster layout for the right
@@ -432,6 +437,19 @@ std::vector<at::Tensor> backward_steps(const at::Tensor& xp, const at::Tensor& c
     matmul_into(gmh_t, w_hm, dh, 0.0);
   }
   return {dh, dc};
+}
+
+// How many threads a parallel_for of this build spreads `tasks` one-task chunks over: 1
+// where the build has no OpenMP (ATen's parallel_for is a header template, serial in code
+// compiled without it), up to torch's thread count where it has.
+int64_t threads_used(int64_t tasks) {
+  TORCH_CHECK(tasks >= 1, "threads_used: tasks must be positive, got ", tasks);
+  std::vector<std::atomic<bool>> seen(std::max(at::get_num_threads(), 1));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    const int thread = at::get_thread_num();
+    if (thread >= 0 && thread < static_cast<int>(seen.size())) seen[thread] = true;
+  });
+  return std::count_if(seen.begin(), seen.end(), [](const auto& s) { return s.load(); });
 }
 
 void check(const at::Tensor& tensor, const char* name) {
@@ -488,6 +506,7 @@ TORCH_LIBRARY(mlstm4reco_loop, m) {
       "int rowwise_max_hidden) -> ()");
   m.def("matmul(Tensor a, Tensor b, Tensor(a!) out, float beta) -> ()");
   m.def("use_onednn(bool? enable) -> bool", &use_onednn);
+  m.def("threads_used(int tasks) -> int", &threads_used);
   m.def(
       "backward_loop(Tensor xp, Tensor cs, Tensor tanh_cs, Tensor? grad_hs, Tensor? grad_cs, "
       "Tensor(a!) grad_xp, Tensor(b!) grad_m, Tensor(c!) grad_mh, Tensor weight_hm, "
