@@ -87,23 +87,50 @@ def _stage(rows: list, group: str, name: str, fn, note: str = "", repeats: int =
     return result
 
 
-def _epoch(
-    rows, group, name, model, train: SequenceInteractions, batches: int, repeats: int = 1
-) -> float:
-    """An epoch's seconds from ``batches`` batches after one of warm-up (the median of
-    ``repeats`` timings), scaled to all."""
-    size = model._batch_size
-    model.fit(_rows(train, range(size)))  # builds the net, warms the kernels
-    measured = min(len(train), batches * size)
-
-    def fit():
-        model.fit(_rows(train, range(size, size + measured)))
-
-    _stage(rows, group, name, fit, f"{measured} of {len(train):,} windows", repeats=repeats)
-    rows[-1]["epoch_seconds"] = rows[-1]["seconds"] * len(train) / measured
-    rows[-1]["note"] += f"; epoch extrapolated: {rows[-1]['epoch_seconds']:.0f} s"
-    print(f"{'':<37} -> epoch {rows[-1]['epoch_seconds']:.1f} s (extrapolated)")
-    return rows[-1]["epoch_seconds"]
+def _epochs(rows, name, jobs: dict, batches: int, repeats: int = 1) -> dict[str, float]:
+    """Each group's epoch seconds (group -> (model, training windows) in ``jobs``) from
+    ``batches`` batches after one of warm-up, scaled to all its windows: the median of
+    ``repeats`` timings, the groups timed in turn within each repeat, so that the
+    process's drift (its allocator's state after the stages before, the machine's
+    frequency) falls on all of them alike rather than on whichever ran later."""
+    fits, notes = {}, {}
+    for group, (model, train) in jobs.items():
+        size = model._batch_size
+        model.fit(_rows(train, range(size)))  # builds the net, warms the kernels
+        measured = min(len(train), batches * size)
+        part = _rows(train, range(size, size + measured))
+        fits[group] = lambda model=model, part=part: model.fit(part)
+        notes[group] = (measured, len(train))
+    seconds = {group: [] for group in jobs}
+    peaks = dict.fromkeys(jobs, 0)
+    for _ in range(repeats):
+        for group, fit in fits.items():
+            with PeakMemory() as probe:
+                fit()
+            seconds[group].append(probe.seconds)
+            peaks[group] = max(peaks[group], probe.peak)
+    epochs = {}
+    for group, (measured, windows) in notes.items():
+        median = statistics.median(seconds[group])
+        epochs[group] = median * windows / measured
+        note = f"{measured} of {windows:,} windows; epoch extrapolated: {epochs[group]:.0f} s"
+        if repeats > 1:
+            note = f"median of {repeats}, sizes in turn; {note}"
+        rows.append(
+            dict(
+                group=group,
+                stage=name,
+                seconds=median,
+                peak_gb=peaks[group] / GB,
+                note=note,
+                epoch_seconds=epochs[group],
+            )
+        )
+        print(
+            f"{group:<10} {name:<28} {median:9.2f} s {peaks[group] / GB:7.2f} GB  {note}",
+            flush=True,
+        )
+    return epochs
 
 
 def _rows(sequences: SequenceInteractions, index) -> SequenceInteractions:
@@ -111,8 +138,9 @@ def _rows(sequences: SequenceInteractions, index) -> SequenceInteractions:
     return SequenceInteractions(sequences.sequences[index], num_items=sequences.num_items)
 
 
-def grow(rows: list, name: str, batches: int, folder: pathlib.Path, repeats: int) -> dict:
-    """The interactions stages of an ML-shaped dataset ``name``."""
+def grow(rows: list, name: str, folder: pathlib.Path, repeats: int) -> tuple[dict, list]:
+    """The interactions stages of an ML-shaped dataset ``name``: its training positions
+    and windows, and its (train, valid, test) windows."""
     data = shaped_like(name, random_state=0)
     path = write_movielens_ratings(data, folder / f"{name}.zip")
     del data
@@ -134,28 +162,38 @@ def grow(rows: list, name: str, batches: int, folder: pathlib.Path, repeats: int
         repeats=repeats,
     )
     positions = int((windows[0].sequences > 0).sum())
-    result = dict(positions=positions, windows=len(windows[0]))
+    return dict(positions=positions, windows=len(windows[0])), windows
+
+
+def train_and_evaluate(rows: list, grown: dict, windows: dict, batches: int, repeats: int) -> None:
+    """The training epochs of the ML-shaped sizes in ``windows`` (name -> :func:`grow`'s
+    windows), timed in turn (:func:`_epochs`), then each one's evaluation; adds each
+    loss's epoch seconds to ``grown`` (name -> :func:`grow`'s summary)."""
+    models = {}
     for loss in ("adaptive_hinge", "softmax"):
-        model = ImplicitSequenceModel(
-            loss=loss,
-            representation="mlstm",
-            n_iter=1,
-            embedding_dim=32,
-            batch_size=160,
-            random_state=0,
+        models = {
+            name: ImplicitSequenceModel(
+                loss=loss,
+                representation="mlstm",
+                n_iter=1,
+                embedding_dim=32,
+                batch_size=160,
+                random_state=0,
+            )
+            for name in windows
+        }
+        jobs = {name: (models[name], sets[0]) for name, sets in windows.items()}
+        for name, seconds in _epochs(rows, f"epoch mlstm {loss}", jobs, batches, repeats).items():
+            grown[name][loss] = seconds
+    for name, (_, _, test) in windows.items():
+        evaluated = _rows(test, range(min(1000, len(test))))
+        _stage(
+            rows,
+            name,
+            "evaluate 1,000 sequences",
+            lambda model=models[name], evaluated=evaluated: evaluate(model, evaluated, ["mrr"]),
+            repeats=repeats,
         )
-        result[loss] = _epoch(
-            rows, name, f"epoch mlstm {loss}", model, windows[0], batches, repeats
-        )
-    evaluated = _rows(windows[2], range(min(1000, len(windows[2]))))
-    _stage(
-        rows,
-        name,
-        "evaluate 1,000 sequences",
-        lambda: evaluate(model, evaluated, ["mrr"]),
-        repeats=repeats,
-    )
-    return result
 
 
 def catalogue(rows: list, items: int, batches: int, chunk: int) -> None:
@@ -178,7 +216,7 @@ def catalogue(rows: list, items: int, batches: int, chunk: int) -> None:
             **options,
         )
         label = f"epoch mlstm {loss}" + (f" (chunks of {chunk:,})" if loss == "softmax" else "")
-        _epoch(rows, group, label, model, windows, batches)
+        _epochs(rows, label, {group: (model, windows)}, batches)
     evaluated = _rows(windows, range(1000))
     _stage(rows, group, "evaluate 1,000 sequences", lambda: evaluate(model, evaluated, ["mrr"]))
 
@@ -195,10 +233,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for scale.json and scale.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows, grown = [], {}
+    rows, grown, windows = [], {}, {}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.sizes:
-            grown[name] = grow(rows, name, args.batches, pathlib.Path(folder), args.repeats)
+            grown[name], windows[name] = grow(rows, name, pathlib.Path(folder), args.repeats)
+    train_and_evaluate(rows, grown, windows, args.batches, args.repeats)
+    del windows
     for items in args.catalogues:
         catalogue(rows, items, args.catalogue_batches, args.chunk)
     lines = ["| group | stage | seconds | peak GB | note |", "| --- | --- | --- | --- | --- |"]

@@ -38,3 +38,32 @@ def test_a_small_run_writes_its_table(tmp_path, monkeypatch):
         windows = int(row["note"].split(" of ")[1].split(" ")[0].replace(",", ""))
         assert row["epoch_seconds"] == row["seconds"] * windows / 256
     assert "| 3k items | evaluate 1,000 sequences |" in (tmp_path / "scale.md").read_text()
+
+
+class _Recorder:
+    """A model stand-in: records which group's fit ran, and on how many windows."""
+
+    def __init__(self, name, calls):
+        self._batch_size, self.name, self.calls = 4, name, calls
+
+    def fit(self, part):
+        self.calls.append((self.name, len(part)))
+
+
+def test_epochs_time_the_groups_in_turn_and_scale_to_all_windows():
+    from mlstm4reco.interactions import SequenceInteractions
+
+    calls, rows = [], []
+    sets = {
+        name: SequenceInteractions(np.ones((n, 5), dtype=np.int32), num_items=3)
+        for name, n in (("small", 30), ("large", 300))
+    }
+    jobs = {name: (_Recorder(name, calls), windows) for name, windows in sets.items()}
+    epochs = scale._epochs(rows, "epoch", jobs, batches=2, repeats=3)
+    # one warm-up batch each, then the timed 2 batches of 4 windows, the groups alternating
+    assert calls == [("small", 4), ("large", 4)] + [("small", 8), ("large", 8)] * 3
+    assert [r["group"] for r in rows] == ["small", "large"]
+    for row, windows in zip(rows, (30, 300)):
+        assert row["epoch_seconds"] == row["seconds"] * windows / 8
+        assert epochs[row["group"]] == row["epoch_seconds"]
+        assert row["note"].startswith("median of 3, sizes in turn; 8 of ")
