@@ -41,37 +41,64 @@ def loops():
         from torch.utils.cpp_extension import load
 
         suffix, flags = build_flags()
-        openmp = openmp_flags()
         if suffix not in _LOADED:
-            load(
-                name=f"mlstm4reco_loop_{suffix}",
-                sources=[str(SOURCE)],
-                extra_cflags=["-O3", "-fno-trapping-math", "-fno-math-errno", *flags, *openmp],
-                extra_ldflags=openmp,
-                is_python_module=False,
-                verbose=False,
-            )
+            openmp = openmp_flags()
+
+            def build(openmp: list[str]) -> None:
+                load(
+                    name=f"mlstm4reco_loop_{suffix}",
+                    sources=[str(SOURCE)],
+                    extra_cflags=["-O3", "-fno-trapping-math", "-fno-math-errno", *flags, *openmp],
+                    extra_ldflags=openmp,
+                    is_python_module=False,
+                    verbose=False,
+                )
+
+            try:
+                build(openmp)
+            except Exception as error:  # noqa: BLE001 - e.g. a compiler without libgomp
+                if not openmp:
+                    raise
+                warnings.warn(
+                    f"the mLSTM's C++ loops could not be built with OpenMP ({_first_line(error)});"
+                    " built without it, they run on one thread",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                build([])
             _LOADED[suffix] = torch.ops.mlstm4reco_loop
         return _LOADED[suffix]
     except Exception as error:  # noqa: BLE001 - no compiler, no ninja, a failed build
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
-            f"the mLSTM's C++ loops could not be built ({first}); the fused path runs its "
-            "Python loops (same numbers, slower at small sizes)",
+            f"the mLSTM's C++ loops could not be built ({_first_line(error)}); the fused path "
+            "runs its Python loops (same numbers, slower at small sizes)",
             RuntimeWarning,
             stacklevel=2,
         )
         return None
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def openmp_flags() -> list[str]:
-    """``-fopenmp`` where torch runs its threads on OpenMP and the compiler is GCC's or
-    Clang's on Linux: ATen's ``parallel_for`` is a header template that runs serially in
-    code compiled without it. The build links the same ``libgomp.so.1`` that torch has
-    already loaded (the loader matches it by name), not a second runtime."""
-    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
-        return ["-fopenmp"]
-    return []
+    """``-fopenmp`` on Linux where torch runs its threads on OpenMP (its wheels there use
+    GCC's libgomp) and the extension's compiler is GCC: ATen's ``parallel_for`` is a header
+    template that runs serially in code compiled without it. The build links the
+    ``libgomp.so.1`` that torch has already loaded (the loader matches it by name). With
+    another compiler (Clang's ``-fopenmp`` links LLVM's runtime, a second thread pool
+    beside torch's) the loops are built without it and run on one thread."""
+    if not (sys.platform.startswith("linux") and torch.backends.openmp.is_available()):
+        return []
+    try:
+        from torch.utils import cpp_extension
+
+        gcc = cpp_extension.check_compiler_is_gcc(cpp_extension.get_cxx_compiler())
+    except Exception:  # noqa: BLE001 - an older torch without these helpers, no compiler
+        return []
+    return ["-fopenmp"] if gcc else []
 
 
 def build_flags() -> tuple[str, list[str]]:

@@ -1,7 +1,6 @@
 """The fused mLSTM's C++ time loops against its Python loops, and the fallback when they
 cannot be built."""
 
-import sys
 import warnings
 
 import pytest
@@ -88,7 +87,7 @@ def test_the_loops_run_on_torchs_threads(two_threads):
     loops = loop_extension.loops()
     if loops is None:
         pytest.skip("the C++ loops could not be built here")
-    expected = 2 if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else 1
+    expected = 2 if loop_extension.openmp_flags() else 1
     assert loops.threads_used(8) == expected
     assert loops.threads_used(1) == 1
     torch.set_num_threads(1)
@@ -128,6 +127,44 @@ def test_the_row_wise_loops_give_the_same_numbers_on_one_thread_and_two():
                 assert torch.equal(a, b)
     finally:
         torch.set_num_threads(before)
+
+
+def test_openmp_is_asked_for_where_gcc_builds_for_torchs_libgomp(monkeypatch):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(loop_extension.sys, "platform", "linux")
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: True)
+    for gcc, flags in ((True, ["-fopenmp"]), (False, [])):
+        monkeypatch.setattr(cpp_extension, "check_compiler_is_gcc", lambda compiler, g=gcc: g)
+        assert loop_extension.openmp_flags() == flags
+    monkeypatch.setattr(cpp_extension, "check_compiler_is_gcc", lambda compiler: True)
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: False)
+    assert loop_extension.openmp_flags() == []
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: True)
+    monkeypatch.setattr(loop_extension.sys, "platform", "darwin")
+    assert loop_extension.openmp_flags() == []
+
+
+def test_a_build_that_fails_with_openmp_is_retried_without(monkeypatch):
+    import torch.utils.cpp_extension
+
+    calls = []
+
+    def load(**kwargs):
+        calls.append(kwargs["extra_cflags"])
+        if "-fopenmp" in kwargs["extra_cflags"]:
+            raise RuntimeError("cannot find -lgomp")
+
+    loop_extension.loops.cache_clear()
+    monkeypatch.setattr(loop_extension, "_LOADED", {})
+    monkeypatch.setattr(loop_extension, "openmp_flags", lambda: ["-fopenmp"])
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
+    try:
+        with pytest.warns(RuntimeWarning, match="with OpenMP .*cannot find -lgomp.*one thread"):
+            assert loop_extension.loops() is not None
+        assert ["-fopenmp" in flags for flags in calls] == [True, False]
+    finally:
+        loop_extension.loops.cache_clear()
 
 
 def test_build_flags_follow_the_cpu_capability(monkeypatch):
