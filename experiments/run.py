@@ -36,7 +36,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from mlstm4reco import allocator  # noqa: E402
 from mlstm4reco.protocols import PROTOCOLS  # noqa: E402
 from mlstm4reco.study import curves, report  # noqa: E402
 from mlstm4reco.study.adjust import (  # noqa: E402
@@ -540,7 +539,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # the process is the run's own: malloc keeps freed memory for the next batch (off with
-    # MLSTM4RECO_KEEP_MEMORY=0; mlstm4reco.allocator)
-    allocator.keep_freed_memory()
     sys.exit(main())

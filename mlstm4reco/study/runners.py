@@ -17,7 +17,6 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from mlstm4reco import allocator
 from mlstm4reco.study.config import ExperimentConfig, check_plain_name, model_arguments, read_yaml
 from mlstm4reco.study.errors import UserError
 from mlstm4reco.study.protocol import load_splits, save_id_mapping, split_notes
@@ -251,7 +250,7 @@ def run_reproduce(
                 workers,
                 mp_context=context,
                 initializer=_start_worker,
-                initargs=(threads, os.getpid(), allocator.keeping_freed_memory()),
+                initargs=(threads, os.getpid()),
             ) as pool:
                 while True:
                     while len(running) < workers and (job := claim_next()) is not None:
@@ -425,14 +424,11 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _start_worker(threads: int, parent: int, keep_memory: bool = False) -> None:
-    """A worker process's start: its torch threads, its allocator as its parent's
-    (:mod:`mlstm4reco.allocator`), and a watch that ends it when its parent ends (a parent
-    killed with SIGKILL cannot tell it to), so that no idle worker holding a dataset stays
-    behind."""
+def _start_worker(threads: int, parent: int) -> None:
+    """A worker process's start: its torch threads, and a watch that ends it when its
+    parent ends (a parent killed with SIGKILL cannot tell it to), so that no idle worker
+    holding a dataset stays behind."""
     set_threads(threads)
-    if keep_memory:
-        allocator.keep_freed_memory()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 
