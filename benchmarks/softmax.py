@@ -3,25 +3,32 @@
 ``cross_entropy``, on ML-1M's leave-one-out windows of 200, in one run.
 
     MLSTM4RECO_DATA=../shared/data python benchmarks/softmax.py [--batches 8] [--threads 2]
-        [--item-chunk-size C]
+        [--item-chunk-size C] [--reuse [--epoch-batches 4]]
 
 For each model (SASRec and the mLSTM at their configs' best arguments, the input's items
 excluded as in the comparison of issue 33) the same batches are trained with each loss
 path in turn, batch by batch, so that drift hits both alike; the median seconds a batch,
 the ratio to the composite, and the epoch that extrapolates to. The paths must give the
 same loss on the same batch (checked).
+
+With ``--reuse`` the fused path is timed with its CPU buffers from the pool
+(``full_softmax.reuse_buffers``, the default) against fresh allocations every batch:
+epochs of ``--epoch-batches`` batches, the two settings in turn epoch by epoch (the pool
+is emptied at each epoch's end, as in training, so the first batch of each epoch
+allocates); the median seconds a batch and the process's system seconds a batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from mlstm4reco import protocols
+from mlstm4reco import full_softmax, protocols
 from mlstm4reco.datasets import get_movielens_dataset
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.sequence_model import ImplicitSequenceModel
@@ -62,6 +69,8 @@ def main() -> None:
     parser.add_argument(
         "--item-chunk-size", type=int, default=None, help="both paths in chunks of this many items"
     )
+    parser.add_argument("--reuse", action="store_true", help="pooled buffers against fresh")
+    parser.add_argument("--epoch-batches", type=int, default=4, help="with --reuse")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -75,6 +84,10 @@ def main() -> None:
         f"{args.threads} threads, torch {torch.__version__}, chunks of "
         f"{args.item_chunk_size or 'all'} items"
     )
+    if args.reuse:
+        for name in args.models:
+            compare_reuse(name, train, args)
+        return
     for name in args.models:
         arguments = MODELS[name]
         size = arguments["batch_size"]
@@ -118,6 +131,56 @@ def main() -> None:
                 f"{args.batches}), {seconds / medians['composite']:.2f}x, "
                 f"epoch ~{seconds * batches_per_epoch:.0f} s"
             )
+
+
+def compare_reuse(name: str, train: SequenceInteractions, args) -> None:
+    """The fused path with buffers from the pool against fresh ones (``--reuse``)."""
+    arguments = MODELS[name]
+    size, per_epoch = arguments["batch_size"], args.epoch_batches
+    order = np.random.RandomState(0).permutation(len(train))
+    rounds = max(1, args.batches // per_epoch)
+
+    def epoch(index: int) -> SequenceInteractions:
+        rows = order[index * size * per_epoch : (index + 1) * size * per_epoch]
+        return SequenceInteractions(train.sequences[rows], num_items=train.num_items)
+
+    models = {
+        path: ImplicitSequenceModel(
+            loss="softmax",
+            exclude_preceding=True,
+            n_iter=1,
+            random_state=0,
+            item_chunk_size=args.item_chunk_size,
+            **arguments,
+        )
+        for path in ("fresh", "reused")
+    }
+    times = {path: [] for path in models}
+    system = {path: [] for path in models}
+    losses = {path: [] for path in models}
+    for index in range(rounds + 1):
+        data = epoch(index % (len(train) // (size * per_epoch)))
+        for path, model in models.items():
+            full_softmax.reuse_buffers(path == "reused")
+            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            losses[path] += model.fit(data)
+            elapsed = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            if index:  # the first epoch builds the nets
+                times[path].append(elapsed / per_epoch)
+                system[path].append((after.ru_stime - before.ru_stime) / per_epoch)
+    full_softmax.reuse_buffers(True)
+    # equal nets and draws, the same batches: the buffers' memory changes no number
+    assert losses["fresh"] == losses["reused"], (losses["fresh"], losses["reused"])
+    batches_per_epoch = -(-len(train) // size)
+    medians = {path: statistics.median(values) for path, values in times.items()}
+    for path, seconds in medians.items():
+        print(
+            f"{name:<7}{path:<8} {seconds * 1e3:7.0f} ms a batch (median of {rounds} epochs of "
+            f"{per_epoch}), {seconds / medians['fresh']:.2f}x, system "
+            f"{statistics.median(system[path]) * 1e3:5.0f} ms a batch, "
+            f"epoch ~{seconds * batches_per_epoch:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -13,23 +13,82 @@ keeps no scores; the backward scores each chunk again and turns it into its grad
 place: the peak is one (M, C) buffer. Left-out items (the input's own, with
 ``exclude_preceding``) come as index pairs and score -inf. Same loss and gradients as the
 composite up to rounding (tests/test_full_softmax.py).
+
+On the CPU these buffers come from a pool of one free buffer per thread and dtype: a
+batch's buffer goes back when its backward is done (a chunk's when the chunk is), and the
+next batch writes into the same memory rather than into a fresh allocation, which the
+operating system would map and zero page by page again (about a third of a batch's CPU
+time: docs/benchmarks.md). A buffer taken is nobody else's until given back, so forwards
+that overlap (two losses, then their backwards) each get their own.
+:meth:`ImplicitSequenceModel.fit <mlstm4reco.sequence_model.ImplicitSequenceModel.fit>`
+empties the pool when it ends (:func:`release_buffers`); :func:`reuse_buffers` turns
+the pool off (for measuring it).
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
 from mlstm4reco import matmul
 
-__all__ = ["full_softmax_cross_entropy"]
+__all__ = ["full_softmax_cross_entropy", "release_buffers", "reuse_buffers"]
+
+_pool = threading.local()  # .free: dtype -> the largest flat CPU buffer given back
+_reuse = True
+
+
+def _take(rows: int, columns: int, like: torch.Tensor) -> torch.Tensor | None:
+    """An uninitialised (rows, columns) CPU buffer of ``like``'s dtype from the pool (None
+    off the CPU): the free one when it is large enough, else a new one."""
+    if like.device.type != "cpu":
+        return None
+    if not _reuse:
+        return like.new_empty(rows, columns)
+    free = _pool.__dict__.setdefault("free", {})
+    buffer = free.pop(like.dtype, None)
+    if buffer is None or buffer.numel() < rows * columns:
+        buffer = like.new_empty(rows * columns)
+    return buffer[: rows * columns].view(rows, columns)
+
+
+def _give(buffer: torch.Tensor) -> None:
+    """Put a buffer of :func:`_take` back (kept if larger than the free one)."""
+    if buffer.device.type != "cpu" or not _reuse:
+        return
+    flat = buffer if buffer._base is None else buffer._base
+    free = _pool.__dict__.setdefault("free", {})
+    kept = free.get(flat.dtype)
+    if kept is None or kept.numel() < flat.numel():
+        free[flat.dtype] = flat
+
+
+def release_buffers() -> None:
+    """Drop this thread's free buffers (their memory goes back to the allocator)."""
+    _pool.__dict__.pop("free", None)
+
+
+def reuse_buffers(enable: bool | None = None) -> bool:
+    """Whether the CPU buffers come from the pool (default True); ``enable`` sets it
+    first, for this process (False also drops this thread's free buffers)."""
+    global _reuse
+    if enable is not None:
+        _reuse = bool(enable)
+        if not _reuse:
+            release_buffers()
+    return _reuse
 
 
 def _scores(states, embeddings, biases, left_out, start, stop):
-    """(M, stop - start) scores of the candidates start..stop-1, the left-out ones -inf."""
+    """(M, stop - start) scores of the candidates start..stop-1, the left-out ones -inf;
+    on the CPU outside autocast, in a buffer of the pool (:func:`_give` it back)."""
     if torch.is_autocast_enabled(states.device.type):
         scores = torch.addmm(biases[start:stop], states, embeddings[start:stop].t())
     else:  # the matmul oneDNN's on the CPU (mlstm4reco.matmul), the biases added in place
-        scores = matmul.mm(states, embeddings[start:stop].t()).add_(biases[start:stop])
+        candidates = embeddings[start:stop]  # stop may lie past the last candidate
+        out = _take(states.shape[0], candidates.shape[0], states)
+        scores = matmul.mm(states, candidates.t(), out).add_(biases[start:stop])
     if scores.dtype in (torch.float16, torch.bfloat16):  # autocast's scores
         scores = scores.float()
     if left_out is not None:
@@ -59,8 +118,9 @@ class _FullSoftmaxCrossEntropy(torch.autograd.Function):
         else:
             normalisers = None
             for start in range(0, count, step):
-                chunk = _scores(states, embeddings, biases, left_out, start, start + step)
-                chunk = torch.logsumexp(chunk, dim=1)
+                scores = _scores(states, embeddings, biases, left_out, start, start + step)
+                chunk = torch.logsumexp(scores, dim=1)
+                _give(scores)
                 normalisers = chunk if normalisers is None else torch.logaddexp(normalisers, chunk)
             target_scores = (states * embeddings[targets]).sum(dim=1) + biases[targets]
             target_scores = target_scores.to(normalisers.dtype)
@@ -105,6 +165,7 @@ class _FullSoftmaxCrossEntropy(torch.autograd.Function):
                 grad_embeddings[start:stop] = grad.t() @ states.to(grad.dtype)
             if need_biases:
                 grad_biases[start:stop] = grad.sum(dim=0)
+            _give(grad)
         if need_states:
             grad_states = grad_states.to(states.dtype)
         return grad_states, grad_embeddings, grad_biases, None, None, None

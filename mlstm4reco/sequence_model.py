@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mlstm4reco import checkpoint
+from mlstm4reco import checkpoint, full_softmax
 from mlstm4reco.interactions import SequenceInteractions
 from mlstm4reco.losses import LOSSES, LossInput
 from mlstm4reco.model_arguments import PRECISIONS, check_constructor_arguments
@@ -261,8 +261,11 @@ class ImplicitSequenceModel:
             if fresh:  # no net built for data that was refused: the next data starts afresh
                 self._net = self._optimizer = self._num_items = None
             raise
-        with self._torch_random.active():
-            return self._fit_epochs(sequences, verbose, callback)
+        try:
+            with self._torch_random.active():
+                return self._fit_epochs(sequences, verbose, callback)
+        finally:
+            full_softmax.release_buffers()  # the batches' reused buffers go back
 
     def _fit_epochs(self, sequences: np.ndarray, verbose: bool, callback) -> list[float]:
         # The whole dataset goes to the device once; batches are index gathers there.
@@ -292,6 +295,7 @@ class ImplicitSequenceModel:
                 batches.set_postfix(loss=f"{epoch_loss / count:.4f}")
             epoch_loss /= count
             losses.append(epoch_loss)
+            full_softmax.release_buffers()  # not held through a callback's evaluation
             epochs.set_postfix(loss=f"{epoch_loss:.4f}")
             if np.isnan(epoch_loss) or epoch_loss == 0.0:
                 raise ValueError(f"degenerate epoch loss: {epoch_loss}")

@@ -4,6 +4,7 @@ scores, -inf for the left-out items and ``torch.nn.functional.cross_entropy``.""
 import pytest
 import torch
 
+from mlstm4reco import full_softmax
 from mlstm4reco.full_softmax import full_softmax_cross_entropy
 from mlstm4reco.representations import REPRESENTATIONS
 
@@ -119,3 +120,90 @@ def test_linear_scoring_gives_score_items_scores(name):
     items = torch.tensor([1, 5, 12])
     expected = net.score_items(states, items)
     torch.testing.assert_close(states @ embeddings[items].t() + biases[items], expected)
+
+
+def _losses_and_gradients(inputs, left_out, chunk, overlap=False):
+    """Loss and gradients of each of ``inputs`` ((states, embeddings, biases, targets,
+    pairs) tuples); with ``overlap`` every forward runs before any backward."""
+    losses = []
+    for states, embeddings, biases, targets, pairs in inputs:
+        for tensor in (states, embeddings, biases):
+            tensor.grad = None
+        losses.append(
+            full_softmax_cross_entropy(
+                states, embeddings, biases, targets, pairs if left_out else None, chunk
+            )
+        )
+        if not overlap:
+            losses[-1].backward()
+    if overlap:
+        for loss in reversed(losses):  # the later forward's backward first
+            loss.backward()
+    return [loss.detach() for loss in losses], [
+        [t.grad.clone() for t in case[:3]] for case in inputs
+    ]
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+@pytest.mark.parametrize("left_out", [False, True])
+def test_overlapping_forwards_each_get_a_buffer_of_their_own(chunk, left_out):
+    """Two losses' forwards, then their backwards in the other order: the second forward
+    must not write into the first's buffer (taken from the pool, not yet given back)."""
+    full_softmax.release_buffers()
+    cases = [_inputs(torch.float64, seed=seed) for seed in (1, 2)]
+    inputs = [(s, e, b, t, p) for s, e, b, t, _, p in cases]
+    alone = _losses_and_gradients(inputs, left_out, chunk)
+    together = _losses_and_gradients(inputs, left_out, chunk, overlap=True)
+    for case, (states, embeddings, biases, targets, mask, _) in enumerate(cases):
+        expected = _composite(states, embeddings, biases, targets, mask if left_out else None)
+        torch.testing.assert_close(alone[0][case], expected.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(together[0][case], alone[0][case], rtol=0, atol=0)
+        for a, b in zip(together[1][case], alone[1][case]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_batch_writes_into_the_buffer_the_batch_before_gave_back():
+    full_softmax.release_buffers()
+    states, embeddings, biases, targets, _, pairs = _inputs(torch.float32)
+    addresses = []
+    for _ in range(3):
+        full_softmax_cross_entropy(states, embeddings, biases, targets, pairs).backward()
+        (buffer,) = full_softmax._pool.free.values()
+        addresses.append(buffer.data_ptr())
+    assert addresses[0] == addresses[1] == addresses[2]
+    full_softmax.release_buffers()
+    assert not getattr(full_softmax._pool, "free", {})
+
+
+def test_with_reuse_off_no_buffer_is_kept():
+    states, embeddings, biases, targets, _, pairs = _inputs(torch.float32)
+    try:
+        assert full_softmax.reuse_buffers(False) is False
+        full_softmax_cross_entropy(states, embeddings, biases, targets, pairs).backward()
+        assert not getattr(full_softmax._pool, "free", {})
+    finally:
+        assert full_softmax.reuse_buffers(True) is True
+
+
+def test_fit_gives_the_buffers_back_when_it_ends(monkeypatch):
+    import numpy as np
+
+    from mlstm4reco.interactions import SequenceInteractions
+    from mlstm4reco.sequence_model import ImplicitSequenceModel
+
+    full_softmax.release_buffers()
+    given = []
+    give = full_softmax._give
+    monkeypatch.setattr(full_softmax, "_give", lambda buffer: given.append(give(buffer)))
+    sequences = np.random.RandomState(0).randint(1, 20, size=(16, 6)).astype(np.int32)
+    seen = []
+    model = ImplicitSequenceModel(
+        loss="softmax", representation="pooling", n_iter=2, batch_size=8, random_state=0
+    )
+    model.fit(
+        SequenceInteractions(sequences, num_items=20),
+        callback=lambda epoch, loss: seen.append(dict(getattr(full_softmax._pool, "free", {}))),
+    )
+    assert len(given) == 4  # a buffer each batch: the pool was used
+    assert seen == [{}, {}]  # released before each epoch's callback
+    assert not getattr(full_softmax._pool, "free", {})
