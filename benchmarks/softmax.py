@@ -52,6 +52,21 @@ MODELS = {  # the configs' best arguments (configs/ml1m_sasrec.yaml, ml1m_mlstm_
 }
 
 
+def equal_models(paths, arguments: dict, item_chunk_size) -> dict:
+    """One model a path, each trained with the full softmax from the same seed."""
+    return {
+        path: ImplicitSequenceModel(
+            loss="softmax",
+            exclude_preceding=True,
+            n_iter=1,
+            random_state=0,
+            item_chunk_size=item_chunk_size,
+            **arguments,
+        )
+        for path in paths
+    }
+
+
 def composite(net):
     """``net`` with the fused loss switched off: the softmax loss then scores items through
     ``score_items`` and takes ``cross_entropy`` over the masked scores (in chunks: the
@@ -98,17 +113,7 @@ def main() -> None:
             )
             for i in range(args.batches + 1)
         ]
-        models = {
-            path: ImplicitSequenceModel(
-                loss="softmax",
-                exclude_preceding=True,
-                n_iter=1,
-                random_state=0,
-                item_chunk_size=args.item_chunk_size,
-                **arguments,
-            )
-            for path in ("composite", "fused")
-        }
+        models = equal_models(("composite", "fused"), arguments, args.item_chunk_size)
         times = {path: [] for path in models}
         losses = {path: [] for path in models}
         for index, batch in enumerate(batches):
@@ -144,17 +149,7 @@ def compare_reuse(name: str, train: SequenceInteractions, args) -> None:
         rows = order[index * size * per_epoch : (index + 1) * size * per_epoch]
         return SequenceInteractions(train.sequences[rows], num_items=train.num_items)
 
-    models = {
-        path: ImplicitSequenceModel(
-            loss="softmax",
-            exclude_preceding=True,
-            n_iter=1,
-            random_state=0,
-            item_chunk_size=args.item_chunk_size,
-            **arguments,
-        )
-        for path in ("fresh", "reused")
-    }
+    models = equal_models(("fresh", "reused"), arguments, args.item_chunk_size)
     times = {path: [] for path in models}
     system = {path: [] for path in models}
     losses = {path: [] for path in models}
