@@ -17,8 +17,8 @@ composite up to rounding (tests/test_full_softmax.py).
 On the CPU these buffers come from a pool of one free buffer per thread and dtype: a
 batch's buffer goes back when its backward is done (a chunk's when the chunk is), and the
 next batch writes into the same memory rather than into a fresh allocation, which the
-operating system would map and zero page by page again (about a third of a batch's CPU
-time: docs/benchmarks.md). A buffer taken is nobody else's until given back, so forwards
+operating system would map and zero page by page again (a large share of a batch's
+system time: docs/benchmarks.md). A buffer taken is nobody else's until given back, so forwards
 that overlap (two losses, then their backwards) each get their own.
 :meth:`ImplicitSequenceModel.fit <mlstm4reco.sequence_model.ImplicitSequenceModel.fit>`
 empties the pool when it ends (:func:`release_buffers`); :func:`reuse_buffers` turns
